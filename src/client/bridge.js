@@ -1,0 +1,1076 @@
+// wsbridge browser client: a socket with the browser WebSocket API that uses a
+// real WebSocket where the network allows one and otherwise the wsbridge
+// proxy's HTTP transports (SSE, NDJSON stream or long-poll down, POST up).
+//
+// This file is the one source of both served forms: the proxy wraps it in an
+// IIFE for client.js (defining globalThis.WsBridge) and appends `export`
+// statements for client.mjs. So it declares only top-level constants,
+// functions and classes, and never imports or exports anything itself.
+//
+// Guarantees kept across dropped HTTP connections (see PROTOCOL.md):
+// - down: every reader resumes from the cursor (the id of the last event the
+//   page has seen), so each message reaches the page once and in order; a
+//   `gap` reaches the page as an `error` event, never silently;
+// - up: one POST in flight at a time, each carrying `Bridge-Seq`, retried with
+//   the same number until acknowledged, so no frame is lost or doubled.
+
+const WSBRIDGE_VERSION = "__WSBRIDGE_VERSION__";
+
+const WSBRIDGE_DEFAULTS = Object.freeze({
+  prefix: "/_bridge",
+  transports: Object.freeze(["websocket", "sse", "stream", "poll"]),
+  // A firewall that blocks WebSocket often lets the upgrade hang rather than
+  // refusing it; this bounds how long the page waits before falling back.
+  websocketTimeout: 1500,
+  // Bounds each bridged transport's first connection (headers received),
+  // so an intermediary that holds streaming responses moves us on.
+  openTimeout: 5000,
+  // Reconnecting gives up after this long without one working connection.
+  reconnectTimeout: 60000,
+  withCredentials: false,
+});
+
+const WSBRIDGE_TRANSPORTS = ["websocket", "sse", "stream", "poll"];
+const WSBRIDGE_BRIDGED = ["sse", "stream", "poll"];
+
+// Reconnect and retry backoff: exponential with jitter, capped, so a flapping
+// network neither hammers the proxy nor leaves the page waiting long.
+const BACKOFF_BASE_MS = 100;
+const BACKOFF_CAP_MS = 5000;
+// Longest Retry-After we honour; a larger one is treated as this.
+const RETRY_AFTER_CAP_MS = 10000;
+// How often an open that got 503 (session limit) is retried.
+const OPEN_BUSY_RETRIES = 3;
+// A reader that hears nothing, not even a heartbeat, for this many
+// heartbeat intervals is presumed dead (half-open TCP) and replaced.
+const HEARTBEAT_TOLERANCE = 2.5;
+const DEFAULT_HEARTBEAT_MS = 15000;
+const MIN_WATCHDOG_MS = 1000;
+// Long-poll wait asked of the proxy (it caps this at poll.max_wait), and the
+// slack after it before a poll request is presumed lost.
+const POLL_WAIT_S = 25;
+const POLL_SLACK_MS = 10000;
+// close(): how long pending sends may take to flush before the DELETE, and
+// how long to wait for the session's close event after it.
+const CLOSE_FLUSH_TIMEOUT_MS = 10000;
+const CLOSE_EVENT_TIMEOUT_MS = 5000;
+const MAX_CLOSE_REASON_BYTES = 123;
+
+const WSBRIDGE_NATIVE = Symbol.for("wsbridge.nativeWebSocket");
+
+// The browser's own WebSocket, captured when this script runs. If the shim is
+// already installed (the client loaded twice), unwrap it: the websocket
+// transport must never construct a BridgeSocket again.
+const NativeWebSocket = unwrapNativeWebSocket(globalThis.WebSocket);
+
+function unwrapNativeWebSocket(ctor) {
+  while (typeof ctor === "function" && ctor[WSBRIDGE_NATIVE]) ctor = ctor[WSBRIDGE_NATIVE];
+  return typeof ctor === "function" ? ctor : null;
+}
+
+const utf8Encoder = new TextEncoder();
+
+// ignoreBOM: a text frame may legitimately start with U+FEFF.
+function utf8Decode(bytes) {
+  return new TextDecoder("utf-8", { ignoreBOM: true }).decode(bytes);
+}
+
+function base64ToBytes(text) {
+  const binary = atob(text);
+  const bytes = new Uint8Array(binary.length);
+  for (let i = 0; i < binary.length; i++) bytes[i] = binary.charCodeAt(i);
+  return bytes;
+}
+
+function sleep(ms) {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+function backoffMs(failures) {
+  const ceiling = Math.min(BACKOFF_CAP_MS, BACKOFF_BASE_MS * 2 ** Math.min(failures, 16));
+  return ceiling / 2 + Math.random() * (ceiling / 2);
+}
+
+// Retry-After (seconds or an HTTP date) when present, else the backoff.
+function retryDelayMs(response, failures) {
+  const header = response && response.headers.get("Retry-After");
+  if (header) {
+    const seconds = /^\d+$/.test(header.trim()) ? Number(header) : (Date.parse(header) - Date.now()) / 1000;
+    if (Number.isFinite(seconds)) return Math.min(RETRY_AFTER_CAP_MS, Math.max(0, seconds * 1000));
+  }
+  return backoffMs(failures);
+}
+
+// Appends query parameters with encodeURIComponent (space as %20, never "+",
+// which not every server decodes as a space).
+function withQuery(link, params) {
+  let url = link;
+  for (const [key, value] of Object.entries(params)) {
+    if (value === undefined || value === null) continue;
+    url += (url.includes("?") ? "&" : "?") + encodeURIComponent(key) + "=" + encodeURIComponent(String(value));
+  }
+  return url;
+}
+
+async function readJson(response) {
+  try {
+    return await response.json();
+  } catch {
+    return null;
+  }
+}
+
+function domException(message, name) {
+  return new DOMException(message, name);
+}
+
+// The WebSocket constructor's URL rules: relative to the document, http(s)
+// becomes ws(s), no other scheme, no fragment.
+function resolveWebSocketUrl(url) {
+  const base = globalThis.document ? globalThis.document.baseURI : globalThis.location ? globalThis.location.href : undefined;
+  let parsed;
+  try {
+    parsed = new URL(String(url), base);
+  } catch {
+    throw domException(`Failed to construct 'WebSocket': The URL '${url}' is invalid.`, "SyntaxError");
+  }
+  if (parsed.protocol === "http:") parsed.protocol = "ws:";
+  else if (parsed.protocol === "https:") parsed.protocol = "wss:";
+  if (parsed.protocol !== "ws:" && parsed.protocol !== "wss:") {
+    throw domException(`Failed to construct 'WebSocket': The URL's scheme must be either 'http', 'https', 'ws', or 'wss'. '${parsed.protocol}' is not allowed.`, "SyntaxError");
+  }
+  if (parsed.hash) {
+    throw domException(`Failed to construct 'WebSocket': The URL contains a fragment identifier ('${parsed.hash}').`, "SyntaxError");
+  }
+  return parsed.href;
+}
+
+const PROTOCOL_TOKEN = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
+
+function normalizeProtocols(protocols) {
+  if (protocols === undefined || protocols === null) return [];
+  const list = typeof protocols === "string" ? [protocols] : Array.from(protocols, String);
+  const seen = new Set();
+  for (const p of list) {
+    if (!PROTOCOL_TOKEN.test(p)) {
+      throw domException(`Failed to construct 'WebSocket': The subprotocol '${p}' is invalid.`, "SyntaxError");
+    }
+    if (seen.has(p)) {
+      throw domException(`Failed to construct 'WebSocket': The subprotocol '${p}' is duplicated.`, "SyntaxError");
+    }
+    seen.add(p);
+  }
+  return list;
+}
+
+function normalizeOptions(options) {
+  const o = { ...WSBRIDGE_DEFAULTS, ...(options || {}) };
+  const transports = Array.from(o.transports, String);
+  for (const t of transports) {
+    if (!WSBRIDGE_TRANSPORTS.includes(t)) throw new TypeError(`wsbridge: unknown transport '${t}'`);
+  }
+  let prefix = String(o.prefix);
+  if (!prefix.startsWith("/")) prefix = "/" + prefix;
+  prefix = prefix.replace(/\/+$/, "");
+  return {
+    prefix,
+    transports,
+    websocketTimeout: Number(o.websocketTimeout),
+    openTimeout: Number(o.openTimeout),
+    reconnectTimeout: Number(o.reconnectTimeout),
+    withCredentials: Boolean(o.withCredentials),
+    // undefined: the captured native WebSocket; null: never use one.
+    WebSocket: o.WebSocket === undefined ? NativeWebSocket : unwrapNativeWebSocket(o.WebSocket),
+  };
+}
+
+// A frame to send, copied at send() time as a WebSocket does, so the page may
+// reuse its buffer at once. A Blob is read when its turn comes.
+function toOutgoing(data) {
+  if (typeof Blob !== "undefined" && data instanceof Blob) {
+    return { blob: data, body: null, binary: true, size: data.size };
+  }
+  if (Object.prototype.toString.call(data) === "[object ArrayBuffer]") {
+    const body = new Uint8Array(data.slice(0));
+    return { blob: null, body, binary: true, size: body.byteLength };
+  }
+  if (ArrayBuffer.isView(data)) {
+    const body = new Uint8Array(data.buffer, data.byteOffset, data.byteLength).slice();
+    return { blob: null, body, binary: true, size: body.byteLength };
+  }
+  const body = utf8Encoder.encode(String(data));
+  return { blob: null, body, binary: false, size: body.byteLength };
+}
+
+// Thrown inside connect(): `next` tries the next transport, `final` gives up.
+class BridgeOpenError extends Error {
+  constructor(kind, message) {
+    super(message);
+    this.kind = kind;
+  }
+}
+
+// Open bridged sockets, each with what closes its session when the page goes
+// away (close 1001, as the browser does for its real WebSockets).
+const liveBridgeSockets = new Map();
+if (typeof globalThis.addEventListener === "function") {
+  globalThis.addEventListener("pagehide", () => {
+    for (const closeSession of Array.from(liveBridgeSockets.values())) closeSession();
+  });
+}
+
+class BridgeSocket extends EventTarget {
+  static CONNECTING = 0;
+  static OPEN = 1;
+  static CLOSING = 2;
+  static CLOSED = 3;
+
+  #url;
+  #wsOrigin; // MessageEvent.origin, as a WebSocket reports it
+  #httpOrigin; // where bridge requests go: the url's origin in http(s)
+  #target; // path and query of the url, the `url` of the open request
+  #protocols;
+  #options;
+  #readyState = 0;
+  #protocol = "";
+  #extensions = "";
+  #binaryType = "blob";
+  #transport = null;
+  #handlers = { open: null, message: null, error: null, close: null };
+
+  // websocket transport: the native socket, once it opened.
+  #ws = null;
+
+  // Bridged transports.
+  #session = null; // { id, heartbeatMs, links } from the open answer
+  #closed = new AbortController(); // aborts every request when the socket ends
+  #cursor = 0; // id of the last event the page has accounted for
+  #generation = 0; // bumped per downstream connection; stale callbacks compare it
+  #stopReader = null; // ends the current downstream connection
+  #watchdog = null;
+  #reconnectTimer = null;
+  #reconnectFailures = 0;
+  #downSince = 0; // when the downstream last lost a working connection
+  #openWaiter = null; // resolves the first connection attempt during open
+
+  // Upstream (send) side.
+  #queue = []; // outgoing frames not yet acknowledged, in order
+  #pumping = false;
+  #seq = 0; // last Bridge-Seq assigned
+  #buffered = 0; // bytes queued and not yet acknowledged
+  #sendsStopped = false; // the session no longer accepts frames
+  #flushWaiters = [];
+  #closeTimer = null;
+
+  constructor(url, protocols, options) {
+    super();
+    this.#url = resolveWebSocketUrl(url);
+    this.#protocols = normalizeProtocols(protocols);
+    this.#options = normalizeOptions(options);
+    const parsed = new URL(this.#url);
+    this.#wsOrigin = `${parsed.protocol}//${parsed.host}`;
+    this.#httpOrigin = `${parsed.protocol === "wss:" ? "https:" : "http:"}//${parsed.host}`;
+    this.#target = parsed.pathname + parsed.search;
+    // Events must never fire before the caller can attach handlers.
+    queueMicrotask(() => this.#connect());
+  }
+
+  get CONNECTING() { return 0; }
+  get OPEN() { return 1; }
+  get CLOSING() { return 2; }
+  get CLOSED() { return 3; }
+
+  get url() { return this.#url; }
+  get readyState() { return this.#ws ? this.#ws.readyState : this.#readyState; }
+  get protocol() { return this.#protocol; }
+  get extensions() { return this.#extensions; }
+  get bufferedAmount() { return this.#ws ? this.#ws.bufferedAmount : this.#buffered; }
+  /** The transport in use ("websocket", "sse", "stream", "poll"), null until open. */
+  get transport() { return this.#transport; }
+  get binaryType() { return this.#binaryType; }
+  set binaryType(value) {
+    // Like WebSocket: an unknown value is ignored.
+    if (value !== "blob" && value !== "arraybuffer") return;
+    this.#binaryType = value;
+    if (this.#ws) this.#ws.binaryType = value;
+  }
+
+  get onopen() { return this.#handlers.open && this.#handlers.open.value; }
+  set onopen(fn) { this.#setHandler("open", fn); }
+  get onmessage() { return this.#handlers.message && this.#handlers.message.value; }
+  set onmessage(fn) { this.#setHandler("message", fn); }
+  get onerror() { return this.#handlers.error && this.#handlers.error.value; }
+  set onerror(fn) { this.#setHandler("error", fn); }
+  get onclose() { return this.#handlers.close && this.#handlers.close.value; }
+  set onclose(fn) { this.#setHandler("close", fn); }
+
+  // An on* handler is a listener registered when first set, so it runs in
+  // order with addEventListener ones; null unregisters it.
+  #setHandler(type, fn) {
+    const value = typeof fn === "function" ? fn : null;
+    const slot = this.#handlers[type];
+    if (!value) {
+      if (slot) this.removeEventListener(type, slot.listener);
+      this.#handlers[type] = null;
+      return;
+    }
+    if (slot) {
+      slot.value = value;
+      return;
+    }
+    const created = { value, listener: (event) => created.value.call(this, event) };
+    this.#handlers[type] = created;
+    this.addEventListener(type, created.listener);
+  }
+
+  send(data) {
+    if (this.readyState === BridgeSocket.CONNECTING) {
+      throw domException("Failed to execute 'send' on 'WebSocket': Still in CONNECTING state.", "InvalidStateError");
+    }
+    if (this.#ws) {
+      this.#ws.send(data);
+      return;
+    }
+    const frame = toOutgoing(data);
+    // Like WebSocket after close(): counted, then discarded.
+    this.#buffered += frame.size;
+    if (this.#readyState !== BridgeSocket.OPEN || this.#sendsStopped) return;
+    this.#queue.push(frame);
+    this.#pump();
+  }
+
+  close(code, reason) {
+    if (code !== undefined) {
+      code = Math.min(65535, Math.max(0, Math.round(Number(code)) || 0));
+      if (code !== 1000 && (code < 3000 || code > 4999)) {
+        throw domException(`Failed to execute 'close' on 'WebSocket': The close code must be either 1000, or between 3000 and 4999. ${code} is neither.`, "InvalidAccessError");
+      }
+    }
+    if (reason !== undefined) {
+      reason = String(reason);
+      if (utf8Encoder.encode(reason).byteLength > MAX_CLOSE_REASON_BYTES) {
+        throw domException("Failed to execute 'close' on 'WebSocket': The close reason must not be greater than 123 UTF-8 bytes.", "SyntaxError");
+      }
+    }
+    if (this.#ws) {
+      this.#ws.close(code, reason);
+      return;
+    }
+    if (this.#readyState === BridgeSocket.CLOSING || this.#readyState === BridgeSocket.CLOSED) return;
+    if (this.#readyState === BridgeSocket.CONNECTING) {
+      // As a WebSocket does: the attempt fails, error then close 1006.
+      // connect() notices and closes any session it opened meanwhile.
+      this.#readyState = BridgeSocket.CLOSING;
+      this.#closed.abort();
+      this.#detach();
+      setTimeout(() => this.#finish(1006, "", false, "closed before the connection was established"), 0);
+      return;
+    }
+    this.#readyState = BridgeSocket.CLOSING;
+    this.#closeSession(code, reason);
+  }
+
+  // ---------------------------------------------------------------- opening
+
+  async #connect() {
+    let bridgeUnavailable = false;
+    let failure = "no transport could be opened";
+    for (const name of this.#options.transports) {
+      if (this.#readyState !== BridgeSocket.CONNECTING) break;
+      try {
+        if (name === "websocket") {
+          if (await this.#tryWebSocket()) return;
+          failure = "the WebSocket connection failed";
+          continue;
+        }
+        if (bridgeUnavailable) continue;
+        if (!this.#session) this.#session = await this.#openSession();
+        if (this.#readyState !== BridgeSocket.CONNECTING) break;
+        if (!this.#session.links[name]) continue;
+        this.#transport = name;
+        if (await this.#firstConnection()) return;
+        this.#transport = null;
+        failure = `the ${name} transport failed to connect`;
+      } catch (err) {
+        if (err instanceof BridgeOpenError && err.kind === "next") {
+          bridgeUnavailable = true;
+          failure = err.message;
+          continue;
+        }
+        failure = err instanceof Error ? err.message : String(err);
+        break;
+      }
+    }
+    // Nothing opened (or close() was called): release the upstream we hold.
+    this.#transport = null;
+    this.#detach();
+    if (this.#session) this.#deleteSessionQuietly();
+    this.#finish(1006, "", false, `wsbridge: ${failure}`);
+  }
+
+  // Resolves true once a native WebSocket opened and was adopted.
+  #tryWebSocket() {
+    const Native = this.#options.WebSocket;
+    if (!Native) return Promise.resolve(false);
+    return new Promise((resolve) => {
+      let ws;
+      try {
+        ws = this.#protocols.length ? new Native(this.#url, this.#protocols) : new Native(this.#url);
+      } catch {
+        resolve(false);
+        return;
+      }
+      let timer = null;
+      const settle = (opened) => {
+        clearTimeout(timer);
+        ws.onopen = ws.onerror = ws.onclose = null;
+        if (!opened || this.#readyState !== BridgeSocket.CONNECTING) {
+          try {
+            ws.close();
+          } catch {
+            // already closing
+          }
+          resolve(false);
+          return;
+        }
+        this.#adoptWebSocket(ws);
+        resolve(true);
+      };
+      timer = setTimeout(() => settle(false), this.#options.websocketTimeout);
+      ws.onopen = () => settle(true);
+      ws.onerror = () => settle(false);
+      ws.onclose = () => settle(false);
+    });
+  }
+
+  #adoptWebSocket(ws) {
+    this.#ws = ws;
+    this.#transport = "websocket";
+    this.#protocol = ws.protocol;
+    this.#extensions = ws.extensions;
+    ws.binaryType = this.#binaryType;
+    ws.onmessage = (e) => this.dispatchEvent(new MessageEvent("message", { data: e.data, origin: e.origin }));
+    ws.onerror = () => this.dispatchEvent(new Event("error"));
+    ws.onclose = (e) => {
+      this.#readyState = BridgeSocket.CLOSED;
+      this.dispatchEvent(new CloseEvent("close", { code: e.code, reason: e.reason, wasClean: e.wasClean }));
+    };
+    this.#readyState = BridgeSocket.OPEN;
+    this.dispatchEvent(new Event("open"));
+  }
+
+  #fetchInit(init) {
+    return {
+      credentials: this.#options.withCredentials ? "include" : "same-origin",
+      cache: "no-store",
+      signal: this.#closed.signal,
+      ...init,
+    };
+  }
+
+  async #openSession() {
+    const body = JSON.stringify({ url: this.#target, protocols: this.#protocols });
+    for (let attempt = 0; ; attempt++) {
+      let response;
+      try {
+        response = await fetch(
+          this.#httpOrigin + this.#options.prefix + "/sessions",
+          this.#fetchInit({ method: "POST", headers: { "Content-Type": "application/json" }, body }),
+        );
+      } catch {
+        if (this.#closed.signal.aborted) throw new BridgeOpenError("final", "closed");
+        throw new BridgeOpenError("next", "the bridge is unreachable");
+      }
+      if (response.status === 201) {
+        const info = await readJson(response);
+        if (!info || typeof info.session !== "string" || !info.links) {
+          throw new BridgeOpenError("final", "the bridge answered the open with an unexpected body");
+        }
+        const links = {};
+        for (const [key, link] of Object.entries(info.links)) {
+          if (typeof link === "string") links[key] = new URL(link, this.#httpOrigin + "/").href;
+        }
+        const heartbeatMs = Number(info.heartbeat_ms) > 0 ? Number(info.heartbeat_ms) : DEFAULT_HEARTBEAT_MS;
+        return { id: info.session, protocol: String(info.protocol || ""), heartbeatMs, links };
+      }
+      const error = (await readJson(response)) || {};
+      const code = error.error || "unknown";
+      if (response.status === 503 && attempt < OPEN_BUSY_RETRIES) {
+        await sleep(retryDelayMs(response, attempt));
+        if (this.#readyState !== BridgeSocket.CONNECTING) throw new BridgeOpenError("final", "closed");
+        continue;
+      }
+      // 404 without upstream_rejected: no route, or the route does not bridge
+      // (or no wsbridge at all): a later websocket transport may still work.
+      // Everything else, an upstream refusal above all, is the answer a real
+      // WebSocket would have got too.
+      if (response.status === 404 && code !== "upstream_rejected") {
+        throw new BridgeOpenError("next", `the bridge does not serve this URL (${response.status} ${code})`);
+      }
+      const upstream = code === "upstream_rejected" ? ` by the upstream (${error.status})` : "";
+      throw new BridgeOpenError("final", `the session was refused${upstream}: ${response.status} ${code}`);
+    }
+  }
+
+  // Starts the chosen transport's first connection; true once it is up and
+  // the socket open.
+  #firstConnection() {
+    return new Promise((resolve) => {
+      const timer = setTimeout(() => {
+        this.#openWaiter = null;
+        this.#detach();
+        resolve(false);
+      }, this.#options.openTimeout);
+      this.#openWaiter = (ok) => {
+        clearTimeout(timer);
+        this.#openWaiter = null;
+        // Open right here, synchronously: the events this connection
+        // delivers next must find the socket OPEN, never CONNECTING.
+        if (ok && this.#readyState === BridgeSocket.CONNECTING) {
+          this.#protocol = this.#session.protocol;
+          this.#readyState = BridgeSocket.OPEN;
+          liveBridgeSockets.set(this, () => this.#deleteSessionQuietly(1001));
+          this.dispatchEvent(new Event("open"));
+          resolve(true);
+        } else {
+          resolve(false);
+        }
+      };
+      this.#attach();
+    });
+  }
+
+  // ------------------------------------------------------------- downstream
+
+  // Opens a new downstream connection from the cursor, ending the old one.
+  #attach() {
+    this.#detach();
+    const generation = this.#generation;
+    if (this.#transport === "sse") this.#attachSse(generation);
+    else if (this.#transport === "stream") this.#attachStream(generation);
+    else this.#attachPoll(generation);
+  }
+
+  // Ends the current downstream connection; its late callbacks are ignored.
+  #detach() {
+    this.#generation++;
+    clearTimeout(this.#watchdog);
+    clearTimeout(this.#reconnectTimer);
+    this.#watchdog = null;
+    this.#reconnectTimer = null;
+    const stop = this.#stopReader;
+    this.#stopReader = null;
+    if (stop) stop();
+  }
+
+  #connected(generation) {
+    if (generation !== this.#generation) return;
+    this.#reconnectFailures = 0;
+    this.#downSince = 0;
+    this.#armWatchdog();
+    if (this.#openWaiter) this.#openWaiter(true);
+  }
+
+  #armWatchdog() {
+    clearTimeout(this.#watchdog);
+    // A poll request carries its own deadline.
+    if (this.#transport === "poll") return;
+    const generation = this.#generation;
+    const ms = Math.max(MIN_WATCHDOG_MS, HEARTBEAT_TOLERANCE * this.#session.heartbeatMs);
+    this.#watchdog = setTimeout(() => this.#dropped(generation, {}), ms);
+  }
+
+  // The current connection ended or failed. `gone`: the session no longer
+  // exists; `fatal`: a reply that retrying cannot fix.
+  #dropped(generation, { gone = false, fatal = null } = {}) {
+    if (generation !== this.#generation) return;
+    this.#detach();
+    if (this.#openWaiter) {
+      this.#openWaiter(false);
+      return;
+    }
+    if (this.#readyState === BridgeSocket.CLOSED) return;
+    if (gone) {
+      this.#finish(1006, "", false, "wsbridge: the session no longer exists");
+      return;
+    }
+    if (fatal) {
+      this.#fail(fatal);
+      return;
+    }
+    const now = Date.now();
+    if (!this.#downSince) this.#downSince = now;
+    if (now - this.#downSince > this.#options.reconnectTimeout) {
+      this.#fail("wsbridge: the bridge could not be reached again");
+      return;
+    }
+    const delay = backoffMs(this.#reconnectFailures++);
+    this.#reconnectTimer = setTimeout(() => {
+      this.#reconnectTimer = null;
+      this.#attach();
+    }, delay);
+  }
+
+  // A newer reader took over the session; by the protocol we must not fight
+  // it by reconnecting.
+  #superseded(generation) {
+    if (generation !== this.#generation) return;
+    this.#detach();
+    if (this.#openWaiter) {
+      this.#openWaiter(false);
+      return;
+    }
+    this.#finish(1006, "", false, "wsbridge: another reader took over this session");
+  }
+
+  // One event from any downstream transport, in the poll/stream object form
+  // (binary data still base64). Returns false when the reader must stop.
+  #deliver(generation, event) {
+    if (generation !== this.#generation) return false;
+    this.#armWatchdog();
+    const id = Number(event.id);
+    // Already accounted for: a replay overlapping what we have.
+    if (!(id > this.#cursor)) return true;
+    if (event.type !== "gap" && id !== this.#cursor + 1) {
+      // Ids are consecutive, so something was not delivered to us: over SSE,
+      // named events (route option sse_event_field) that EventSource only
+      // hands to listeners of their name. Resume from the cursor on a
+      // transport that carries every event.
+      const fallback = WSBRIDGE_BRIDGED.find((t) => t !== "sse" && this.#session.links[t]);
+      if (this.#transport === "sse" && fallback) {
+        this.#transport = fallback;
+        queueMicrotask(() => this.#attach());
+        this.#detach();
+        return false;
+      }
+    }
+    this.#cursor = id;
+    switch (event.type) {
+      case "text":
+        this.#message(String(event.data));
+        break;
+      case "binary": {
+        const bytes = base64ToBytes(event.data);
+        this.#message(this.#binaryType === "arraybuffer" ? bytes.buffer : new Blob([bytes]));
+        break;
+      }
+      case "gap":
+        this.#dispatchError(`wsbridge: events ${event.from}..${event.to} were lost before this page could read them`, {
+          from: event.from,
+          to: event.to,
+        });
+        break;
+      case "close": {
+        this.#detach();
+        const code = Number(event.code) || 1005;
+        this.#finish(code, String(event.reason || ""), code !== 1006, code === 1006 ? "wsbridge: the upstream connection was lost" : null);
+        return false;
+      }
+      default:
+        // An event kind from a newer proxy: counted, not shown.
+        break;
+    }
+    return true;
+  }
+
+  #message(data) {
+    // Like WebSocket: nothing is delivered once close() was called.
+    if (this.#readyState !== BridgeSocket.OPEN) return;
+    this.dispatchEvent(new MessageEvent("message", { data, origin: this.#wsOrigin }));
+  }
+
+  #attachSse(generation) {
+    const url = withQuery(this.#session.links.sse, { cursor: this.#cursor });
+    const source = new EventSource(url, { withCredentials: this.#options.withCredentials });
+    this.#stopReader = () => source.close();
+    let opened = false;
+    const on = (type, handler) =>
+      source.addEventListener(type, (e) => {
+        if (generation !== this.#generation) return;
+        try {
+          handler(e);
+        } catch {
+          // An undecodable event: reconnecting gets it again, so give up on
+          // this connection rather than skip it.
+          this.#dropped(generation, {});
+        }
+      });
+    source.onopen = () => {
+      opened = true;
+      this.#connected(generation);
+    };
+    const id = (e) => Number(e.lastEventId);
+    on("message", (e) => this.#deliver(generation, { id: id(e), type: "text", data: e.data }));
+    // A text frame holding "\r" cannot travel as data lines; the proxy sends
+    // the base64 of its UTF-8 bytes instead.
+    on("text.b64", (e) => this.#deliver(generation, { id: id(e), type: "text", data: utf8Decode(base64ToBytes(e.data)) }));
+    on("binary", (e) => this.#deliver(generation, { id: id(e), type: "binary", data: e.data }));
+    on("gap", (e) => this.#deliver(generation, { id: id(e), type: "gap", ...JSON.parse(e.data) }));
+    on("close", (e) => this.#deliver(generation, { id: id(e), type: "close", ...JSON.parse(e.data) }));
+    on("superseded", () => this.#superseded(generation));
+    // EventSource hides comment heartbeats; a proxy that also sends a named
+    // heartbeat event keeps the watchdog quiet on idle sessions.
+    on("heartbeat", () => this.#armWatchdog());
+    source.onerror = () => {
+      if (generation !== this.#generation) return;
+      // Reconnect ourselves (our cursor, our backoff) rather than after the
+      // proxy's retry: interval.
+      source.close();
+      if (opened) this.#dropped(generation, {});
+      else this.#probe(generation, url);
+    };
+  }
+
+  // EventSource hides why a connection failed; ask once with fetch, so a
+  // session that is gone (404) ends the socket instead of retrying forever.
+  async #probe(generation, url) {
+    const controller = new AbortController();
+    let status = 0;
+    try {
+      const response = await fetch(url, { ...this.#fetchInit({}), signal: controller.signal });
+      status = response.status;
+    } catch {
+      // network failure: retry below
+    }
+    // The probe must not stay on as the session's reader.
+    controller.abort();
+    this.#dropped(generation, this.#failureOf(status));
+  }
+
+  #failureOf(status) {
+    if (status === 404 || status === 410) return { gone: true };
+    if (status >= 400 && status < 500 && status !== 429 && status !== 408) {
+      return { fatal: `wsbridge: the bridge refused the connection (${status})` };
+    }
+    return {};
+  }
+
+  #attachStream(generation) {
+    const controller = new AbortController();
+    this.#stopReader = () => controller.abort();
+    const url = withQuery(this.#session.links.stream, { cursor: this.#cursor });
+    (async () => {
+      let response;
+      try {
+        response = await fetch(url, {
+          ...this.#fetchInit({ headers: { Accept: "application/x-ndjson" } }),
+          signal: controller.signal,
+        });
+      } catch {
+        this.#dropped(generation, {});
+        return;
+      }
+      if (!response.ok || !response.body) {
+        this.#dropped(generation, this.#failureOf(response.status));
+        return;
+      }
+      this.#connected(generation);
+      const reader = response.body.getReader();
+      const decoder = new TextDecoder("utf-8", { ignoreBOM: true });
+      let buffer = "";
+      try {
+        for (;;) {
+          const { done, value } = await reader.read();
+          if (done || generation !== this.#generation) break;
+          buffer += decoder.decode(value, { stream: true });
+          let start = 0;
+          let end;
+          while ((end = buffer.indexOf("\n", start)) >= 0) {
+            const line = buffer.slice(start, end);
+            start = end + 1;
+            if (line.trim() && !this.#streamLine(generation, JSON.parse(line))) {
+              controller.abort();
+              return;
+            }
+          }
+          buffer = buffer.slice(start);
+        }
+      } catch {
+        // dropped connection or a torn line: resume from the cursor
+      }
+      controller.abort();
+      this.#dropped(generation, {});
+    })();
+  }
+
+  // Returns false when the reader must stop.
+  #streamLine(generation, object) {
+    if (generation !== this.#generation) return false;
+    if (object.type === "heartbeat") {
+      this.#armWatchdog();
+      return true;
+    }
+    if (object.type === "superseded") {
+      this.#superseded(generation);
+      return false;
+    }
+    return this.#deliver(generation, object);
+  }
+
+  #attachPoll(generation) {
+    const controller = new AbortController();
+    this.#stopReader = () => controller.abort();
+    (async () => {
+      // The first request asks for no wait: it proves the transport works.
+      let wait = 0;
+      while (generation === this.#generation) {
+        const url = withQuery(this.#session.links.poll, { cursor: this.#cursor, wait });
+        const deadline = setTimeout(() => controller.abort(), wait * 1000 + POLL_SLACK_MS);
+        let response;
+        let body = null;
+        try {
+          response = await fetch(url, { ...this.#fetchInit({}), signal: controller.signal });
+          if (response.ok) body = await response.json();
+        } catch {
+          clearTimeout(deadline);
+          this.#dropped(generation, {});
+          return;
+        }
+        clearTimeout(deadline);
+        if (!response.ok || !body) {
+          this.#dropped(generation, this.#failureOf(response.status));
+          return;
+        }
+        if (wait === 0) this.#connected(generation);
+        for (const event of body.events || []) {
+          if (!this.#deliver(generation, event)) return;
+        }
+        if (body.superseded) {
+          this.#superseded(generation);
+          return;
+        }
+        wait = POLL_WAIT_S;
+      }
+    })();
+  }
+
+  // --------------------------------------------------------------- upstream
+
+  // Sends queued frames one at a time, in order.
+  async #pump() {
+    if (this.#pumping) return;
+    this.#pumping = true;
+    try {
+      while (this.#queue.length && !this.#sendsStopped && this.#readyState !== BridgeSocket.CLOSED) {
+        const frame = this.#queue[0];
+        if (frame.blob) {
+          try {
+            frame.body = new Uint8Array(await frame.blob.arrayBuffer());
+          } catch {
+            this.#fail("wsbridge: a Blob given to send() could not be read");
+            break;
+          }
+          frame.blob = null;
+        }
+        if (!frame.seq) frame.seq = ++this.#seq;
+        if (!(await this.#post(frame))) break;
+        this.#queue.shift();
+        this.#buffered -= frame.size;
+      }
+    } finally {
+      this.#pumping = false;
+      const waiters = this.#flushWaiters;
+      this.#flushWaiters = [];
+      for (const wake of waiters) wake();
+    }
+  }
+
+  // POSTs one frame until the proxy acknowledges it; false when sending must
+  // stop (the session is closed or gone, or the socket ended).
+  async #post(frame) {
+    for (let failures = 0; ; failures++) {
+      if (this.#readyState === BridgeSocket.CLOSED) return false;
+      let response = null;
+      try {
+        response = await fetch(
+          this.#session.links.send,
+          this.#fetchInit({
+            method: "POST",
+            headers: {
+              "Content-Type": frame.binary ? "application/octet-stream" : "text/plain;charset=UTF-8",
+              "Bridge-Seq": String(frame.seq),
+            },
+            body: frame.body,
+          }),
+        );
+        // Let the connection go back to the pool.
+        await response.arrayBuffer().catch(() => null);
+      } catch {
+        if (this.#closed.signal.aborted) return false;
+        // The request or its answer was lost: the same Bridge-Seq again
+        // makes a second delivery harmless.
+      }
+      if (response) {
+        const status = response.status;
+        // 200 is {"duplicate": true}: an earlier try got through.
+        if (status === 204 || status === 200) return true;
+        if (status === 410) {
+          // Closed: its close event is on the way down.
+          this.#sendsStopped = true;
+          return false;
+        }
+        if (status === 404) {
+          this.#sendsStopped = true;
+          this.#finish(1006, "", false, "wsbridge: the session no longer exists");
+          return false;
+        }
+        if (status === 413) {
+          this.#sendsStopped = true;
+          this.#fail("wsbridge: a frame was larger than the bridge accepts", 1009);
+          return false;
+        }
+        if (status === 409) {
+          this.#sendsStopped = true;
+          this.#fail("wsbridge: the bridge lost track of this socket's frame order (409)");
+          return false;
+        }
+        if (status !== 429 && status !== 408 && status < 500) {
+          this.#sendsStopped = true;
+          this.#fail(`wsbridge: the bridge refused a frame (${status})`);
+          return false;
+        }
+      }
+      await sleep(retryDelayMs(response, failures));
+    }
+  }
+
+  // Resolves when the send queue is empty (or sending stopped), or at timeout.
+  #flushSends(timeoutMs) {
+    if (!this.#pumping || !this.#queue.length) return Promise.resolve();
+    return new Promise((resolve) => {
+      const timer = setTimeout(resolve, timeoutMs);
+      this.#flushWaiters.push(() => {
+        clearTimeout(timer);
+        resolve();
+      });
+    });
+  }
+
+  // ---------------------------------------------------------------- closing
+
+  // close() on an open bridged socket: pending frames first (as a WebSocket
+  // sends queued data before its close frame), then DELETE, then the
+  // session's close event arrives downstream and ends the socket.
+  async #closeSession(code, reason) {
+    await this.#flushSends(CLOSE_FLUSH_TIMEOUT_MS);
+    if (this.#readyState === BridgeSocket.CLOSED) return;
+    this.#closeTimer = setTimeout(
+      () => this.#finish(1006, "", false, "wsbridge: the session's close was not confirmed in time"),
+      CLOSE_EVENT_TIMEOUT_MS,
+    );
+    const url = withQuery(this.#session.links.close, { code, reason: code === undefined ? undefined : reason });
+    for (let failures = 0; this.#readyState === BridgeSocket.CLOSING; failures++) {
+      let response = null;
+      try {
+        response = await fetch(url, this.#fetchInit({ method: "DELETE" }));
+      } catch {
+        // retry below, until the close timer ends the socket
+      }
+      if (response && (response.status === 204 || response.status === 200)) return;
+      if (response && response.status === 404) {
+        this.#finish(1006, "", false, "wsbridge: the session no longer exists");
+        return;
+      }
+      if (response && response.status === 410) return;
+      if (response && response.status < 500 && response.status !== 429) {
+        this.#finish(1006, "", false, `wsbridge: the bridge refused to close the session (${response.status})`);
+        return;
+      }
+      await sleep(retryDelayMs(response, failures));
+    }
+  }
+
+  // Best effort, not tied to this socket's lifetime.
+  #deleteSessionQuietly(code) {
+    const session = this.#session;
+    if (!session || !session.links.close) return;
+    fetch(withQuery(session.links.close, { code }), {
+      method: "DELETE",
+      keepalive: true,
+      credentials: this.#options.withCredentials ? "include" : "same-origin",
+    }).catch(() => null);
+  }
+
+  // A local failure on an open socket: the session is closed upstream too.
+  #fail(message, code = 1006) {
+    if (this.#readyState === BridgeSocket.CLOSED) return;
+    this.#deleteSessionQuietly();
+    this.#finish(code, "", false, message);
+  }
+
+  #dispatchError(message, details) {
+    const init = { message };
+    const event = typeof ErrorEvent === "function" ? new ErrorEvent("error", init) : new Event("error");
+    if (!("message" in event)) Object.defineProperty(event, "message", { value: message });
+    if (details) {
+      for (const [key, value] of Object.entries(details)) Object.defineProperty(event, key, { value, enumerable: true });
+    }
+    this.dispatchEvent(event);
+  }
+
+  // The one way a bridged socket ends: the close event fires exactly once.
+  #finish(code, reason, wasClean, errorMessage) {
+    if (this.#readyState === BridgeSocket.CLOSED) return;
+    this.#readyState = BridgeSocket.CLOSED;
+    liveBridgeSockets.delete(this);
+    clearTimeout(this.#closeTimer);
+    this.#detach();
+    if (this.#openWaiter) this.#openWaiter(false);
+    this.#closed.abort();
+    this.#queue = [];
+    if (errorMessage) this.#dispatchError(errorMessage);
+    this.dispatchEvent(new CloseEvent("close", { code, reason, wasClean }));
+  }
+}
+
+// A matcher of absolute ws(s) URLs for installWebSocketShim.
+function webSocketUrlMatcher(match) {
+  if (match === undefined || match === null) {
+    const host = globalThis.location ? globalThis.location.host : null;
+    return (url) => host !== null && new URL(url).host === host;
+  }
+  if (typeof match === "function") return (url) => Boolean(match(url));
+  if (match instanceof RegExp) {
+    return (url) => {
+      match.lastIndex = 0;
+      return match.test(url);
+    };
+  }
+  // A prefix may be written as http(s):, like the page's own URLs.
+  const prefix = String(match).replace(/^http(s?):/i, "ws$1:");
+  return (url) => url.startsWith(prefix);
+}
+
+/**
+ * Replaces globalThis.WebSocket so that `new WebSocket(url)` returns a
+ * BridgeSocket for matching URLs and a native WebSocket otherwise. Returns a
+ * function that restores the previous constructor.
+ */
+function installWebSocketShim(match, options) {
+  const previous = globalThis.WebSocket;
+  const Native = unwrapNativeWebSocket(previous);
+  const matches = webSocketUrlMatcher(match);
+  // The shim's sockets still try a real WebSocket first, with the native
+  // constructor, never with the shim.
+  const bridgeOptions = { ...(options || {}), WebSocket: Native };
+
+  function WebSocket(url, protocols) {
+    if (!new.target) throw new TypeError("Failed to construct 'WebSocket': Please use the 'new' operator.");
+    const absolute = resolveWebSocketUrl(url);
+    if (matches(absolute) || !Native) return new BridgeSocket(absolute, protocols, bridgeOptions);
+    return protocols === undefined ? new Native(url) : new Native(url, protocols);
+  }
+  Object.defineProperty(WebSocket, WSBRIDGE_NATIVE, { value: Native });
+  for (const [name, value] of [["CONNECTING", 0], ["OPEN", 1], ["CLOSING", 2], ["CLOSED", 3]]) {
+    Object.defineProperty(WebSocket, name, { value, enumerable: true });
+  }
+  if (Native) WebSocket.prototype = Native.prototype;
+  // `socket instanceof WebSocket` holds for both kinds the shim returns.
+  Object.defineProperty(WebSocket, Symbol.hasInstance, {
+    value: (value) => value instanceof BridgeSocket || (Native !== null && value instanceof Native),
+  });
+  globalThis.WebSocket = WebSocket;
+  return function uninstall() {
+    if (globalThis.WebSocket === WebSocket) globalThis.WebSocket = previous;
+  };
+}
