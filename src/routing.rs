@@ -1,0 +1,305 @@
+//! Where a request goes: a bridge endpoint under the prefix, or pass-through;
+//! and which configured route (and so which upstream) a WebSocket path maps
+//! to. Pure functions, tested directly.
+
+use http::uri::{PathAndQuery, Uri};
+
+use crate::config::{Config, Route, Transport};
+
+/// A bridge endpoint, named for logs and metrics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Endpoint<'a> {
+    Open,
+    Sse(&'a str),
+    Stream(&'a str),
+    Poll(&'a str),
+    Send(&'a str),
+    /// `DELETE {prefix}/sessions/{id}`.
+    Session(&'a str),
+    ClientJs,
+    ClientMjs,
+    Healthz,
+    Readyz,
+    Metrics,
+    Transports,
+    NotFound,
+}
+
+impl Endpoint<'_> {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Endpoint::Open => "open",
+            Endpoint::Sse(_) => "sse",
+            Endpoint::Stream(_) => "stream",
+            Endpoint::Poll(_) => "poll",
+            Endpoint::Send(_) => "send",
+            Endpoint::Session(_) => "close",
+            Endpoint::ClientJs | Endpoint::ClientMjs => "client",
+            Endpoint::Healthz => "healthz",
+            Endpoint::Readyz => "readyz",
+            Endpoint::Metrics => "metrics",
+            Endpoint::Transports => "transports",
+            Endpoint::NotFound => "not_found",
+        }
+    }
+
+    /// Session endpoints are subject to `security.allowed_origins`.
+    pub fn checks_origin(&self) -> bool {
+        matches!(
+            self,
+            Endpoint::Open
+                | Endpoint::Sse(_)
+                | Endpoint::Stream(_)
+                | Endpoint::Poll(_)
+                | Endpoint::Send(_)
+                | Endpoint::Session(_)
+        )
+    }
+}
+
+/// `None` means the request is outside the prefix: pass it through.
+pub fn classify<'a>(prefix: &str, path: &'a str) -> Option<Endpoint<'a>> {
+    let rest = path.strip_prefix(prefix)?;
+    if !rest.is_empty() && !rest.starts_with('/') {
+        return None; // "/_bridgefoo" is the app's
+    }
+    let endpoint = match rest {
+        "/sessions" => Endpoint::Open,
+        "/client.js" => Endpoint::ClientJs,
+        "/client.mjs" => Endpoint::ClientMjs,
+        "/healthz" => Endpoint::Healthz,
+        "/readyz" => Endpoint::Readyz,
+        "/metrics" => Endpoint::Metrics,
+        "/transports" => Endpoint::Transports,
+        _ => match rest
+            .strip_prefix("/sessions/")
+            .map(|s| s.split_once('/').unwrap_or((s, "")))
+        {
+            Some((id, _)) if id.is_empty() => Endpoint::NotFound,
+            Some((id, "")) => Endpoint::Session(id),
+            Some((id, "sse")) => Endpoint::Sse(id),
+            Some((id, "stream")) => Endpoint::Stream(id),
+            Some((id, "poll")) => Endpoint::Poll(id),
+            Some((id, "send")) => Endpoint::Send(id),
+            _ => Endpoint::NotFound,
+        },
+    };
+    Some(endpoint)
+}
+
+/// The route for a WebSocket path: a route whose `path` equals it, else the
+/// longest route path ending in `/` that prefixes it. Returns the route and
+/// the remainder after the route path.
+pub fn match_route<'r, 'p>(routes: &'r [Route], path: &'p str) -> Option<(&'r Route, &'p str)> {
+    if let Some(exact) = routes.iter().find(|r| r.path == path) {
+        return Some((exact, ""));
+    }
+    routes
+        .iter()
+        .filter(|r| r.path.ends_with('/') && path.starts_with(r.path.as_str()))
+        .max_by_key(|r| r.path.len())
+        .map(|r| (r, &path[r.path.len()..]))
+}
+
+/// Where a WebSocket path goes: the upstream URL and what it may use.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Target {
+    pub upstream: Uri,
+    pub transports: Vec<Transport>,
+    pub sse_event_field: Option<String>,
+}
+
+impl Target {
+    pub fn allows(&self, t: Transport) -> bool {
+        self.transports.contains(&t)
+    }
+
+    pub fn bridges(&self) -> bool {
+        self.transports.iter().any(|t| *t != Transport::Websocket)
+    }
+}
+
+/// Resolves a path and query (as the page gave them) to its upstream target.
+/// With no routes, every path goes to `upstream.url` with every transport.
+pub fn resolve(config: &Config, pq: &PathAndQuery) -> Option<Target> {
+    let path = pq.path();
+    let query = pq.query();
+    if config.routes.is_empty() {
+        let mut url = config.upstream_ws_base();
+        url.push_str(path);
+        push_query(&mut url, None, query);
+        return Some(Target {
+            upstream: url.parse().ok()?,
+            transports: Transport::ALL.to_vec(),
+            sse_event_field: None,
+        });
+    }
+    let (route, remainder) = match_route(&config.routes, path)?;
+    let base = &route.upstream;
+    let mut url = format!("{}://{}", base.scheme_str()?, base.authority()?.as_str());
+    let base_path = base.path();
+    url.push_str(base_path);
+    if !remainder.is_empty() {
+        if !base_path.ends_with('/') {
+            url.push('/');
+        }
+        url.push_str(remainder);
+    }
+    push_query(&mut url, base.query(), query);
+    Some(Target {
+        upstream: url.parse().ok()?,
+        transports: route.transports.clone(),
+        sse_event_field: route.sse_event_field.clone(),
+    })
+}
+
+/// Appends the route's own query and the page's, verbatim, joined by `&`.
+fn push_query(url: &mut String, route_query: Option<&str>, page_query: Option<&str>) {
+    let parts: Vec<&str> = [route_query, page_query]
+        .into_iter()
+        .flatten()
+        .filter(|q| !q.is_empty())
+        .collect();
+    if !parts.is_empty() {
+        url.push('?');
+        url.push_str(&parts.join("&"));
+    }
+}
+
+/// Why the `url` of an open request was refused.
+#[derive(Debug, PartialEq, Eq)]
+pub struct BadUrl(pub &'static str);
+
+/// Takes the `url` a page would pass to `new WebSocket()` and keeps only its
+/// path and query: an absolute URL never chooses the host.
+pub fn page_path(url: &str) -> Result<PathAndQuery, BadUrl> {
+    if url.is_empty() {
+        return Err(BadUrl("url is empty"));
+    }
+    if url.contains('#') {
+        return Err(BadUrl("url must not contain a fragment"));
+    }
+    let pq = if url.starts_with('/') {
+        if url.starts_with("//") {
+            return Err(BadUrl(
+                "url must be a path or an absolute ws:, wss:, http: or https: URL",
+            ));
+        }
+        url.parse::<PathAndQuery>()
+            .map_err(|_| BadUrl("url is not a valid path and query"))?
+    } else {
+        let uri: Uri = url.parse().map_err(|_| BadUrl("url is not a valid URL"))?;
+        match uri.scheme_str().map(str::to_ascii_lowercase).as_deref() {
+            Some("ws" | "wss" | "http" | "https") => {}
+            _ => {
+                return Err(BadUrl(
+                    "url must be a path or an absolute ws:, wss:, http: or https: URL",
+                ));
+            }
+        }
+        if uri.host().is_none() {
+            return Err(BadUrl("url has no host"));
+        }
+        match uri.path_and_query() {
+            Some(pq) if pq.path().starts_with('/') => pq.clone(),
+            _ => PathAndQuery::from_static("/"),
+        }
+    };
+    if has_dot_segment(pq.path()) {
+        return Err(BadUrl("url path must not contain '.' or '..' segments"));
+    }
+    Ok(pq)
+}
+
+/// `.`/`..` segments (also percent-encoded) could walk a prefix route out of
+/// its upstream path, so they are refused rather than normalised.
+fn has_dot_segment(path: &str) -> bool {
+    path.split('/').any(|seg| {
+        let lower = seg.to_ascii_lowercase();
+        let decoded = lower.replace("%2e", ".");
+        decoded == "." || decoded == ".."
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(routes: &str) -> Config {
+        Config::from_toml(&format!("[upstream]\nurl = \"http://app:3000\"\n{routes}")).unwrap()
+    }
+
+    #[test]
+    fn classify_endpoints() {
+        let p = "/_bridge";
+        assert_eq!(classify(p, "/"), None);
+        assert_eq!(classify(p, "/_bridgex"), None);
+        assert_eq!(classify(p, "/_bridge/sessions"), Some(Endpoint::Open));
+        assert_eq!(
+            classify(p, "/_bridge/sessions/abc/sse"),
+            Some(Endpoint::Sse("abc"))
+        );
+        assert_eq!(
+            classify(p, "/_bridge/sessions/abc"),
+            Some(Endpoint::Session("abc"))
+        );
+        assert_eq!(
+            classify(p, "/_bridge/sessions/abc/nope"),
+            Some(Endpoint::NotFound)
+        );
+        assert_eq!(
+            classify(p, "/_bridge/sessions//sse"),
+            Some(Endpoint::NotFound)
+        );
+        assert_eq!(classify(p, "/_bridge"), Some(Endpoint::NotFound));
+        assert_eq!(classify(p, "/_bridge/zzz"), Some(Endpoint::NotFound));
+    }
+
+    #[test]
+    fn exact_then_longest_prefix() {
+        let c = config(
+            r#"
+[[routes]]
+path = "/ws"
+upstream = "ws://a/ws"
+[[routes]]
+path = "/bridge/"
+upstream = "ws://b/app/"
+[[routes]]
+path = "/bridge/deep/"
+upstream = "ws://c/deep"
+"#,
+        );
+        let t = |p: &str| resolve(&c, &p.parse().unwrap()).map(|t| t.upstream.to_string());
+        assert_eq!(t("/ws?x=1").as_deref(), Some("ws://a/ws?x=1"));
+        assert_eq!(t("/ws/more"), None);
+        assert_eq!(t("/bridge/sub/x?q").as_deref(), Some("ws://b/app/sub/x?q"));
+        assert_eq!(t("/bridge/deep/y").as_deref(), Some("ws://c/deep/y"));
+        assert_eq!(t("/other"), None);
+    }
+
+    #[test]
+    fn no_routes_bridges_everything_to_upstream() {
+        let c = config("");
+        let t = resolve(&c, &"/chat?token=a%20b".parse().unwrap()).unwrap();
+        assert_eq!(t.upstream.to_string(), "ws://app:3000/chat?token=a%20b");
+        assert_eq!(t.transports, Transport::ALL.to_vec());
+    }
+
+    #[test]
+    fn page_url_never_chooses_host() {
+        assert_eq!(
+            page_path("ws://evil.example:9/ws?a=1").unwrap().as_str(),
+            "/ws?a=1"
+        );
+        assert_eq!(page_path("https://x/").unwrap().as_str(), "/");
+        assert_eq!(page_path("/ws").unwrap().as_str(), "/ws");
+        assert!(page_path("//evil/ws").is_err());
+        assert!(page_path("ftp://x/ws").is_err());
+        assert!(page_path("ws").is_err());
+        assert!(page_path("").is_err());
+        assert!(page_path("/ws#frag").is_err());
+        assert!(page_path("/bridge/../admin").is_err());
+        assert!(page_path("/bridge/%2E%2e/admin").is_err());
+    }
+}

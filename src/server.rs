@@ -1,0 +1,372 @@
+//! The accept loop: connections (plain, TLS, HTTP/1.1 and HTTP/2), the
+//! per-request log line and metrics, and the graceful drain.
+//!
+//! Shutdown has one owner: the future passed to [`run`]. When it resolves,
+//! readiness turns 503, the listener closes, every session gets its close
+//! 1001, in-flight requests finish, and `run` returns within
+//! `server.drain_timeout` whatever is still open.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use http::{HeaderMap, Request, Response};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+use tokio_rustls::TlsAcceptor;
+use tracing::Instrument;
+
+use crate::config::{Config, TlsConfig};
+use crate::error::Body;
+use crate::metrics::{CloseReason, Metrics};
+use crate::passthrough::PassThrough;
+use crate::routing::{self, Endpoint};
+use crate::session::registry::Registry;
+use crate::upstream;
+
+/// How long a TLS handshake may take.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Pause after an accept error (e.g. out of file descriptors) so the loop
+/// does not spin while the condition lasts.
+const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
+
+/// What every request handler shares.
+pub struct Shared {
+    pub config: Config,
+    pub registry: Arc<Registry>,
+    pub metrics: Arc<Metrics>,
+    pub passthrough: PassThrough,
+    /// TLS settings for `wss://`/`https://` upstreams.
+    pub upstream_tls: Arc<rustls::ClientConfig>,
+    /// Set once shutdown starts: readiness fails and new sessions are refused.
+    pub draining: AtomicBool,
+    /// The listener's TLS acceptor; swapped on reload (SIGHUP).
+    tls: RwLock<Option<TlsAcceptor>>,
+}
+
+impl Shared {
+    pub fn new(config: Config) -> io::Result<Arc<Shared>> {
+        let upstream_tls = upstream::tls_client_config(config.upstream.ca_file.as_deref())?;
+        let tls = config.server.tls.as_ref().map(load_tls).transpose()?;
+        let passthrough = PassThrough::new(&config, Arc::clone(&upstream_tls));
+        Ok(Arc::new(Shared {
+            registry: Arc::new(Registry::new(
+                config.sessions.max_sessions,
+                config.sessions.max_sessions_per_client,
+            )),
+            metrics: Arc::new(Metrics::new()),
+            passthrough,
+            upstream_tls,
+            draining: AtomicBool::new(false),
+            tls: RwLock::new(tls),
+            config,
+        }))
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+
+    /// Reloads the certificate and key from their files; connections
+    /// already open keep theirs. On error the old ones stay.
+    pub fn reload_tls(&self) -> io::Result<()> {
+        let Some(tls) = &self.config.server.tls else {
+            return Ok(());
+        };
+        let acceptor = load_tls(tls)?;
+        *self.tls.write().unwrap_or_else(|p| p.into_inner()) = Some(acceptor);
+        Ok(())
+    }
+
+    fn acceptor(&self) -> Option<TlsAcceptor> {
+        self.tls.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Starts the drain: every session gets its close 1001, on both sides.
+    fn drain_sessions(&self) {
+        self.draining.store(true, Ordering::Release);
+        for session in self.registry.all() {
+            session.close(1001, "proxy shutting down", CloseReason::Drain);
+        }
+    }
+}
+
+fn load_tls(tls: &TlsConfig) -> io::Result<TlsAcceptor> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    fn with_path(p: &std::path::Path) -> impl Fn(rustls::pki_types::pem::Error) -> io::Error + '_ {
+        move |e| io::Error::other(format!("{}: {e}", p.display()))
+    }
+    let certs = CertificateDer::pem_file_iter(&tls.cert)
+        .map_err(with_path(&tls.cert))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(with_path(&tls.cert))?;
+    if certs.is_empty() {
+        return Err(io::Error::other(format!(
+            "{}: no certificate found",
+            tls.cert.display()
+        )));
+    }
+    let key = PrivateKeyDer::from_pem_file(&tls.key).map_err(with_path(&tls.key))?;
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(io::Error::other)?
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .map_err(|e| io::Error::other(format!("{}: {e}", tls.key.display())))?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+/// What a handler knows of the connection a request came on.
+#[derive(Clone, Copy, Debug)]
+pub struct ConnInfo {
+    pub peer: SocketAddr,
+    pub tls: bool,
+}
+
+impl ConnInfo {
+    /// The browser's address: the peer, or, when the peer is a trusted proxy,
+    /// the nearest untrusted address in `X-Forwarded-For`.
+    pub fn client_ip(&self, headers: &HeaderMap, shared: &Shared) -> IpAddr {
+        let security = &shared.config.security;
+        if !security.is_trusted_proxy(self.peer.ip()) {
+            return self.peer.ip();
+        }
+        let hops: Vec<IpAddr> = headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|s| s.trim().parse().ok())
+            .collect();
+        hops.into_iter()
+            .rev()
+            .find(|ip| !security.is_trusted_proxy(*ip))
+            .unwrap_or(self.peer.ip())
+    }
+}
+
+/// Serves on a bound listener until `shutdown` resolves, then drains.
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> io::Result<()> {
+    let shared = Shared::new(config)?;
+    serve(listener, shared, shutdown).await
+}
+
+/// Like [`run`], with the shared state made by the caller (the binary keeps
+/// it for SIGHUP reloads and the admin listener).
+pub async fn serve(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> io::Result<()> {
+    let graceful = GracefulShutdown::new();
+    let builder = Arc::new(http_builder(&shared.config));
+    let limit = Arc::new(Semaphore::new(shared.config.server.max_connections));
+    tokio::pin!(shutdown);
+    loop {
+        let permit = tokio::select! {
+            // Closed never: the semaphore lives as long as the loop.
+            permit = Arc::clone(&limit).acquire_owned() => permit.map_err(io::Error::other)?,
+            _ = &mut shutdown => break,
+        };
+        let (tcp, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    // EMFILE and friends: survive and retry once some close.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
+                    continue;
+                }
+            },
+            _ = &mut shutdown => break,
+        };
+        let _ = tcp.set_nodelay(true);
+        let watcher = graceful.watcher();
+        let shared = Arc::clone(&shared);
+        let builder = Arc::clone(&builder);
+        let span = tracing::debug_span!("conn", %peer);
+        tokio::spawn(
+            async move {
+                serve_connection(tcp, peer, shared, &builder, watcher).await;
+                drop(permit);
+            }
+            .instrument(span),
+        );
+    }
+    drop(listener);
+    tracing::info!("draining");
+    shared.drain_sessions();
+    let drain_timeout = shared.config.server.drain_timeout;
+    tokio::select! {
+        _ = graceful.shutdown() => tracing::info!("drained"),
+        _ = tokio::time::sleep(drain_timeout) => tracing::warn!("drain timeout: closing what is left"),
+    }
+    Ok(())
+}
+
+/// The admin listener: health, readiness and metrics only, at `/healthz`,
+/// `/readyz`, `/metrics` (and under the prefix). It keeps answering during
+/// the drain, so probes see readiness fail while sessions close.
+pub async fn serve_admin(listener: TcpListener, shared: Arc<Shared>) {
+    loop {
+        let (tcp, peer) = match listener.accept().await {
+            Ok(pair) => pair,
+            Err(e) => {
+                tracing::warn!(error = %e, "admin accept failed");
+                tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
+                continue;
+            }
+        };
+        let shared = Arc::clone(&shared);
+        tokio::spawn(async move {
+            let service = service_fn(move |req: Request<Incoming>| {
+                let shared = Arc::clone(&shared);
+                async move {
+                    let prefix = &shared.config.server.prefix;
+                    let path = req.uri().path();
+                    let resp = match path.strip_prefix(prefix.as_str()).unwrap_or(path) {
+                        "/healthz" | "/readyz" | "/metrics" => {
+                            crate::bridge::handle_ops(req.uri().path(), &shared)
+                        }
+                        _ => crate::error::BridgeError::NotFound.into_response(),
+                    };
+                    Ok::<_, Infallible>(resp)
+                }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(10))
+                .serve_connection(TokioIo::new(tcp), service);
+            if let Err(e) = conn.await {
+                tracing::debug!(%peer, error = %e, "admin connection ended with an error");
+            }
+        });
+    }
+}
+
+fn http_builder(config: &Config) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(config.server.header_read_timeout)
+        .max_buf_size(config.server.max_header_bytes.max(8192));
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(config.server.max_header_bytes).unwrap_or(u32::MAX))
+        // Many SSE sessions share one HTTP/2 connection.
+        .max_concurrent_streams(1000);
+    builder
+}
+
+async fn serve_connection(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    builder: &auto::Builder<TokioExecutor>,
+    watcher: hyper_util::server::graceful::Watcher,
+) {
+    match shared.acceptor() {
+        None => {
+            let info = ConnInfo { peer, tls: false };
+            let service = service_fn(move |req| handle(req, info, Arc::clone(&shared)));
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(tcp), service);
+            if let Err(e) = watcher.watch(conn.into_owned()).await {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+        }
+        Some(acceptor) => {
+            let tls = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await
+            {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(e)) => return tracing::debug!(error = %e, "TLS handshake failed"),
+                Err(_) => return tracing::debug!("TLS handshake timed out"),
+            };
+            let info = ConnInfo { peer, tls: true };
+            let service = service_fn(move |req| handle(req, info, Arc::clone(&shared)));
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
+            if let Err(e) = watcher.watch(conn.into_owned()).await {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+        }
+    }
+}
+
+/// Every request: dispatch, then one log line and the request metrics.
+pub async fn handle(
+    req: Request<Incoming>,
+    conn: ConnInfo,
+    shared: Arc<Shared>,
+) -> Result<Response<Body>, Infallible> {
+    let start = Instant::now();
+    let method = req.method().clone();
+    let log_path = log_path(&shared.config.server.prefix, req.uri().path());
+    let endpoint =
+        routing::classify(&shared.config.server.prefix, req.uri().path()).map(|e| e.name());
+    let resp = match endpoint {
+        Some(_) => crate::bridge::handle(req, conn, &shared).await,
+        None => shared.passthrough.handle(req, conn, &shared).await,
+    };
+    let elapsed = start.elapsed();
+    let status = resp.status().as_u16();
+    let endpoint_name = endpoint.unwrap_or(if status == 101 {
+        "websocket"
+    } else {
+        "passthrough"
+    });
+    shared.metrics.request(endpoint_name, status, elapsed);
+    tracing::info!(
+        method = %method,
+        path = %log_path,
+        status,
+        ms = elapsed.as_secs_f64() * 1000.0,
+        "request"
+    );
+    Ok(resp)
+}
+
+/// The path as it may be logged: never the query (tokens live there) and
+/// never a whole session id (it is a bearer capability).
+fn log_path(prefix: &str, path: &str) -> String {
+    match routing::classify(prefix, path) {
+        Some(
+            Endpoint::Sse(id)
+            | Endpoint::Stream(id)
+            | Endpoint::Poll(id)
+            | Endpoint::Send(id)
+            | Endpoint::Session(id),
+        ) => path.replacen(id, &format!("{}…", crate::session::log_id(id)), 1),
+        _ => path.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_path_hides_session_ids() {
+        let p = log_path("/_bridge", "/_bridge/sessions/AbCdEfGhIjKlMnOpQrStUv/sse");
+        assert_eq!(p, "/_bridge/sessions/AbCdEf…/sse");
+        assert_eq!(log_path("/_bridge", "/app/page"), "/app/page");
+    }
+}

@@ -1,0 +1,218 @@
+//! The downstream transports, one module each, and what they share: cursor
+//! parsing, the JSON form of an event (stream and poll), and the response
+//! headers every reader sends.
+
+pub mod poll;
+pub mod sse;
+pub mod stream;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::Frame;
+
+use crate::config::Transport;
+use crate::error::{Body, BoxError, BridgeError};
+use crate::session::replay::{Event, EventData};
+
+/// Events and bytes a streaming reader takes from the queue per write: large
+/// enough to coalesce a burst into one write, small enough to bound the
+/// buffer each reader holds.
+pub const STREAM_BATCH_EVENTS: usize = 1024;
+pub const STREAM_BATCH_BYTES: usize = 256 * 1024;
+
+/// Parses a cursor: a decimal integer, digits only, no sign, no leading zeros.
+/// (The upper bound, the session's last id, is checked on attach.)
+pub fn parse_cursor(text: &str) -> Result<u64, BridgeError> {
+    let ok = !text.is_empty()
+        && text.bytes().all(|b| b.is_ascii_digit())
+        && (text == "0" || !text.starts_with('0'));
+    if !ok {
+        return Err(BridgeError::BadCursor);
+    }
+    text.parse().map_err(|_| BridgeError::BadCursor)
+}
+
+/// The cursor a reader resumes from: `?cursor` wins over `Last-Event-ID`;
+/// with neither, 0.
+pub fn resume_cursor(query: &[(String, String)], headers: &HeaderMap) -> Result<u64, BridgeError> {
+    if let Some((_, v)) = query.iter().find(|(k, _)| k == "cursor") {
+        return parse_cursor(v);
+    }
+    match headers.get("last-event-id") {
+        Some(v) => parse_cursor(v.to_str().map_err(|_| BridgeError::BadCursor)?),
+        None => Ok(0),
+    }
+}
+
+/// A streaming response with the headers every reader carries.
+pub fn streaming_response<S>(
+    content_type: &'static str,
+    transport: Transport,
+    chunks: S,
+) -> Response<Body>
+where
+    S: futures_util::Stream<Item = Bytes> + Send + 'static,
+{
+    use futures_util::StreamExt;
+    let body = StreamBody::new(chunks.map(|b| Ok::<_, BoxError>(Frame::data(b))));
+    let mut resp = Response::new(body.boxed_unsync());
+    *resp.status_mut() = StatusCode::OK;
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    h.insert(
+        "x-realtime-transport",
+        HeaderValue::from_static(transport.as_str()),
+    );
+    resp
+}
+
+/// Appends an event as one JSON object, the form poll and stream share:
+/// `{"id":7,"type":"text","data":"..."}`. Written directly: this is the hot
+/// path, and only strings need escaping.
+pub fn write_event_json(out: &mut Vec<u8>, event: &Event) {
+    out.extend_from_slice(b"{\"id\":");
+    out.extend_from_slice(itoa(event.id).as_bytes());
+    match &event.data {
+        EventData::Text(text) => {
+            out.extend_from_slice(b",\"type\":\"text\",\"data\":");
+            // Text frames are valid UTF-8 (tungstenite checks); fall back to
+            // a lossy form rather than panic if that ever breaks.
+            match std::str::from_utf8(text) {
+                Ok(s) => write_json_str(out, s),
+                Err(_) => write_json_str(out, &String::from_utf8_lossy(text)),
+            }
+        }
+        EventData::Binary(data) => {
+            out.extend_from_slice(b",\"type\":\"binary\",\"data\":\"");
+            write_base64(out, data);
+            out.push(b'"');
+        }
+        EventData::Close { code, reason } => {
+            out.extend_from_slice(b",\"type\":\"close\",\"code\":");
+            out.extend_from_slice(itoa(u64::from(*code)).as_bytes());
+            out.extend_from_slice(b",\"reason\":");
+            write_json_str(out, reason);
+        }
+        EventData::Gap { from, to } => {
+            out.extend_from_slice(b",\"type\":\"gap\",\"from\":");
+            out.extend_from_slice(itoa(*from).as_bytes());
+            out.extend_from_slice(b",\"to\":");
+            out.extend_from_slice(itoa(*to).as_bytes());
+        }
+    }
+    out.push(b'}');
+}
+
+pub fn write_json_str(out: &mut Vec<u8>, s: &str) {
+    // Serialising a &str into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *out, s);
+}
+
+pub fn write_base64(out: &mut Vec<u8>, data: &[u8]) {
+    let start = out.len();
+    out.resize(start + data.len().div_ceil(3) * 4, 0);
+    // The slice is exactly the encoded length, so this cannot fail.
+    let _ = STANDARD.encode_slice(data, &mut out[start..]);
+}
+
+fn itoa(n: u64) -> String {
+    n.to_string()
+}
+
+/// True when the batch ends with the session's close event: the reader is done.
+pub fn ends_session(events: &[Event]) -> bool {
+    events
+        .last()
+        .is_some_and(|e| matches!(e.data, EventData::Close { .. }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursor_grammar() {
+        assert_eq!(parse_cursor("0").unwrap(), 0);
+        assert_eq!(parse_cursor("17").unwrap(), 17);
+        for bad in [
+            "",
+            "+1",
+            "01",
+            "-1",
+            "1.0",
+            " 1",
+            "1a",
+            "99999999999999999999999",
+        ] {
+            assert!(parse_cursor(bad).is_err(), "{bad:?} must be refused");
+        }
+    }
+
+    #[test]
+    fn event_json_is_valid_and_exact() {
+        let text = "a\"b\\c\r\n\0😀";
+        let mut out = Vec::new();
+        write_event_json(
+            &mut out,
+            &Event {
+                id: 7,
+                data: EventData::Text(Bytes::from(text)),
+            },
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"id": 7, "type": "text", "data": text})
+        );
+
+        out.clear();
+        write_event_json(
+            &mut out,
+            &Event {
+                id: 8,
+                data: EventData::Binary(Bytes::from_static(&[0, 255, 1])),
+            },
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"id": 8, "type": "binary", "data": "AP8B"})
+        );
+
+        out.clear();
+        write_event_json(
+            &mut out,
+            &Event {
+                id: 3,
+                data: EventData::Gap { from: 2, to: 3 },
+            },
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"id": 3, "type": "gap", "from": 2, "to": 3})
+        );
+
+        out.clear();
+        write_event_json(
+            &mut out,
+            &Event {
+                id: 9,
+                data: EventData::Close {
+                    code: 1000,
+                    reason: "bye".into(),
+                },
+            },
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"id": 9, "type": "close", "code": 1000, "reason": "bye"})
+        );
+    }
+}

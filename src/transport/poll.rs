@@ -1,0 +1,95 @@
+//! `GET {prefix}/sessions/{id}/poll?cursor=N&wait=S`: cursor-based long-poll.
+//! Answers at once when events after the cursor are held, else waits up to
+//! `wait` seconds for the first one.
+
+use std::time::Duration;
+
+use http::{HeaderValue, Response, StatusCode, header};
+
+use super::write_event_json;
+use crate::error::{Body, BridgeError, full};
+use crate::session::{Batch, Reader};
+
+/// The wait when the request names none.
+pub const DEFAULT_WAIT: Duration = Duration::from_secs(25);
+
+/// Parses `wait`: seconds, a non-negative decimal number.
+pub fn parse_wait(text: &str, max: Duration) -> Result<Duration, BridgeError> {
+    let bad = || {
+        BridgeError::bad_request(
+            "bad_wait",
+            "wait must be a number of seconds, like 25 or 0.5",
+        )
+    };
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
+        return Err(bad());
+    }
+    let secs: f64 = text.parse().map_err(|_| bad())?;
+    if !secs.is_finite() {
+        return Err(bad());
+    }
+    Ok(Duration::from_secs_f64(secs.min(max.as_secs_f64())))
+}
+
+pub async fn respond(
+    mut reader: Reader,
+    wait: Duration,
+    max_events: usize,
+    max_bytes: usize,
+) -> Response<Body> {
+    let start = reader.cursor();
+    let batch = match reader.try_next(max_events, max_bytes) {
+        Batch::Events(events) if events.is_empty() && !reader.finished() => {
+            tokio::select! {
+                batch = reader.next(max_events, max_bytes) => batch,
+                _ = tokio::time::sleep(wait) => Batch::Events(Vec::new()),
+            }
+        }
+        other => other,
+    };
+    let mut out = Vec::with_capacity(128);
+    match batch {
+        Batch::Superseded => {
+            out.extend_from_slice(
+                format!("{{\"cursor\":{start},\"events\":[],\"superseded\":true}}").as_bytes(),
+            );
+        }
+        Batch::Events(events) => {
+            let cursor = events.last().map_or(start, |e| e.id);
+            out.extend_from_slice(format!("{{\"cursor\":{cursor},\"events\":[").as_bytes());
+            for (i, event) in events.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_event_json(&mut out, event);
+            }
+            out.extend_from_slice(b"]}");
+        }
+    }
+    let mut resp = Response::new(full(out));
+    *resp.status_mut() = StatusCode::OK;
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert("x-realtime-transport", HeaderValue::from_static("poll"));
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wait_grammar_and_cap() {
+        let max = Duration::from_secs(30);
+        assert_eq!(parse_wait("0", max).unwrap(), Duration::ZERO);
+        assert_eq!(parse_wait("0.5", max).unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_wait("99", max).unwrap(), max);
+        for bad in ["", "-1", "abc", "1e3", "inf", "1..2"] {
+            assert!(parse_wait(bad, max).is_err(), "{bad:?}");
+        }
+    }
+}

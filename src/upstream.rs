@@ -1,0 +1,352 @@
+//! The upstream side of a session: the handshake, and the one task that owns
+//! the upstream WebSocket for the session's whole life.
+//!
+//! The task polls two loops at once (`join!`, one task): the reader moves
+//! upstream frames into the replay queue and pauses when undelivered events
+//! reach `replay.max_pending_bytes`, so TCP backpressure reaches the backend;
+//! the writer forwards browser frames, pings, and carries out closes. Reading
+//! and writing never wait on each other, so a backend that stops reading
+//! cannot stall delivery, and the other way round.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
+use http::{HeaderMap, HeaderValue, StatusCode, Uri};
+use tokio::net::TcpStream;
+use tokio::time::{Instant, sleep, sleep_until, timeout};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{self, Message};
+use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
+use tokio_util::sync::CancellationToken;
+
+use crate::error::UpstreamError;
+use crate::metrics::{CloseReason, Metrics};
+use crate::session::registry::Registry;
+use crate::session::replay::EventData;
+use crate::session::{Frame, Outbound, Session, UpstreamHandle};
+
+pub type UpstreamSocket = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// Read buffer of an upstream socket. tungstenite allocates it eagerly and
+/// defaults to 128 KiB; an idle session needs far less, and 8 KiB still
+/// takes dozens of small frames per read under load.
+const READ_BUFFER: usize = 8 * 1024;
+/// How long a close handshake may take before the socket is dropped.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
+/// A write to the upstream that takes longer than this means a dead upstream.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The settings a session's upstream task runs with.
+#[derive(Clone, Copy, Debug)]
+pub struct Timers {
+    pub ping: Duration,
+    pub idle: Duration,
+    pub linger: Duration,
+}
+
+/// The WebSocket settings for upstream sockets.
+pub fn socket_config(max_frame: usize) -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(READ_BUFFER)
+        // Write each frame at once: the writer flushes after every frame
+        // anyway, and a large write buffer would only hold memory.
+        .write_buffer_size(0)
+        .max_message_size(Some(max_frame))
+        .max_frame_size(Some(max_frame))
+}
+
+/// A finished upstream handshake.
+pub struct Connected {
+    pub socket: UpstreamSocket,
+    /// The negotiated subprotocol, or empty.
+    pub protocol: String,
+}
+
+/// Opens the upstream WebSocket for a session: `headers` are those to pass on
+/// (already chosen by the caller), `protocols` the page's subprotocols.
+pub async fn connect(
+    url: &Uri,
+    headers: HeaderMap,
+    protocols: &[String],
+    config: WebSocketConfig,
+    tls: Option<Arc<rustls::ClientConfig>>,
+    connect_timeout: Duration,
+) -> Result<Connected, UpstreamError> {
+    let mut request = url
+        .to_string()
+        .into_client_request()
+        .map_err(|e| UpstreamError::Protocol(e.to_string()))?;
+    for (name, value) in &headers {
+        request.headers_mut().append(name, value.clone());
+    }
+    if !protocols.is_empty() {
+        let list = HeaderValue::from_str(&protocols.join(", ")).map_err(|_| {
+            UpstreamError::Protocol("subprotocol is not a valid header value".into())
+        })?;
+        request
+            .headers_mut()
+            .insert(http::header::SEC_WEBSOCKET_PROTOCOL, list);
+    }
+    let connector = match (url.scheme_str(), tls) {
+        (Some("wss"), Some(tls)) => Some(Connector::Rustls(tls)),
+        _ => Some(Connector::Plain),
+    };
+    let handshake =
+        tokio_tungstenite::connect_async_tls_with_config(request, Some(config), true, connector);
+    let (socket, response) = match timeout(connect_timeout, handshake).await {
+        Err(_) => return Err(UpstreamError::Timeout),
+        Ok(Err(tungstenite::Error::Http(resp))) => {
+            return Err(UpstreamError::Rejected(resp.status()));
+        }
+        Ok(Err(tungstenite::Error::Io(e))) => {
+            return Err(UpstreamError::Unreachable(e.to_string()));
+        }
+        Ok(Err(tungstenite::Error::Tls(e))) => {
+            return Err(UpstreamError::Unreachable(format!("tls: {e}")));
+        }
+        Ok(Err(tungstenite::Error::Url(e))) => {
+            return Err(UpstreamError::Unreachable(e.to_string()));
+        }
+        Ok(Err(e)) => return Err(UpstreamError::Protocol(e.to_string())),
+        Ok(Ok(pair)) => pair,
+    };
+    let protocol = response
+        .headers()
+        .get(http::header::SEC_WEBSOCKET_PROTOCOL)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    Ok(Connected { socket, protocol })
+}
+
+/// The HTTP status a failed handshake counts as in the metrics.
+pub fn failure_status(e: &UpstreamError) -> StatusCode {
+    match e {
+        UpstreamError::Rejected(s) => *s,
+        UpstreamError::Timeout => StatusCode::GATEWAY_TIMEOUT,
+        _ => StatusCode::BAD_GATEWAY,
+    }
+}
+
+/// Runs a session's upstream side until the session ends, then keeps it
+/// readable for `linger` and removes it from the registry.
+pub async fn run(
+    session: Arc<Session>,
+    socket: UpstreamSocket,
+    handle: UpstreamHandle,
+    timers: Timers,
+    registry: Arc<Registry>,
+    metrics: Arc<Metrics>,
+) {
+    let (sink, stream) = socket.split();
+    // Whichever loop ends first stops the other.
+    let ended = CancellationToken::new();
+    // Set by the reader while backpressure holds it: no pong can be read
+    // then, so the writer must not take silence for death.
+    let paused = AtomicBool::new(false);
+    let pong_seen = AtomicBool::new(false);
+    let reader = read_loop(&session, stream, &ended, &paused, &pong_seen, &metrics);
+    let writer = write_loop(
+        &session, sink, handle, &ended, &paused, &pong_seen, timers, &metrics,
+    );
+    tokio::join!(reader, writer);
+    // Both loops are done and the socket is dropped: the session lingers.
+    sleep(timers.linger).await;
+    registry.remove(&session.id);
+}
+
+async fn read_loop(
+    session: &Session,
+    mut stream: SplitStream<UpstreamSocket>,
+    ended: &CancellationToken,
+    paused: &AtomicBool,
+    pong_seen: &AtomicBool,
+    metrics: &Metrics,
+) {
+    let _stop_writer = ended.clone().drop_guard();
+    loop {
+        if session.must_pause() && session.closed().is_none() {
+            paused.store(true, Ordering::Release);
+            metrics.backpressure_paused();
+            tokio::select! {
+                // A reader drained some events, or the session ended.
+                _ = session.drained() => {}
+                _ = ended.cancelled() => return,
+            }
+            paused.store(false, Ordering::Release);
+            continue;
+        }
+        let next = tokio::select! {
+            // `next` is cancel-safe: a frame is either returned or stays buffered.
+            next = stream.next() => next,
+            _ = ended.cancelled() => return,
+        };
+        match next {
+            Some(Ok(Message::Text(text))) => {
+                metrics.down.count(text.len());
+                session.push(EventData::Text(Bytes::from(text)));
+            }
+            Some(Ok(Message::Binary(data))) => {
+                metrics.down.count(data.len());
+                session.push(EventData::Binary(data));
+            }
+            Some(Ok(Message::Pong(_))) => pong_seen.store(true, Ordering::Release),
+            // tungstenite answers pings itself.
+            Some(Ok(Message::Ping(_) | Message::Frame(_))) => {}
+            Some(Ok(Message::Close(frame))) => {
+                let (code, reason) = match frame {
+                    Some(f) => (u16::from(f.code), f.reason.to_string()),
+                    None => (1005, String::new()),
+                };
+                session.finish(code, &reason, CloseReason::Upstream);
+                // Keep reading until the stream ends so tungstenite can flush
+                // its close reply.
+            }
+            Some(Err(tungstenite::Error::Capacity(e))) => {
+                tracing::debug!(session = session.log_id(), error = %e, "upstream frame too large");
+                session.close(1009, "message too big", CloseReason::Error);
+                return;
+            }
+            Some(Err(e)) => {
+                tracing::debug!(session = session.log_id(), error = %e, "upstream read failed");
+                session.finish(1006, "", CloseReason::Dead);
+                return;
+            }
+            None => {
+                session.finish(1006, "", CloseReason::Dead);
+                return;
+            }
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)] // the loop's parts, each borrowed from `run`
+async fn write_loop(
+    session: &Session,
+    mut sink: SplitSink<UpstreamSocket, Message>,
+    mut handle: UpstreamHandle,
+    ended: &CancellationToken,
+    paused: &AtomicBool,
+    pong_seen: &AtomicBool,
+    timers: Timers,
+    metrics: &Metrics,
+) {
+    let _stop_reader = ended.clone().drop_guard();
+    let mut ping = tokio::time::interval_at(Instant::now() + timers.ping, timers.ping);
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut ping_outstanding = false;
+    loop {
+        let idle_at = session
+            .idle_since()
+            .map_or_else(|| Instant::now() + timers.idle, |t| t + timers.idle);
+        tokio::select! {
+            biased;
+            // The reader saw the upstream end: nothing left to write to.
+            _ = ended.cancelled() => return,
+            request = session.close_requested() => {
+                let frame = CloseFrame { code: CloseCode::from(request.code), reason: request.reason.clone().into() };
+                let _ = timeout(CLOSE_GRACE, sink.send(Message::Close(Some(frame)))).await;
+                // Give the upstream a moment to answer the close.
+                let _ = timeout(CLOSE_GRACE, ended.cancelled()).await;
+                return;
+            }
+            Some(out) = handle.outbound.recv() => {
+                if !write(session, &mut sink, out, metrics).await {
+                    session.finish(1006, "", CloseReason::Dead);
+                    return;
+                }
+            }
+            _ = ping.tick() => {
+                if paused.load(Ordering::Acquire) {
+                    ping_outstanding = false;
+                    continue;
+                }
+                if ping_outstanding && !pong_seen.load(Ordering::Acquire) {
+                    tracing::debug!(session = session.log_id(), "upstream missed a pong");
+                    session.finish(1006, "", CloseReason::Dead);
+                    return;
+                }
+                pong_seen.store(false, Ordering::Release);
+                ping_outstanding = true;
+                if !matches!(timeout(WRITE_TIMEOUT, sink.send(Message::Ping(Bytes::new()))).await, Ok(Ok(()))) {
+                    session.finish(1006, "", CloseReason::Dead);
+                    return;
+                }
+            }
+            _ = sleep_until(idle_at) => {
+                if session.idle_since().is_some_and(|t| t + timers.idle <= Instant::now()) {
+                    session.close(1001, "idle timeout", CloseReason::Idle);
+                }
+            }
+        }
+    }
+}
+
+/// Writes one browser frame and acknowledges it; false when the upstream is
+/// gone or stuck.
+async fn write(
+    session: &Session,
+    sink: &mut SplitSink<UpstreamSocket, Message>,
+    out: Outbound,
+    metrics: &Metrics,
+) -> bool {
+    let len = out.frame.len();
+    let message = match out.frame {
+        Frame::Text(bytes) => match tungstenite::Utf8Bytes::try_from(bytes) {
+            Ok(text) => Message::Text(text),
+            // `send` validated it already; never forward a broken text frame.
+            Err(_) => return true,
+        },
+        Frame::Binary(bytes) => Message::Binary(bytes),
+    };
+    match timeout(WRITE_TIMEOUT, sink.send(message)).await {
+        Ok(Ok(())) => {
+            session.frame_written(len);
+            metrics.up.count(len);
+            let _ = out.written.send(());
+            true
+        }
+        Ok(Err(e)) => {
+            tracing::debug!(session = session.log_id(), error = %e, "upstream write failed");
+            false
+        }
+        Err(_) => false,
+    }
+}
+
+/// The TLS client settings for `wss://` (and `https://`) upstreams: the
+/// webpki roots, plus the operator's CA file if any. Verification has no off
+/// switch.
+pub fn tls_client_config(
+    ca_file: Option<&std::path::Path>,
+) -> std::io::Result<Arc<rustls::ClientConfig>> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    if let Some(path) = ca_file {
+        let certs = CertificateDer::pem_file_iter(path)
+            .map_err(|e| std::io::Error::other(format!("{}: {e}", path.display())))?;
+        for cert in certs {
+            let cert =
+                cert.map_err(|e| std::io::Error::other(format!("{}: {e}", path.display())))?;
+            roots
+                .add(cert)
+                .map_err(|e| std::io::Error::other(format!("{}: {e}", path.display())))?;
+        }
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(std::io::Error::other)?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    Ok(Arc::new(config))
+}
