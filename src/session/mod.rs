@@ -423,9 +423,9 @@ impl Session {
     ) -> Result<Reader, BridgeError> {
         let generation = {
             let mut st = self.state();
-            if cursor > st.queue.last_id() {
-                return Err(BridgeError::BadCursor);
-            }
+            // The cursor is the client's word that it has everything up to
+            // it: those events need not be kept for replay.
+            st.queue.ack(cursor).map_err(|_| BridgeError::BadCursor)?;
             if let Some(close) = &st.closed
                 && cursor == st.queue.last_id()
             {
@@ -511,10 +511,9 @@ impl Reader {
                 return Batch::Superseded;
             }
             let was_paused = st.queue.must_pause();
-            let events = st
-                .queue
-                .read(self.cursor, max_events, max_bytes)
-                .unwrap_or_default();
+            // Not an acknowledgement: what this reader wrote may not have
+            // arrived, and a reconnecting client must be able to replay it.
+            let events = st.queue.read_after(self.cursor, max_events, max_bytes);
             (events, was_paused && !st.queue.must_pause())
         };
         if drained {

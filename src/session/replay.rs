@@ -163,6 +163,12 @@ impl ReplayQueue {
         max_events: usize,
         max_bytes: usize,
     ) -> Result<Vec<Event>, BadCursor> {
+        self.ack(cursor)?;
+        Ok(self.read_after(cursor, max_events, max_bytes))
+    }
+
+    /// Acknowledges every event up to `cursor`: a client said it has them.
+    pub fn ack(&mut self, cursor: u64) -> Result<(), BadCursor> {
         if cursor > self.last_id {
             return Err(BadCursor);
         }
@@ -172,6 +178,16 @@ impl ReplayQueue {
         self.mark_sent(cursor);
         while self.events.front().is_some_and(|event| event.id <= cursor) {
             self.free_front();
+        }
+        Ok(())
+    }
+
+    /// Like [`ReplayQueue::read`] without acknowledging: for a reader that
+    /// goes on from where it is, since events it wrote into a response are
+    /// not known to have arrived. A cursor beyond the last id reads nothing.
+    pub fn read_after(&mut self, cursor: u64, max_events: usize, max_bytes: usize) -> Vec<Event> {
+        if cursor >= self.last_id {
+            return Vec::new();
         }
 
         // A batch always makes progress, even with a zero limit.
@@ -189,7 +205,10 @@ impl ReplayQueue {
             });
         }
         let mut batch_bytes = 0usize;
-        for event in &self.events {
+        // Ids are consecutive, so the first event after the cursor is found
+        // by position.
+        let skip = usize::try_from((cursor + 1).saturating_sub(first_held)).unwrap_or(usize::MAX);
+        for event in self.events.iter().skip(skip) {
             let len = encoded_len(&event.data);
             let over_bytes = batch_bytes.saturating_add(len) > max_bytes;
             // An event larger than the byte limit still goes, alone.
@@ -206,7 +225,7 @@ impl ReplayQueue {
             self.mark_sent(last.id);
             self.retire_sent();
         }
-        Ok(batch)
+        batch
     }
 
     /// Id of the newest event; 0 before any push.
@@ -328,6 +347,28 @@ pub fn encoded_len(data: &EventData) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reading_on_is_not_an_acknowledgement() {
+        let mut q = ReplayQueue::new(ReplayLimits {
+            max_events: 100,
+            max_bytes: 1 << 20,
+            max_pending_bytes: 1 << 20,
+            overflow: Overflow::Backpressure,
+        });
+        for _ in 0..5 {
+            q.push(EventData::Text(Bytes::from_static(b"x")));
+        }
+        assert_eq!(q.read_after(0, 10, 1 << 20).len(), 5);
+        // A streaming reader goes on from 5: nothing is freed by that.
+        assert!(q.read_after(5, 10, 1 << 20).is_empty());
+        assert_eq!(q.held_events(), 5);
+        assert_eq!(q.pending_bytes(), 0, "all five were sent");
+        // The client lost 4 and 5 and resumes from 3: both are replayed.
+        let again = q.read(3, 10, 1 << 20).unwrap();
+        assert_eq!(again.iter().map(|e| e.id).collect::<Vec<_>>(), vec![4, 5]);
+        assert_eq!(q.held_events(), 2, "the resume acknowledged 1..=3");
+    }
 
     use base64::Engine as _;
     use base64::engine::general_purpose::STANDARD;
