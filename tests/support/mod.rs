@@ -821,3 +821,213 @@ pub fn assert_sequence(events: &[Ev], n: u64) {
     }
     assert_eq!(expect - 1, n, "expected {n} messages");
 }
+
+// ---- the real binary ----------------------------------------------------------
+
+/// The real `wsbridge` binary as a child process in front of a backend, on
+/// free loopback ports (main listener and `[admin]` listener). Killed on
+/// drop if still running.
+pub struct ProxyProcess {
+    /// The main listener.
+    pub addr: SocketAddr,
+    /// The `[admin]` listener.
+    pub admin: SocketAddr,
+    pub http: reqwest::Client,
+    child: std::process::Child,
+    /// Everything the process wrote to stderr so far, filled by a thread.
+    stderr: Arc<Mutex<String>>,
+    reader: Option<std::thread::JoinHandle<()>>,
+    _config: tempfile::NamedTempFile,
+}
+
+/// The environment variables the binary reads; cleared so the test's own
+/// environment never changes what a test runs.
+pub const WSBRIDGE_ENV: [&str; 5] = [
+    "WSBRIDGE_CONFIG",
+    "WSBRIDGE_LISTEN",
+    "WSBRIDGE_UPSTREAM",
+    "WSBRIDGE_LOG_FORMAT",
+    "WSBRIDGE_LOG",
+];
+
+/// A loopback port that was free a moment ago (the caller retries if it is
+/// taken before use).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl ProxyProcess {
+    /// Starts the binary with `[upstream] url` = the backend, then `extra`
+    /// TOML (whole sections, `[admin]` excepted), at the default log level.
+    pub async fn start(backend: &Backend, extra: &str) -> ProxyProcess {
+        ProxyProcess::start_with(backend, extra, &[], &[]).await
+    }
+
+    /// Like [`ProxyProcess::start`] with extra arguments and environment.
+    /// Readiness is the `listening` log line, so the log level must keep
+    /// info lines.
+    pub async fn start_with(
+        backend: &Backend,
+        extra: &str,
+        args: &[&str],
+        envs: &[(&str, &str)],
+    ) -> ProxyProcess {
+        use std::io::{BufRead, Write};
+        use std::process::{Command, Stdio};
+        // A port picked here may be taken by someone else before the child
+        // binds it: then the child exits with EADDRINUSE and we try again.
+        for _attempt in 0..5 {
+            let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+            let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+            let mut config = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
+            write!(
+                config,
+                "[upstream]\nurl = \"http://{}\"\n{extra}\n[admin]\nlisten = \"{admin}\"\n",
+                backend.addr
+            )
+            .unwrap();
+            let mut cmd = Command::new(env!("CARGO_BIN_EXE_wsbridge"));
+            for k in WSBRIDGE_ENV {
+                cmd.env_remove(k);
+            }
+            cmd.arg("--config")
+                .arg(config.path())
+                .arg("--listen")
+                .arg(addr.to_string())
+                .args(args)
+                .envs(envs.iter().copied())
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped());
+            let mut child = cmd.spawn().expect("spawn wsbridge");
+            let stderr = Arc::new(Mutex::new(String::new()));
+            let pipe = child.stderr.take().unwrap();
+            let sink = Arc::clone(&stderr);
+            let reader = std::thread::spawn(move || {
+                for line in std::io::BufReader::new(pipe).lines() {
+                    let Ok(line) = line else { return };
+                    let mut s = sink.lock().unwrap();
+                    s.push_str(&line);
+                    s.push('\n');
+                }
+            });
+            let mut proxy = ProxyProcess {
+                addr,
+                admin,
+                http: reqwest::Client::builder().no_proxy().build().unwrap(),
+                child,
+                stderr,
+                reader: Some(reader),
+                _config: config,
+            };
+            let deadline = std::time::Instant::now() + PATIENCE;
+            loop {
+                let ready = proxy
+                    .stderr()
+                    .lines()
+                    .any(|l| l.contains("listening") && l.contains(&addr.to_string()));
+                if ready {
+                    return proxy;
+                }
+                if let Some(status) = proxy.child.try_wait().unwrap() {
+                    proxy.join_reader();
+                    let err = proxy.stderr();
+                    if err.contains("in use") {
+                        break; // someone took a port: try others
+                    }
+                    panic!("wsbridge exited with {status} before listening:\n{err}");
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "wsbridge never logged `listening`:\n{}",
+                    proxy.stderr()
+                );
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+        panic!("no free ports for wsbridge after 5 attempts");
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.admin)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends a signal by name (`TERM`, `INT`, …) with kill(1).
+    pub fn signal(&self, name: &str) {
+        let status = std::process::Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.pid().to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{name} failed");
+    }
+
+    /// Waits for the process to exit; None if it is still running at `deadline`.
+    pub async fn wait_exit(
+        &mut self,
+        deadline: std::time::Instant,
+    ) -> Option<std::process::ExitStatus> {
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                self.join_reader();
+                return Some(status);
+            }
+            if std::time::Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Everything written to stderr so far (all of it once exited).
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    fn join_reader(&mut self) {
+        if let Some(reader) = self.reader.take() {
+            let _ = reader.join();
+        }
+    }
+
+    /// Opens a session on `url`; panics unless 201.
+    pub async fn open(&self, url: &str) -> Session {
+        let r = self
+            .http
+            .post(self.url("/_bridge/sessions"))
+            .json(&json!({"url": url}))
+            .send()
+            .await
+            .unwrap();
+        let status = r.status();
+        let json: Value = r.json().await.unwrap_or(Value::Null);
+        assert_eq!(status, StatusCode::CREATED, "open {url}: {json}");
+        Session {
+            id: json["session"].as_str().unwrap().to_owned(),
+            json,
+            base: self.url(""),
+            http: self.http.clone(),
+        }
+    }
+}
+
+impl Drop for ProxyProcess {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
