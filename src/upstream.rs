@@ -247,8 +247,8 @@ async fn write_loop(
             .map_or_else(|| Instant::now() + timers.idle, |t| t + timers.idle);
         tokio::select! {
             biased;
-            // The reader saw the upstream end: nothing left to write to.
-            _ = ended.cancelled() => return,
+            // First, so a close the reader asked for (an oversized frame) is
+            // still sent after the reader has stopped.
             request = session.close_requested() => {
                 let frame = CloseFrame { code: CloseCode::from(request.code), reason: request.reason.clone().into() };
                 let _ = timeout(CLOSE_GRACE, sink.send(Message::Close(Some(frame)))).await;
@@ -256,6 +256,8 @@ async fn write_loop(
                 let _ = timeout(CLOSE_GRACE, ended.cancelled()).await;
                 return;
             }
+            // The reader saw the upstream end: nothing left to write to.
+            _ = ended.cancelled() => return,
             Some(out) = handle.outbound.recv() => {
                 if !write(session, &mut sink, out, metrics).await {
                     session.finish(1006, "", CloseReason::Dead);
