@@ -76,7 +76,7 @@ where
 /// path, and only strings need escaping.
 pub fn write_event_json(out: &mut Vec<u8>, event: &Event) {
     out.extend_from_slice(b"{\"id\":");
-    out.extend_from_slice(itoa(event.id).as_bytes());
+    write_u64(out, event.id);
     match &event.data {
         EventData::Text(text) => {
             out.extend_from_slice(b",\"type\":\"text\",\"data\":");
@@ -94,15 +94,15 @@ pub fn write_event_json(out: &mut Vec<u8>, event: &Event) {
         }
         EventData::Close { code, reason } => {
             out.extend_from_slice(b",\"type\":\"close\",\"code\":");
-            out.extend_from_slice(itoa(u64::from(*code)).as_bytes());
+            write_u64(out, u64::from(*code));
             out.extend_from_slice(b",\"reason\":");
             write_json_str(out, reason);
         }
         EventData::Gap { from, to } => {
             out.extend_from_slice(b",\"type\":\"gap\",\"from\":");
-            out.extend_from_slice(itoa(*from).as_bytes());
+            write_u64(out, *from);
             out.extend_from_slice(b",\"to\":");
-            out.extend_from_slice(itoa(*to).as_bytes());
+            write_u64(out, *to);
         }
     }
     out.push(b'}');
@@ -120,8 +120,11 @@ pub fn write_base64(out: &mut Vec<u8>, data: &[u8]) {
     let _ = STANDARD.encode_slice(data, &mut out[start..]);
 }
 
-fn itoa(n: u64) -> String {
-    n.to_string()
+/// Appends a decimal number without allocating.
+pub fn write_u64(out: &mut Vec<u8>, n: u64) {
+    use std::io::Write;
+    // Writing into a Vec cannot fail.
+    let _ = write!(out, "{n}");
 }
 
 /// True when the batch ends with the session's close event: the reader is done.

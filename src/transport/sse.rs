@@ -12,7 +12,7 @@ use bytes::Bytes;
 use futures_util::stream;
 use http::Response;
 
-use super::{STREAM_BATCH_BYTES, STREAM_BATCH_EVENTS, ends_session, write_base64};
+use super::{STREAM_BATCH_BYTES, STREAM_BATCH_EVENTS, ends_session, write_base64, write_u64};
 use crate::config::Transport;
 use crate::error::Body;
 use crate::session::replay::{Event, EventData};
@@ -88,7 +88,7 @@ struct State {
 /// Appends one event in SSE form.
 pub fn write_event(out: &mut Vec<u8>, event: &Event, event_field: Option<&str>) {
     out.extend_from_slice(b"id: ");
-    out.extend_from_slice(event.id.to_string().as_bytes());
+    write_u64(out, event.id);
     out.push(b'\n');
     match &event.data {
         EventData::Text(text) if text.contains(&b'\r') => {
