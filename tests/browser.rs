@@ -1,0 +1,468 @@
+//! The JavaScript client in a real headless Chromium: transport fallback,
+//! every transport, byte-exact frames, close codes, the WebSocket shim, and a
+//! network that cuts every connection every ~300ms.
+//!
+//! This file starts an echo backend, the proxy in-process and a flaky TCP
+//! relay in front of it, all on 127.0.0.1:0, then runs
+//! `node tests/browser/run.mjs` (Playwright driving `/usr/bin/chromium`) and
+//! asserts on its report. Needs `apt-get install chromium` and
+//! `npm ci --prefix tests/browser`; without them the test is skipped, unless
+//! `CI=true`, where it fails.
+//!
+//!     cargo test --test browser -- --nocapture
+//!     WSB_ONLY=flaky cargo test --test browser -- --nocapture   # some checks only
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use base64::Engine as _;
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use http::{Request, Response, StatusCode, header};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
+
+/// The whole browser run must end well within CI's budget.
+const NODE_TIMEOUT: Duration = Duration::from_secs(170);
+/// How often the relay cuts every connection while chaos is on.
+const RELAY_CUT_EVERY: Duration = Duration::from_millis(300);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn javascript_client_in_chromium() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let chromium = std::env::var("WSB_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    if let Some(missing) = missing_tools(&root, &chromium) {
+        if std::env::var("CI").as_deref() == Ok("true") {
+            panic!("browser test cannot run in CI: {missing}");
+        }
+        eprintln!(
+            "\n{}\nSKIPPED browser test: {missing}\n{}\n",
+            "!".repeat(72),
+            "!".repeat(72)
+        );
+        return;
+    }
+
+    let backend = Backend::start().await;
+    let (proxy, stop_proxy) = start_proxy(backend.addr, "").await;
+    // Drops undelivered events instead of pausing the upstream, so a burst
+    // makes gaps the page must be told about.
+    let gappy_replay = r#"
+        [replay]
+        overflow = "drop-oldest"
+        max_pending_bytes = "1KiB"
+    "#;
+    let (gappy, stop_gappy) = start_proxy(backend.addr, gappy_replay).await;
+    let relay = Relay::start(proxy).await;
+
+    let mut node = tokio::process::Command::new("node");
+    node.arg(root.join("tests/browser/run.mjs"))
+        .current_dir(root.join("tests/browser"))
+        .env("WSB_PROXY", format!("http://{proxy}"))
+        .env("WSB_RELAY", format!("http://{}", relay.addr))
+        .env("WSB_RELAY_CONTROL", relay.control.to_string())
+        .env("WSB_GAPPY", format!("http://{gappy}"))
+        .env("WSB_CHROMIUM", &chromium)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true);
+    let mut child = node.spawn().expect("node could not be started");
+    // Lines are echoed as they come, so a slow or hung check shows where.
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut reports: Vec<Value> = Vec::new();
+    let run = async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            println!("{line}");
+            if let Ok(report) = serde_json::from_str::<Value>(&line)
+                && report.get("check").is_some()
+            {
+                reports.push(report);
+            }
+        }
+        child.wait().await
+    };
+    let status = tokio::time::timeout(NODE_TIMEOUT, run)
+        .await
+        .expect("the browser run took too long")
+        .expect("node failed");
+    let _ = stop_proxy.send(());
+    let _ = stop_gappy.send(());
+
+    let failed: Vec<&Value> = reports.iter().filter(|r| r["ok"] != json!(true)).collect();
+    for f in &failed {
+        eprintln!(
+            "FAILED {}: {}",
+            f["check"],
+            f["error"].as_str().unwrap_or("")
+        );
+    }
+    assert!(!reports.is_empty(), "run.mjs reported no checks");
+    let cuts = relay.cuts.load(Ordering::SeqCst);
+    println!("the relay cut {cuts} connections");
+    if reports
+        .iter()
+        .any(|r| r["check"].as_str().is_some_and(|c| c.starts_with("flaky")))
+    {
+        assert!(
+            cuts >= 10,
+            "the flaky checks ran but the relay cut only {cuts} connections"
+        );
+    }
+    assert!(
+        failed.is_empty(),
+        "{} browser check(s) failed",
+        failed.len()
+    );
+    assert!(status.success(), "run.mjs exited with {status}");
+}
+
+/// Why the browser run cannot happen here, if it cannot.
+fn missing_tools(root: &Path, chromium: &str) -> Option<String> {
+    if !Path::new(chromium).exists() {
+        return Some(format!("{chromium} not found (apt-get install chromium)"));
+    }
+    if !root
+        .join("tests/browser/node_modules/playwright-core")
+        .exists()
+    {
+        return Some("tests/browser/node_modules missing (npm ci --prefix tests/browser)".into());
+    }
+    let node = std::process::Command::new("node").arg("--version").output();
+    if !node.map(|o| o.status.success()).unwrap_or(false) {
+        return Some("node not found".into());
+    }
+    None
+}
+
+/// The proxy in-process. `/ws` and `/deny` refuse real WebSockets (so the
+/// client must fall back); `/open` allows them.
+async fn start_proxy(backend: SocketAddr, extra_toml: &str) -> (SocketAddr, oneshot::Sender<()>) {
+    let config = wsbridge::Config::from_toml(&format!(
+        r#"
+        [server]
+        listen = "127.0.0.1:0"
+
+        [upstream]
+        url = "http://{backend}"
+
+        [[routes]]
+        path = "/ws"
+        upstream = "ws://{backend}/ws"
+        transports = ["sse", "stream", "poll"]
+
+        [[routes]]
+        path = "/open"
+        upstream = "ws://{backend}/open"
+        transports = ["websocket", "sse", "stream", "poll"]
+
+        [[routes]]
+        path = "/deny"
+        upstream = "ws://{backend}/deny"
+        transports = ["sse", "stream", "poll"]
+
+        [sessions]
+        heartbeat = "1s"
+        client_retry = "200ms"
+
+        {extra_toml}
+        "#
+    ))
+    .expect("test config");
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let shutdown = async {
+            let _ = stopped.await;
+        };
+        if let Err(e) = wsbridge::run(listener, config, shutdown).await {
+            eprintln!("proxy ended: {e}");
+        }
+    });
+    (addr, stop)
+}
+
+/// Frames each backend WebSocket received, by its `?tag=`, as JSON objects
+/// (`{"type": "text"|"binary"|"close", ...}`), served at `GET /log?tag=`.
+type FrameLog = Arc<Mutex<HashMap<String, Vec<Value>>>>;
+
+/// An echo backend on one port: plain HTTP pages (same-origin with the proxy
+/// through its pass-through) and WebSockets that echo every frame.
+///
+/// A text frame `close:CODE:REASON` makes it close with that code and reason;
+/// `push:N:MS` makes it also send `p:0` … `p:N-1`, one every MS milliseconds.
+/// Handshakes on `/deny` are refused with 403.
+struct Backend {
+    addr: SocketAddr,
+}
+
+impl Backend {
+    async fn start() -> Backend {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let log = FrameLog::default();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let log = log.clone();
+                tokio::spawn(async move {
+                    let service = service_fn(move |req| backend_request(req, log.clone()));
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .with_upgrades()
+                        .await;
+                });
+            }
+        });
+        Backend { addr }
+    }
+}
+
+const PAGE: &str = "<!doctype html><html><head><meta charset=\"utf-8\"><title>wsbridge test</title>\
+    <script src=\"/_bridge/client.js\"></script></head><body>wsbridge browser test</body></html>";
+const SHIM_PAGE: &str = "<!doctype html><html><head><meta charset=\"utf-8\"><title>wsbridge shim</title>\
+    <script src=\"/_bridge/client.js\"></script><script>WsBridge.installWebSocketShim();</script>\
+    </head><body>a page that only knows new WebSocket()</body></html>";
+
+async fn backend_request(
+    req: Request<Incoming>,
+    log: FrameLog,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let query = req.uri().query().unwrap_or("").to_owned();
+    let tag = query_param(&query, "tag").unwrap_or_default();
+    let path = req.uri().path().to_owned();
+
+    if let Some(key) = websocket_key(&req) {
+        if path.starts_with("/deny") {
+            return Ok(response(StatusCode::FORBIDDEN, "text/plain", "denied"));
+        }
+        let protocol = req
+            .headers()
+            .get(header::SEC_WEBSOCKET_PROTOCOL)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(',').next())
+            .map(|p| p.trim().to_owned());
+        let mut answer = Response::builder()
+            .status(StatusCode::SWITCHING_PROTOCOLS)
+            .header(header::CONNECTION, "upgrade")
+            .header(header::UPGRADE, "websocket")
+            .header(
+                header::SEC_WEBSOCKET_ACCEPT,
+                derive_accept_key(key.as_bytes()),
+            );
+        if let Some(p) = &protocol {
+            answer = answer.header(header::SEC_WEBSOCKET_PROTOCOL, p);
+        }
+        tokio::spawn(async move {
+            if let Ok(upgraded) = hyper::upgrade::on(req).await {
+                let ws =
+                    WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None)
+                        .await;
+                echo(ws, tag, log).await;
+            }
+        });
+        return Ok(answer.body(Full::default()).unwrap());
+    }
+
+    Ok(match path.as_str() {
+        "/log" => {
+            let frames = log.lock().unwrap().get(&tag).cloned().unwrap_or_default();
+            response(
+                StatusCode::OK,
+                "application/json",
+                &Value::Array(frames).to_string(),
+            )
+        }
+        "/shim.html" => response(StatusCode::OK, "text/html; charset=utf-8", SHIM_PAGE),
+        _ => response(StatusCode::OK, "text/html; charset=utf-8", PAGE),
+    })
+}
+
+fn response(status: StatusCode, content_type: &str, body: &str) -> Response<Full<Bytes>> {
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, content_type)
+        .header(header::CACHE_CONTROL, "no-store")
+        .body(Full::new(Bytes::from(body.to_owned())))
+        .unwrap()
+}
+
+fn websocket_key(req: &Request<Incoming>) -> Option<String> {
+    let upgrade = req.headers().get(header::UPGRADE)?.to_str().ok()?;
+    if !upgrade.eq_ignore_ascii_case("websocket") {
+        return None;
+    }
+    Some(
+        req.headers()
+            .get(header::SEC_WEBSOCKET_KEY)?
+            .to_str()
+            .ok()?
+            .to_owned(),
+    )
+}
+
+fn query_param(query: &str, name: &str) -> Option<String> {
+    query.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=')?;
+        (k == name).then(|| v.to_owned())
+    })
+}
+
+/// Echoes every frame, logging what it received under `tag`.
+async fn echo<S>(ws: WebSocketStream<S>, tag: String, log: FrameLog)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut sink, mut stream) = ws.split();
+    // Echoes and pushes share the socket; a small bounded queue keeps the
+    // reader from running ahead of a slow writer.
+    let (out, mut outgoing) = mpsc::channel::<Message>(64);
+    let writer = tokio::spawn(async move {
+        while let Some(message) = outgoing.recv().await {
+            if sink.send(message).await.is_err() {
+                break;
+            }
+        }
+    });
+    let record = |frame: Value| {
+        log.lock()
+            .unwrap()
+            .entry(tag.clone())
+            .or_default()
+            .push(frame)
+    };
+    while let Some(Ok(message)) = stream.next().await {
+        match message {
+            Message::Text(text) => {
+                record(json!({"type": "text", "data": text.as_str()}));
+                if let Some(command) = text.strip_prefix("close:") {
+                    let (code, reason) = command.split_once(':').unwrap_or((command, ""));
+                    let frame = CloseFrame {
+                        code: code.parse::<u16>().unwrap_or(1000).into(),
+                        reason: reason.to_owned().into(),
+                    };
+                    let _ = out.send(Message::Close(Some(frame))).await;
+                } else if let Some(command) = text.strip_prefix("push:") {
+                    let (count, every) = command.split_once(':').unwrap_or((command, "0"));
+                    let (count, every) = (count.parse().unwrap_or(0), every.parse().unwrap_or(0));
+                    tokio::spawn(push(out.clone(), count, Duration::from_millis(every)));
+                } else if out.send(Message::Text(text)).await.is_err() {
+                    break;
+                }
+            }
+            Message::Binary(data) => {
+                let encoded = base64::engine::general_purpose::STANDARD.encode(&data);
+                record(json!({"type": "binary", "data": encoded}));
+                if out.send(Message::Binary(data)).await.is_err() {
+                    break;
+                }
+            }
+            Message::Close(frame) => {
+                let (code, reason) = frame
+                    .map(|f| (u16::from(f.code), f.reason.to_string()))
+                    .unwrap_or((1005, String::new()));
+                record(json!({"type": "close", "code": code, "reason": reason}));
+            }
+            _ => {}
+        }
+    }
+    drop(out);
+    let _ = writer.await;
+}
+
+async fn push(out: mpsc::Sender<Message>, count: usize, every: Duration) {
+    for i in 0..count {
+        if out.send(Message::text(format!("p:{i}"))).await.is_err() {
+            return;
+        }
+        if !every.is_zero() {
+            tokio::time::sleep(every).await;
+        }
+    }
+}
+
+/// A TCP relay in front of the proxy that, while chaos is on, cuts every
+/// connection through it every [`RELAY_CUT_EVERY`]. Chaos is switched by
+/// writing `1` or `0` to the control port.
+struct Relay {
+    addr: SocketAddr,
+    control: SocketAddr,
+    /// Connections cut mid-stream, so the test can tell chaos really happened.
+    cuts: Arc<AtomicUsize>,
+}
+
+impl Relay {
+    async fn start(target: SocketAddr) -> Relay {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let control = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let relay = Relay {
+            addr: listener.local_addr().unwrap(),
+            control: control.local_addr().unwrap(),
+            cuts: Arc::default(),
+        };
+        let chaos = Arc::new(AtomicBool::new(false));
+        // Each tick under chaos bumps the epoch; every connection ends when
+        // it sees the epoch change.
+        let (epoch_tx, epoch) = watch::channel(0u64);
+
+        let switch = chaos.clone();
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = control.accept().await {
+                let mut byte = [0u8; 1];
+                if conn.read_exact(&mut byte).await.is_ok() {
+                    switch.store(byte[0] == b'1', Ordering::SeqCst);
+                }
+            }
+        });
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(RELAY_CUT_EVERY);
+            loop {
+                ticks.tick().await;
+                if chaos.load(Ordering::SeqCst) {
+                    epoch_tx.send_modify(|e| *e += 1);
+                }
+            }
+        });
+        let cuts = relay.cuts.clone();
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let cuts = cuts.clone();
+                let mut epoch = epoch.clone();
+                epoch.mark_unchanged();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = TcpStream::connect(target).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        // Normal end of either side.
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        // The cut: both sockets are dropped mid-stream.
+                        _ = epoch.changed() => {
+                            cuts.fetch_add(1, Ordering::SeqCst);
+                        }
+                    }
+                });
+            }
+        });
+        relay
+    }
+}

@@ -1,0 +1,583 @@
+// Real-Chromium checks of the wsbridge JavaScript client, driven by
+// tests/browser.rs, which starts the echo backend, the proxy and a flaky TCP
+// relay and passes their addresses in the environment:
+//
+//   WSB_PROXY          http://127.0.0.1:P   the proxy (pages are same-origin with it)
+//   WSB_RELAY          http://127.0.0.1:R   the proxy behind a relay that cuts connections
+//   WSB_RELAY_CONTROL  127.0.0.1:C          write "1" to start cutting, "0" to stop
+//   WSB_GAPPY          http://127.0.0.1:G   a proxy that drops undelivered events (gaps)
+//   WSB_CHROMIUM       the browser binary (default /usr/bin/chromium)
+//   WSB_ONLY           optional: run only the checks whose name contains this
+//
+// Prints one JSON line per check ({"check", "ok", "ms", "error"?}) and exits
+// non-zero when any check failed. Run by hand (after `npm ci --prefix
+// tests/browser`): `cargo test --test browser -- --nocapture`.
+
+import net from "node:net";
+import { chromium } from "playwright-core";
+
+const PROXY = required("WSB_PROXY");
+const RELAY = required("WSB_RELAY");
+const RELAY_CONTROL = required("WSB_RELAY_CONTROL");
+const GAPPY = required("WSB_GAPPY");
+const ONLY = process.env.WSB_ONLY || "";
+const BRIDGED = ["sse", "stream", "poll"];
+const FLAKY_MESSAGES = 2000;
+
+function required(name) {
+  const value = process.env[name];
+  if (!value) {
+    console.error(`run.mjs: ${name} is not set (run through cargo test --test browser)`);
+    process.exit(2);
+  }
+  return value;
+}
+
+// Helpers installed into each page; they run in the browser.
+function pageHelpers() {
+  const T = {
+    wsUrl: (path) => location.origin.replace(/^http/, "ws") + path,
+
+    // Records everything a socket reports, so checks can await it.
+    watch(socket) {
+      socket.__inbox = [];
+      socket.__errors = [];
+      socket.__waiters = [];
+      socket.__close = null;
+      socket.addEventListener("message", (e) => {
+        socket.__inbox.push(e.data);
+        for (const w of socket.__waiters.splice(0)) w();
+      });
+      socket.addEventListener("error", (e) => {
+        socket.__errors.push(e.message || "error");
+      });
+      socket.addEventListener("close", (e) => {
+        socket.__close = { code: e.code, reason: e.reason, wasClean: e.wasClean, isCloseEvent: e instanceof CloseEvent };
+        for (const w of socket.__waiters.splice(0)) w();
+      });
+      return socket;
+    },
+
+    // Resolves with the socket once open; rejects on close or timeout.
+    open(path, options, protocols) {
+      const socket = T.watch(new WsBridge.BridgeSocket(T.wsUrl(path), protocols, options));
+      return T.opened(socket);
+    },
+
+    opened(socket, timeoutMs = 10000) {
+      return new Promise((resolve, reject) => {
+        const timer = setTimeout(() => reject(new Error("no open within " + timeoutMs + "ms")), timeoutMs);
+        socket.addEventListener("open", () => {
+          clearTimeout(timer);
+          resolve(socket);
+        });
+        socket.addEventListener("close", (e) => {
+          clearTimeout(timer);
+          reject(new Error(`closed before open: ${e.code} ${e.reason} [${socket.__errors.join(" | ")}]`));
+        });
+      });
+    },
+
+    // Waits until `count` messages are in the inbox (or the socket closed).
+    async messages(socket, count, timeoutMs = 10000) {
+      const deadline = Date.now() + timeoutMs;
+      while (socket.__inbox.length < count) {
+        if (socket.__close) throw new Error(`closed after ${socket.__inbox.length}/${count} messages: ${JSON.stringify(socket.__close)}`);
+        const left = deadline - Date.now();
+        if (left <= 0) throw new Error(`${socket.__inbox.length}/${count} messages after ${timeoutMs}ms`);
+        await new Promise((resolve) => {
+          socket.__waiters.push(resolve);
+          setTimeout(resolve, Math.min(left, 500));
+        });
+      }
+      return socket.__inbox.splice(0, count);
+    },
+
+    async closed(socket, timeoutMs = 10000) {
+      const deadline = Date.now() + timeoutMs;
+      while (!socket.__close) {
+        if (Date.now() > deadline) throw new Error("no close event within " + timeoutMs + "ms");
+        await new Promise((resolve) => {
+          socket.__waiters.push(resolve);
+          setTimeout(resolve, 200);
+        });
+      }
+      return socket.__close;
+    },
+
+    // Message data as a plain array of byte values, whatever its type.
+    async bytes(data) {
+      if (typeof data === "string") throw new Error("expected binary, got text " + JSON.stringify(data));
+      const buffer = data instanceof Blob ? await data.arrayBuffer() : data;
+      if (!(buffer instanceof ArrayBuffer)) throw new Error("not an ArrayBuffer: " + Object.prototype.toString.call(data));
+      return Array.from(new Uint8Array(buffer));
+    },
+
+    // The frames the backend received under `tag`. The page's close event
+    // may come before the backend has read the close frame (the proxy
+    // confirms the close as it forwards it), so wait for that frame.
+    async backendLog(tag, timeoutMs = 3000) {
+      const deadline = Date.now() + timeoutMs;
+      for (;;) {
+        const response = await fetch("/log?tag=" + encodeURIComponent(tag));
+        const log = await response.json();
+        if (log.some((f) => f.type === "close") || Date.now() > deadline) return log;
+        await new Promise((r) => setTimeout(r, 50));
+      }
+    },
+  };
+  window.T = T;
+}
+
+// Texts that stress each transport's framing: SSE line endings above all.
+const EXOTIC_TEXTS = ["\r", "\r\n", "a\rb", "\n\n", "\n", "", "\u0000", "nul\u0000in\u0000side", "😀𝄞", "\ufeffbom", "x".repeat(70000), "data: fake\n\nid: 9\n"];
+
+function allBytes() {
+  return Array.from({ length: 256 }, (_, i) => i);
+}
+
+// ------------------------------------------------------------------ checks
+
+const checks = [];
+function check(name, timeoutMs, run) {
+  checks.push({ name, timeoutMs, run });
+}
+
+function tag(name) {
+  return `${name}-${Date.now()}-${Math.random().toString(36).slice(2, 8)}`;
+}
+
+async function freshPage(browser, origin = PROXY) {
+  const context = await browser.newContext();
+  const page = await context.newPage();
+  page.on("pageerror", (e) => console.error(`[page error] ${e.message}`));
+  await page.goto(origin + "/");
+  await page.evaluate(pageHelpers);
+  return { page, done: () => context.close() };
+}
+
+// JSON with sorted keys, so objects compare by content (serde_json sorts).
+function canonical(value) {
+  return JSON.stringify(value, (_, v) =>
+    v && typeof v === "object" && !Array.isArray(v) ? Object.fromEntries(Object.entries(v).sort(([a], [b]) => (a < b ? -1 : 1))) : v,
+  );
+}
+
+function assertEqual(actual, expected, what) {
+  const a = String(canonical(actual));
+  const e = String(canonical(expected));
+  if (a !== e) throw new Error(`${what}: expected ${e.slice(0, 300)}, got ${a.slice(0, 300)}`);
+}
+
+check("client_files_served", 10000, async (browser) => {
+  const { page, done } = await freshPage(browser);
+  try {
+    const result = await page.evaluate(async () => {
+      const mod = await import("/_bridge/client.mjs");
+      const classic = await fetch("/_bridge/client.js");
+      return {
+        moduleExports: Object.keys(mod).sort(),
+        version: WsBridge.version,
+        sameVersion: mod.version === WsBridge.version,
+        type: classic.headers.get("content-type"),
+        etag: classic.headers.get("etag"),
+      };
+    });
+    assertEqual(result.moduleExports, ["BridgeSocket", "default", "installWebSocketShim", "version"], "client.mjs exports");
+    if (!result.sameVersion || !/^\d+\.\d+\.\d+/.test(result.version)) throw new Error("version: " + JSON.stringify(result));
+    if (!/^text\/javascript/.test(result.type || "")) throw new Error("content-type: " + result.type);
+    if (!/^"[^"]+"$/.test(result.etag || "")) throw new Error("etag: " + result.etag);
+  } finally {
+    await done();
+  }
+});
+
+check("fallback_to_sse_when_websocket_refused", 15000, async (browser) => {
+  const { page, done } = await freshPage(browser);
+  try {
+    const result = await page.evaluate(async () => {
+      const started = performance.now();
+      const socket = await T.open("/ws?tag=fallback");
+      socket.send("hello");
+      const [echo] = await T.messages(socket, 1, 5000);
+      const ms = performance.now() - started;
+      socket.close();
+      await T.closed(socket);
+      return { transport: socket.transport, echo, ms, protocol: socket.protocol, url: socket.url };
+    });
+    assertEqual(result.transport, "sse", "transport");
+    assertEqual(result.echo, "hello", "echo");
+    if (result.ms > 2500) throw new Error(`usable after ${Math.round(result.ms)}ms, expected about 2s at most`);
+    return { ms_to_first_echo: Math.round(result.ms) };
+  } finally {
+    await done();
+  }
+});
+
+for (const transport of ["websocket", ...BRIDGED]) {
+  check(`echo_${transport}`, 20000, async (browser) => {
+    const { page, done } = await freshPage(browser);
+    try {
+      const result = await page.evaluate(
+        async ({ transport }) => {
+          // /open allows a real WebSocket; /ws does not.
+          const socket = await T.open(transport === "websocket" ? "/open?tag=echo" : "/ws?tag=echo", { transports: [transport] });
+          socket.binaryType = "arraybuffer";
+          const texts = Array.from({ length: 50 }, (_, i) => `message ${i}`);
+          for (const text of texts) socket.send(text);
+          socket.send(new Uint8Array([1, 2, 3]));
+          const got = await T.messages(socket, texts.length + 1);
+          const binary = await T.bytes(got.pop());
+          // An echo can overtake the 204 that acknowledges its send, so
+          // bufferedAmount reaches 0 soon after, not necessarily already.
+          for (let i = 0; i < 50 && socket.bufferedAmount; i++) await new Promise((r) => setTimeout(r, 20));
+          const buffered = socket.bufferedAmount;
+          // With no code a real WebSocket reports 1005; ask for 1000 explicitly.
+          socket.close(1000);
+          const close = await T.closed(socket);
+          return { transport: socket.transport, inOrder: JSON.stringify(got) === JSON.stringify(texts), binary, close, buffered, errors: socket.__errors };
+        },
+        { transport },
+      );
+      assertEqual(result.transport, transport, "transport");
+      if (!result.inOrder) throw new Error("echoes out of order or altered");
+      assertEqual(result.binary, [1, 2, 3], "binary echo");
+      assertEqual(result.buffered, 0, "bufferedAmount after all echoes");
+      assertEqual(result.close.code, 1000, "close code");
+      assertEqual(result.close.wasClean, true, "wasClean");
+      assertEqual(result.errors, [], "error events");
+    } finally {
+      await done();
+    }
+  });
+}
+
+for (const transport of BRIDGED) {
+  check(`exotic_frames_${transport}`, 30000, async (browser) => {
+    const { page, done } = await freshPage(browser);
+    try {
+      const t = tag("exotic");
+      const result = await page.evaluate(
+        async ({ transport, texts, t }) => {
+          const socket = await T.open(`/ws?tag=${t}`, { transports: [transport] });
+          const bytes = Array.from({ length: 256 }, (_, i) => i);
+          for (const text of texts) socket.send(text);
+          const echoedTexts = await T.messages(socket, texts.length);
+
+          // Binary both ways, in each binaryType, sent as each kind of value.
+          const received = {};
+          socket.binaryType = "arraybuffer";
+          socket.send(new Uint8Array(bytes).buffer);
+          const [asBuffer] = await T.messages(socket, 1);
+          received.arraybuffer = { kind: Object.prototype.toString.call(asBuffer), bytes: await T.bytes(asBuffer) };
+          socket.binaryType = "blob";
+          // A view into the middle of a larger buffer: only the view is sent.
+          const padded = new Uint8Array(258);
+          padded.set(bytes, 1);
+          socket.send(new Uint8Array(padded.buffer, 1, 256));
+          socket.send(new Blob([new Uint8Array(bytes)]));
+          socket.send("after the blob"); // a Blob is read asynchronously; order must hold
+          const [asBlob, fromBlob, after] = await T.messages(socket, 3);
+          received.blob = { kind: Object.prototype.toString.call(asBlob), bytes: await T.bytes(asBlob) };
+          received.fromBlob = await T.bytes(fromBlob);
+          received.after = after;
+          socket.close(1000, "done");
+          const close = await T.closed(socket);
+          return { echoedTexts, received, close, errors: socket.__errors, log: await T.backendLog(t) };
+        },
+        { transport, texts: EXOTIC_TEXTS, t },
+      );
+      for (let i = 0; i < EXOTIC_TEXTS.length; i++) {
+        assertEqual(result.echoedTexts[i], EXOTIC_TEXTS[i], `text ${i} echoed through ${transport}`);
+      }
+      assertEqual(result.received.arraybuffer, { kind: "[object ArrayBuffer]", bytes: allBytes() }, "binary as arraybuffer");
+      assertEqual(result.received.blob, { kind: "[object Blob]", bytes: allBytes() }, "binary as blob");
+      assertEqual(result.received.fromBlob, allBytes(), "binary sent as a Blob");
+      assertEqual(result.received.after, "after the blob", "text after a Blob");
+      // What the backend itself got: the upstream direction alone.
+      const b64 = Buffer.from(allBytes()).toString("base64");
+      const expected = [
+        ...EXOTIC_TEXTS.map((data) => ({ type: "text", data })),
+        { type: "binary", data: b64 },
+        { type: "binary", data: b64 },
+        { type: "binary", data: b64 },
+        { type: "text", data: "after the blob" },
+        { type: "close", code: 1000, reason: "done" },
+      ];
+      assertEqual(result.log, expected, "frames the backend received");
+      assertEqual(result.errors, [], "error events");
+    } finally {
+      await done();
+    }
+  });
+}
+
+for (const transport of BRIDGED) {
+  check(`close_codes_${transport}`, 20000, async (browser) => {
+    const { page, done } = await freshPage(browser);
+    try {
+      const t = tag("close");
+      const result = await page.evaluate(
+        async ({ transport, t }) => {
+          // The page closes.
+          const mine = await T.open(`/ws?tag=${t}`, { transports: [transport] });
+          let threw = [];
+          for (const [code, reason] of [[1001, ""], [2999, ""], [5000, ""], [4001, "x".repeat(124)]]) {
+            try {
+              mine.close(code, reason);
+            } catch (e) {
+              threw.push(e.name);
+            }
+          }
+          mine.close(4001, "bye");
+          const closingState = mine.readyState;
+          const pageClose = await T.closed(mine);
+          const log = await T.backendLog(t);
+
+          // The server closes.
+          const theirs = await T.open(`/ws?tag=${t}-srv`, { transports: [transport] });
+          theirs.send("close:4002:srv");
+          const serverClose = await T.closed(theirs);
+          // close() after the end is a no-op, and onclose fired exactly once.
+          theirs.close();
+          await new Promise((r) => setTimeout(r, 200));
+          return { threw, closingState, pageClose, log, serverClose, finalState: theirs.readyState };
+        },
+        { transport, t },
+      );
+      assertEqual(result.threw, ["InvalidAccessError", "InvalidAccessError", "InvalidAccessError", "SyntaxError"], "close() validation");
+      assertEqual(result.closingState, 2, "readyState right after close()");
+      assertEqual(result.pageClose, { code: 4001, reason: "bye", wasClean: true, isCloseEvent: true }, "page's close event");
+      assertEqual(result.log.at(-1), { type: "close", code: 4001, reason: "bye" }, "close the backend saw");
+      assertEqual(result.serverClose, { code: 4002, reason: "srv", wasClean: true, isCloseEvent: true }, "server's close as seen by the page");
+      assertEqual(result.finalState, 3, "readyState after close");
+    } finally {
+      await done();
+    }
+  });
+}
+
+check("upstream_rejection_fails_fast", 15000, async (browser) => {
+  const { page, done } = await freshPage(browser);
+  try {
+    const result = await page.evaluate(async () => {
+      const started = performance.now();
+      const socket = T.watch(new WsBridge.BridgeSocket(T.wsUrl("/deny")));
+      let opened = false;
+      socket.onopen = () => (opened = true);
+      const close = await T.closed(socket);
+      return { close, opened, errors: socket.__errors.length, ms: performance.now() - started, state: socket.readyState };
+    });
+    assertEqual(result.opened, false, "opened");
+    assertEqual({ code: result.close.code, wasClean: result.close.wasClean }, { code: 1006, wasClean: false }, "close event");
+    if (result.errors < 1) throw new Error("no error event before close");
+    if (result.ms > 5000) throw new Error(`took ${Math.round(result.ms)}ms`);
+  } finally {
+    await done();
+  }
+});
+
+check("websocket_shim", 20000, async (browser) => {
+  const context = await browser.newContext();
+  try {
+    const page = await context.newPage();
+    // The page only calls `new WebSocket(url)`; /shim.html loads client.js
+    // and installs the shim in its <head>.
+    await page.goto(PROXY + "/shim.html");
+    const result = await page.evaluate(async () => {
+      const ws = new WebSocket(location.origin.replace(/^http/, "ws") + "/ws?tag=shim");
+      ws.binaryType = "arraybuffer";
+      const got = [];
+      const done = new Promise((resolve, reject) => {
+        ws.onopen = () => {
+          ws.send("via shim");
+          ws.send(new Uint8Array([7, 8]));
+        };
+        ws.onmessage = (e) => {
+          got.push(typeof e.data === "string" ? e.data : Array.from(new Uint8Array(e.data)));
+          if (got.length === 2) resolve();
+        };
+        ws.onclose = (e) => reject(new Error("closed: " + e.code));
+        setTimeout(() => reject(new Error("timeout")), 8000);
+      });
+      await done;
+      const result = {
+        transport: ws.transport,
+        isWebSocket: ws instanceof WebSocket,
+        constants: [WebSocket.CONNECTING, WebSocket.OPEN, WebSocket.CLOSING, WebSocket.CLOSED, ws.OPEN],
+        got,
+      };
+      ws.close();
+      // A URL on another host stays native.
+      const other = new WebSocket("ws://127.0.0.2:9/");
+      result.otherIsNative = !("transport" in other) && other instanceof WebSocket;
+      other.onerror = () => {};
+      other.close();
+      return result;
+    });
+    assertEqual(result.transport, "sse", "transport behind the shim");
+    assertEqual(result.isWebSocket, true, "instanceof WebSocket");
+    assertEqual(result.constants, [0, 1, 2, 3, 1], "constants");
+    assertEqual(result.got, ["via shim", [7, 8]], "echoes");
+    assertEqual(result.otherIsNative, true, "other hosts use the native WebSocket");
+  } finally {
+    await context.close();
+  }
+});
+
+// Both directions under a relay that cuts every connection every ~300ms:
+// everything arrives exactly once and in order, on both sides.
+for (const transport of BRIDGED) {
+  check(`flaky_network_${transport}`, 45000, async (browser) => {
+    const { page, done } = await freshPage(browser, RELAY);
+    const t = tag("flaky");
+    try {
+      await page.evaluate(
+        async ({ transport, t }) => {
+          window.flaky = await T.open(`/ws?tag=${t}`, { transports: [transport] });
+        },
+        { transport, t },
+      );
+      await relayChaos(true);
+      const result = await page.evaluate(
+        async ({ count }) => {
+          const socket = window.flaky;
+          const started = performance.now();
+          // The backend pushes its own numbered stream while echoing ours.
+          socket.send(`push:${count}:2`);
+          for (let i = 0; i < count; i++) socket.send(`c:${i}`);
+          const got = await T.messages(socket, 2 * count, 80000);
+          const echoes = got.filter((m) => m.startsWith("c:"));
+          const pushes = got.filter((m) => m.startsWith("p:"));
+          const expect = (prefix) => Array.from({ length: count }, (_, i) => `${prefix}:${i}`).join(",");
+          return {
+            echoesOk: echoes.join(",") === expect("c"),
+            pushesOk: pushes.join(",") === expect("p"),
+            echoes: echoes.length,
+            pushes: pushes.length,
+            other: got.filter((m) => !m.startsWith("c:") && !m.startsWith("p:")).slice(0, 5),
+            firstBadEcho: echoes.findIndex((m, i) => m !== `c:${i}`),
+            firstBadPush: pushes.findIndex((m, i) => m !== `p:${i}`),
+            errors: socket.__errors,
+            ms: performance.now() - started,
+          };
+        },
+        { count: FLAKY_MESSAGES },
+      );
+      await relayChaos(false);
+      const log = await page.evaluate(async (t) => {
+        window.flaky.close();
+        await T.closed(window.flaky);
+        return T.backendLog(t);
+      }, t);
+      if (!result.echoesOk || !result.pushesOk || result.errors.length) {
+        throw new Error("lost, doubled or reordered: " + JSON.stringify(result));
+      }
+      const sent = log.filter((f) => f.type === "text").map((f) => f.data);
+      const expected = [`push:${FLAKY_MESSAGES}:2`, ...Array.from({ length: FLAKY_MESSAGES }, (_, i) => `c:${i}`)];
+      assertEqual(sent.length, expected.length, "frames the backend received");
+      assertEqual(sent.join(","), expected.join(","), "frames the backend received, in order");
+      return { ms: Math.round(result.ms) };
+    } finally {
+      await relayChaos(false);
+      await done();
+    }
+  });
+}
+
+// A burst larger than the proxy may hold undelivered (drop-oldest): the page
+// learns of every dropped event through an error event with from/to, and
+// gets everything else once, in order.
+check("gap_reaches_page_as_error", 20000, async (browser) => {
+  const { page, done } = await freshPage(browser, GAPPY);
+  try {
+    const count = 3000;
+    const result = await page.evaluate(
+      async ({ count }) => {
+        const socket = await T.open("/ws?tag=gap", { transports: ["poll"] });
+        const gaps = [];
+        socket.addEventListener("error", (e) => gaps.push([e.from, e.to, typeof e.message]));
+        // Pushes are the session's only events: p:i has event id i + 1.
+        socket.send(`push:${count}:0`);
+        const deadline = Date.now() + 15000;
+        const seen = [];
+        while (Date.now() < deadline) {
+          seen.push(...(await T.messages(socket, 1, deadline - Date.now())));
+          if (seen.at(-1) === `p:${count - 1}`) break;
+        }
+        socket.close();
+        return { ids: seen.map((m) => Number(m.slice(2)) + 1), gaps };
+      },
+      { count },
+    );
+    if (!result.gaps.length) throw new Error("no gap was reported; received " + result.ids.length);
+    // Every id is either received or inside exactly one reported gap, in order.
+    const accounted = [...result.ids.map((id) => [id, id]), ...result.gaps.map(([from, to]) => [from, to])].sort((a, b) => a[0] - b[0]);
+    let next = 1;
+    for (const [from, to] of accounted) {
+      if (from !== next || to < from) throw new Error(`ids not accounted for exactly once near ${next}: ${JSON.stringify(accounted.slice(0, 20))}`);
+      next = to + 1;
+    }
+    assertEqual(next, count + 1, "ids accounted for");
+    for (let i = 1; i < result.ids.length; i++) if (result.ids[i] <= result.ids[i - 1]) throw new Error("messages out of order");
+    assertEqual(result.gaps[0][2], "string", "error event message");
+    return { gaps: result.gaps.length, received: result.ids.length };
+  } finally {
+    await done();
+  }
+});
+
+function relayChaos(on) {
+  const [host, port] = RELAY_CONTROL.split(":");
+  return new Promise((resolve, reject) => {
+    const socket = net.connect(Number(port), host, () => socket.end(on ? "1" : "0"));
+    socket.on("close", resolve);
+    socket.on("error", reject);
+  });
+}
+
+// -------------------------------------------------------------------- main
+
+function withTimeout(promise, ms, name) {
+  let timer;
+  return Promise.race([
+    promise.finally(() => clearTimeout(timer)),
+    new Promise((_, reject) => {
+      timer = setTimeout(() => reject(new Error(`${name} did not finish within ${ms}ms`)), ms);
+    }),
+  ]);
+}
+
+const browser = await chromium.launch({
+  executablePath: process.env.WSB_CHROMIUM || "/usr/bin/chromium",
+  args: [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+  ],
+});
+let failed = 0;
+let passed = 0;
+try {
+  for (const { name, timeoutMs, run } of checks) {
+    if (ONLY && !name.includes(ONLY)) continue;
+    const started = Date.now();
+    try {
+      const info = await withTimeout(run(browser), timeoutMs, name);
+      passed++;
+      console.log(JSON.stringify({ check: name, ok: true, ms: Date.now() - started, ...(info ? { info } : {}) }));
+    } catch (err) {
+      failed++;
+      console.log(JSON.stringify({ check: name, ok: false, ms: Date.now() - started, error: String(err && err.stack ? err.stack : err) }));
+    }
+  }
+} finally {
+  await browser.close();
+}
+console.log(`browser checks: ok=${passed} failed=${failed}`);
+process.exit(failed ? 1 : 0);
