@@ -75,7 +75,7 @@ pub fn classify<'a>(prefix: &str, path: &'a str) -> Option<Endpoint<'a>> {
             .strip_prefix("/sessions/")
             .map(|s| s.split_once('/').unwrap_or((s, "")))
         {
-            Some((id, _)) if id.is_empty() => Endpoint::NotFound,
+            Some(("", _)) => Endpoint::NotFound,
             Some((id, "")) => Endpoint::Session(id),
             Some((id, "sse")) => Endpoint::Sse(id),
             Some((id, "stream")) => Endpoint::Stream(id),
