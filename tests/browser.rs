@@ -42,6 +42,8 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
 const NODE_TIMEOUT: Duration = Duration::from_secs(170);
 /// How often the relay cuts every connection while chaos is on.
 const RELAY_CUT_EVERY: Duration = Duration::from_millis(300);
+/// How long a frozen connection stays open and silent before it is dropped.
+const FROZEN_FOR: Duration = Duration::from_secs(60);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn javascript_client_in_chromium() {
@@ -402,7 +404,8 @@ async fn push(out: mpsc::Sender<Message>, count: usize, every: Duration) {
 
 /// A TCP relay in front of the proxy that, while chaos is on, cuts every
 /// connection through it every [`RELAY_CUT_EVERY`]. Chaos is switched by
-/// writing `1` or `0` to the control port.
+/// writing `1` or `0` to the control port; `f` freezes the connections open
+/// at that moment.
 struct Relay {
     addr: SocketAddr,
     control: SocketAddr,
@@ -423,13 +426,20 @@ impl Relay {
         // Each tick under chaos bumps the epoch; every connection ends when
         // it sees the epoch change.
         let (epoch_tx, epoch) = watch::channel(0u64);
+        // Bumped by the `f` command: every connection open at that moment
+        // stops forwarding but stays open, like a half-open TCP connection
+        // behind a dead NAT; later connections work.
+        let (freeze_tx, freeze) = watch::channel(0u64);
 
         let switch = chaos.clone();
         tokio::spawn(async move {
             while let Ok((mut conn, _)) = control.accept().await {
                 let mut byte = [0u8; 1];
                 if conn.read_exact(&mut byte).await.is_ok() {
-                    switch.store(byte[0] == b'1', Ordering::SeqCst);
+                    match byte[0] {
+                        b'f' => freeze_tx.send_modify(|e| *e += 1),
+                        b => switch.store(b == b'1', Ordering::SeqCst),
+                    }
                 }
             }
         });
@@ -448,6 +458,8 @@ impl Relay {
                 let cuts = cuts.clone();
                 let mut epoch = epoch.clone();
                 epoch.mark_unchanged();
+                let mut freeze = freeze.clone();
+                freeze.mark_unchanged();
                 tokio::spawn(async move {
                     let Ok(mut outbound) = TcpStream::connect(target).await else {
                         return;
@@ -458,6 +470,10 @@ impl Relay {
                         // The cut: both sockets are dropped mid-stream.
                         _ = epoch.changed() => {
                             cuts.fetch_add(1, Ordering::SeqCst);
+                        }
+                        // Silence: hold both sockets, forward nothing.
+                        _ = freeze.changed() => {
+                            tokio::time::sleep(FROZEN_FOR).await;
                         }
                     }
                 });

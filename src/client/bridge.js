@@ -54,6 +54,11 @@ const POLL_SLACK_MS = 10000;
 // how long to wait for the session's close event after it.
 const CLOSE_FLUSH_TIMEOUT_MS = 10000;
 const CLOSE_EVENT_TIMEOUT_MS = 5000;
+// Deadlines of single requests, so one that hangs on a half-open connection
+// is abandoned and retried. A retried send is harmless (Bridge-Seq); the open
+// waits for the upstream handshake, which the proxy itself bounds.
+const REQUEST_TIMEOUT_MS = 10000;
+const OPEN_REQUEST_TIMEOUT_MS = 30000;
 const MAX_CLOSE_REASON_BYTES = 123;
 
 const WSBRIDGE_NATIVE = Symbol.for("wsbridge.nativeWebSocket");
@@ -112,12 +117,30 @@ function withQuery(link, params) {
   return url;
 }
 
-async function readJson(response) {
+function parseJson(bytes) {
   try {
-    return await response.json();
+    return JSON.parse(utf8Decode(new Uint8Array(bytes)));
   } catch {
     return null;
   }
+}
+
+// An AbortSignal that fires when `parent` does or after `ms`; call done()
+// once the request settled. (AbortSignal.any is too recent to rely on.)
+function deadline(parent, ms) {
+  const controller = new AbortController();
+  const abort = () => controller.abort();
+  if (parent.aborted) abort();
+  else parent.addEventListener("abort", abort, { once: true });
+  const timer = setTimeout(abort, ms);
+  return {
+    signal: controller.signal,
+    abort,
+    done() {
+      clearTimeout(timer);
+      parent.removeEventListener("abort", abort);
+    },
+  };
 }
 
 function domException(message, name) {
@@ -468,21 +491,35 @@ class BridgeSocket extends EventTarget {
     };
   }
 
+  // fetch() that gives up when the socket ends or after `timeoutMs`; the
+  // body is read before the deadline is lifted.
+  async #request(url, init, timeoutMs = REQUEST_TIMEOUT_MS) {
+    const limit = deadline(this.#closed.signal, timeoutMs);
+    try {
+      const response = await fetch(url, { ...this.#fetchInit(init), signal: limit.signal });
+      const body = await response.arrayBuffer();
+      return { status: response.status, headers: response.headers, body };
+    } finally {
+      limit.done();
+    }
+  }
+
   async #openSession() {
     const body = JSON.stringify({ url: this.#target, protocols: this.#protocols });
     for (let attempt = 0; ; attempt++) {
       let response;
       try {
-        response = await fetch(
+        response = await this.#request(
           this.#httpOrigin + this.#options.prefix + "/sessions",
-          this.#fetchInit({ method: "POST", headers: { "Content-Type": "application/json" }, body }),
+          { method: "POST", headers: { "Content-Type": "application/json" }, body },
+          OPEN_REQUEST_TIMEOUT_MS,
         );
       } catch {
         if (this.#closed.signal.aborted) throw new BridgeOpenError("final", "closed");
         throw new BridgeOpenError("next", "the bridge is unreachable");
       }
       if (response.status === 201) {
-        const info = await readJson(response);
+        const info = parseJson(response.body);
         if (!info || typeof info.session !== "string" || !info.links) {
           throw new BridgeOpenError("final", "the bridge answered the open with an unexpected body");
         }
@@ -493,7 +530,7 @@ class BridgeSocket extends EventTarget {
         const heartbeatMs = Number(info.heartbeat_ms) > 0 ? Number(info.heartbeat_ms) : DEFAULT_HEARTBEAT_MS;
         return { id: info.session, protocol: String(info.protocol || ""), heartbeatMs, links };
       }
-      const error = (await readJson(response)) || {};
+      const error = parseJson(response.body) || {};
       const code = error.error || "unknown";
       if (response.status === 503 && attempt < OPEN_BUSY_RETRIES) {
         await sleep(retryDelayMs(response, attempt));
@@ -546,6 +583,9 @@ class BridgeSocket extends EventTarget {
   #attach() {
     this.#detach();
     const generation = this.#generation;
+    // Also bounds the wait for the connection itself: a reused pooled
+    // connection may be half-open and never answer.
+    this.#armWatchdog();
     if (this.#transport === "sse") this.#attachSse(generation);
     else if (this.#transport === "stream") this.#attachStream(generation);
     else this.#attachPoll(generation);
@@ -724,16 +764,17 @@ class BridgeSocket extends EventTarget {
   // EventSource hides why a connection failed; ask once with fetch, so a
   // session that is gone (404) ends the socket instead of retrying forever.
   async #probe(generation, url) {
-    const controller = new AbortController();
+    const limit = deadline(this.#closed.signal, REQUEST_TIMEOUT_MS);
     let status = 0;
     try {
-      const response = await fetch(url, { ...this.#fetchInit({}), signal: controller.signal });
+      const response = await fetch(url, { ...this.#fetchInit({}), signal: limit.signal });
       status = response.status;
     } catch {
       // network failure: retry below
     }
     // The probe must not stay on as the session's reader.
-    controller.abort();
+    limit.abort();
+    limit.done();
     this.#dropped(generation, this.#failureOf(status));
   }
 
@@ -882,23 +923,18 @@ class BridgeSocket extends EventTarget {
       if (this.#readyState === BridgeSocket.CLOSED) return false;
       let response = null;
       try {
-        response = await fetch(
-          this.#session.links.send,
-          this.#fetchInit({
-            method: "POST",
-            headers: {
-              "Content-Type": frame.binary ? "application/octet-stream" : "text/plain;charset=UTF-8",
-              "Bridge-Seq": String(frame.seq),
-            },
-            body: frame.body,
-          }),
-        );
-        // Let the connection go back to the pool.
-        await response.arrayBuffer().catch(() => null);
+        response = await this.#request(this.#session.links.send, {
+          method: "POST",
+          headers: {
+            "Content-Type": frame.binary ? "application/octet-stream" : "text/plain;charset=UTF-8",
+            "Bridge-Seq": String(frame.seq),
+          },
+          body: frame.body,
+        });
       } catch {
         if (this.#closed.signal.aborted) return false;
-        // The request or its answer was lost: the same Bridge-Seq again
-        // makes a second delivery harmless.
+        // The request or its answer was lost, or it hung: the same
+        // Bridge-Seq again makes a second delivery harmless.
       }
       if (response) {
         const status = response.status;
@@ -962,7 +998,7 @@ class BridgeSocket extends EventTarget {
     for (let failures = 0; this.#readyState === BridgeSocket.CLOSING; failures++) {
       let response = null;
       try {
-        response = await fetch(url, this.#fetchInit({ method: "DELETE" }));
+        response = await this.#request(url, { method: "DELETE" });
       } catch {
         // retry below, until the close timer ends the socket
       }

@@ -4,7 +4,8 @@
 //
 //   WSB_PROXY          http://127.0.0.1:P   the proxy (pages are same-origin with it)
 //   WSB_RELAY          http://127.0.0.1:R   the proxy behind a relay that cuts connections
-//   WSB_RELAY_CONTROL  127.0.0.1:C          write "1" to start cutting, "0" to stop
+//   WSB_RELAY_CONTROL  127.0.0.1:C          write "1" to start cutting, "0" to stop,
+//                                           "f" to freeze the open connections
 //   WSB_GAPPY          http://127.0.0.1:G   a proxy that drops undelivered events (gaps)
 //   WSB_CHROMIUM       the browser binary (default /usr/bin/chromium)
 //   WSB_ONLY           optional: run only the checks whose name contains this
@@ -527,10 +528,45 @@ check("gap_reaches_page_as_error", 20000, async (browser) => {
   }
 });
 
+// A downstream connection that goes silent without closing (half-open TCP):
+// the heartbeat watchdog must notice and resume from the cursor. The test
+// proxy's heartbeat is 1s, so the watchdog fires after about 2.5s.
+for (const transport of ["sse", "stream"]) {
+  check(`half_open_connection_${transport}`, 25000, async (browser) => {
+    const { page, done } = await freshPage(browser, RELAY);
+    try {
+      await page.evaluate(
+        async ({ transport }) => {
+          window.frozen = await T.open("/ws?tag=frozen", { transports: [transport] });
+          window.frozen.send("push:6:1000");
+          await T.messages(window.frozen, 1, 5000);
+        },
+        { transport },
+      );
+      await relayCommand("f");
+      const result = await page.evaluate(async () => {
+        const started = performance.now();
+        const rest = await T.messages(window.frozen, 5, 15000);
+        window.frozen.close();
+        return { rest, ms: performance.now() - started, errors: window.frozen.__errors };
+      });
+      assertEqual(result.rest, ["p:1", "p:2", "p:3", "p:4", "p:5"], "messages after the freeze");
+      assertEqual(result.errors, [], "error events");
+      return { ms: Math.round(result.ms) };
+    } finally {
+      await done();
+    }
+  });
+}
+
 function relayChaos(on) {
+  return relayCommand(on ? "1" : "0");
+}
+
+function relayCommand(command) {
   const [host, port] = RELAY_CONTROL.split(":");
   return new Promise((resolve, reject) => {
-    const socket = net.connect(Number(port), host, () => socket.end(on ? "1" : "0"));
+    const socket = net.connect(Number(port), host, () => socket.end(command));
     socket.on("close", resolve);
     socket.on("error", reject);
   });
