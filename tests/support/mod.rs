@@ -1031,3 +1031,63 @@ impl Drop for ProxyProcess {
         }
     }
 }
+
+/// A plain HTTP backend that answers every request with `handler`, for
+/// responses the scripted [`Backend`] does not make (compressed pages, odd
+/// headers, bodies sent at the test's pace).
+///
+/// ```ignore
+/// let backend = HttpBackend::start(|_req| async { Response::new(body("hi")) }).await;
+/// let proxy = Proxy::start_toml(&backend.config("")).await;
+/// ```
+pub struct HttpBackend {
+    pub addr: SocketAddr,
+    _stop: oneshot::Sender<()>,
+}
+
+impl HttpBackend {
+    pub async fn start<F, Fut>(handler: F) -> HttpBackend
+    where
+        F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+        Fut: std::future::Future<Output = Response<BoxBody<Bytes, Infallible>>> + Send + 'static,
+    {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop_tx, mut stop_rx) = oneshot::channel::<()>();
+        tokio::spawn(async move {
+            loop {
+                let (tcp, _) = tokio::select! {
+                    r = listener.accept() => match r { Ok(p) => p, Err(_) => continue },
+                    _ = &mut stop_rx => return,
+                };
+                let handler = handler.clone();
+                tokio::spawn(async move {
+                    let service = service_fn(move |req| {
+                        let handler = handler.clone();
+                        async move { Ok::<_, Infallible>(handler(req).await) }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(tcp), service)
+                        .await;
+                });
+            }
+        });
+        HttpBackend {
+            addr,
+            _stop: stop_tx,
+        }
+    }
+
+    /// A proxy config with this backend as `upstream.url`, then `extra`.
+    pub fn config(&self, extra: &str) -> String {
+        format!(
+            "[upstream]\nurl = \"http://{}\"\nconnect_timeout = \"2s\"\n{extra}",
+            self.addr
+        )
+    }
+}
+
+/// A whole body for [`HttpBackend`] handlers.
+pub fn body(b: impl Into<Bytes>) -> BoxBody<Bytes, Infallible> {
+    full(b)
+}
