@@ -86,6 +86,9 @@ impl PassThrough {
         };
         let host = original_host(&parts.uri, &parts.headers);
         prepare_headers(&mut parts.headers, conn, host.as_ref());
+        if shared.config.client.inject {
+            keep_decodable_encodings(&mut parts.headers);
+        }
         parts.uri = uri;
         // The upstream leg is HTTP/1.1 whatever the browser spoke.
         parts.version = Version::HTTP_11;
@@ -132,6 +135,36 @@ fn upstream_failure(e: &hyper_util::client::legacy::Error) -> Response<Body> {
     }
     tracing::debug!(error = %e, "upstream unreachable");
     error(StatusCode::BAD_GATEWAY, "upstream_unreachable")
+}
+
+/// With injection on, the page must come back in an encoding the injector
+/// can decode: zstd (which browsers offer) is taken out of `Accept-Encoding`.
+fn keep_decodable_encodings(headers: &mut HeaderMap) {
+    let Some(offered) = headers
+        .get(header::ACCEPT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return;
+    };
+    let kept: Vec<&str> = offered
+        .split(',')
+        .map(str::trim)
+        .filter(|e| {
+            !e.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .eq_ignore_ascii_case("zstd")
+        })
+        .collect();
+    match HeaderValue::from_str(&kept.join(", ")) {
+        Ok(v) if !kept.is_empty() => {
+            headers.insert(header::ACCEPT_ENCODING, v);
+        }
+        _ => {
+            headers.remove(header::ACCEPT_ENCODING);
+        }
+    }
 }
 
 pub fn is_websocket_upgrade(headers: &HeaderMap) -> bool {

@@ -54,7 +54,7 @@ fn accept(got: &mut Vec<Ev>, cursor: &mut u64, ev: Ev) {
 
 async fn pace_slowly(i: u64) {
     // Occasionally let the backend get ahead, so cuts also land on replays.
-    if i % 97 == 0 {
+    if i.is_multiple_of(97) {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
