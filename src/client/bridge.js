@@ -234,7 +234,9 @@ class BridgeOpenError extends Error {
 }
 
 // Open bridged sockets, each with what closes its session when the page goes
-// away (close 1001, as the browser does for its real WebSockets).
+// away, as the browser closes its real WebSockets then. (A browser says 1001
+// there; the proxy's DELETE takes only the codes a page may send, so the
+// upstream sees 1000.)
 const liveBridgeSockets = new Map();
 if (typeof globalThis.addEventListener === "function") {
   globalThis.addEventListener("pagehide", () => {
@@ -566,7 +568,7 @@ class BridgeSocket extends EventTarget {
         if (ok && this.#readyState === BridgeSocket.CONNECTING) {
           this.#protocol = this.#session.protocol;
           this.#readyState = BridgeSocket.OPEN;
-          liveBridgeSockets.set(this, () => this.#deleteSessionQuietly(1001));
+          liveBridgeSockets.set(this, () => this.#deleteSessionQuietly());
           this.dispatchEvent(new Event("open"));
           resolve(true);
         } else {
@@ -1016,11 +1018,12 @@ class BridgeSocket extends EventTarget {
     }
   }
 
-  // Best effort, not tied to this socket's lifetime.
-  #deleteSessionQuietly(code) {
+  // Best effort, not tied to this socket's lifetime (keepalive outlives the
+  // page).
+  #deleteSessionQuietly() {
     const session = this.#session;
     if (!session || !session.links.close) return;
-    fetch(withQuery(session.links.close, { code }), {
+    fetch(session.links.close, {
       method: "DELETE",
       keepalive: true,
       credentials: this.#options.withCredentials ? "include" : "same-origin",

@@ -358,6 +358,93 @@ for (const transport of BRIDGED) {
   });
 }
 
+check("websocket_api_semantics", 20000, async (browser) => {
+  const { page, done } = await freshPage(browser);
+  try {
+    const r = await page.evaluate(async () => {
+      const out = {};
+      const { BridgeSocket } = WsBridge;
+      out.constants = [BridgeSocket.CONNECTING, BridgeSocket.OPEN, BridgeSocket.CLOSING, BridgeSocket.CLOSED];
+      out.badUrls = [];
+      for (const url of ["ftp://x/", "ws://x/#frag", "ws://[bad/"]) {
+        try {
+          new BridgeSocket(url);
+          out.badUrls.push("accepted");
+        } catch (e) {
+          out.badUrls.push(e.name);
+        }
+      }
+
+      // send() while connecting throws; close() while connecting fails the
+      // attempt with error, then close 1006, once.
+      const early = T.watch(new BridgeSocket(T.wsUrl("/ws?tag=early")));
+      out.initial = { readyState: early.readyState, url: early.url, binaryType: early.binaryType, extensions: early.extensions };
+      try {
+        early.send("too soon");
+      } catch (e) {
+        out.sendWhileConnecting = e.name;
+      }
+      let closes = 0;
+      early.onclose = () => closes++;
+      early.close();
+      out.earlyState = early.readyState;
+      out.earlyClose = await T.closed(early);
+      await new Promise((r) => setTimeout(r, 300));
+      out.earlyCloses = closes;
+      out.earlyErrors = early.__errors.length;
+
+      // on* handlers: replacing keeps one listener, null removes it; the
+      // subprotocol comes back from the upstream.
+      const socket = new BridgeSocket(T.wsUrl("/ws?tag=api"), ["chat.v2", "chat.v1"], { transports: ["stream"] });
+      await T.opened(T.watch(socket));
+      out.protocol = socket.protocol;
+      const calls = [];
+      socket.onmessage = () => calls.push("first");
+      socket.onmessage = () => calls.push("second");
+      socket.send("one");
+      await T.messages(socket, 1);
+      socket.onmessage = null;
+      socket.send("two");
+      await T.messages(socket, 1);
+      out.handlerCalls = calls;
+      out.onmessageAfterNull = socket.onmessage;
+      socket.close();
+      out.closeWithoutCode = await T.closed(socket);
+      socket.send("after close");
+      out.bufferedAfterClose = socket.bufferedAmount;
+
+      // A path no route bridges (and no WebSocket allowed): error, then 1006.
+      const nowhere = T.watch(new BridgeSocket(T.wsUrl("/no-such-route")));
+      out.nowhere = await T.closed(nowhere);
+
+      // The shim can be removed again.
+      const Native = window.WebSocket;
+      const uninstall = WsBridge.installWebSocketShim();
+      out.shimInstalled = window.WebSocket !== Native;
+      uninstall();
+      out.shimRemoved = window.WebSocket === Native;
+      return out;
+    });
+    assertEqual(r.constants, [0, 1, 2, 3], "constants");
+    assertEqual(r.badUrls, ["SyntaxError", "SyntaxError", "SyntaxError"], "bad URLs");
+    assertEqual(r.initial.readyState, 0, "initial readyState");
+    if (!/^ws:\/\/127\.0\.0\.1:\d+\/ws\?tag=early$/.test(r.initial.url)) throw new Error("url: " + r.initial.url);
+    assertEqual([r.initial.binaryType, r.initial.extensions], ["blob", ""], "binaryType, extensions");
+    assertEqual(r.sendWhileConnecting, "InvalidStateError", "send() while connecting");
+    assertEqual(r.earlyState, 2, "readyState after close() while connecting");
+    assertEqual([r.earlyClose.code, r.earlyClose.wasClean, r.earlyCloses, r.earlyErrors], [1006, false, 1, 1], "close() while connecting");
+    assertEqual(r.protocol, "chat.v2", "negotiated subprotocol");
+    assertEqual(r.handlerCalls, ["second"], "on* handler replaced");
+    assertEqual(r.onmessageAfterNull, null, "onmessage after null");
+    assertEqual([r.closeWithoutCode.code, r.closeWithoutCode.wasClean], [1000, true], "close() without a code");
+    assertEqual(r.bufferedAfterClose, 11, "bufferedAmount counts sends after close");
+    assertEqual([r.nowhere.code, r.nowhere.wasClean], [1006, false], "unknown route");
+    assertEqual([r.shimInstalled, r.shimRemoved], [true, true], "shim install/uninstall");
+  } finally {
+    await done();
+  }
+});
+
 check("upstream_rejection_fails_fast", 15000, async (browser) => {
   const { page, done } = await freshPage(browser);
   try {
