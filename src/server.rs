@@ -24,6 +24,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::config::{Config, TlsConfig};
@@ -288,11 +289,7 @@ async fn serve_connection(
     match shared.acceptor() {
         None => {
             let info = ConnInfo { peer, tls: false };
-            let service = service_fn(move |req| handle(req, info, Arc::clone(&shared)));
-            let conn = builder.serve_connection_with_upgrades(TokioIo::new(tcp), service);
-            if let Err(e) = watcher.watch(conn.into_owned()).await {
-                tracing::debug!(error = %e, "connection ended with an error");
-            }
+            serve_io(TokioIo::new(tcp), info, shared, builder, watcher).await;
         }
         Some(acceptor) => {
             let tls = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await
@@ -302,12 +299,54 @@ async fn serve_connection(
                 Err(_) => return tracing::debug!("TLS handshake timed out"),
             };
             let info = ConnInfo { peer, tls: true };
-            let service = service_fn(move |req| handle(req, info, Arc::clone(&shared)));
-            let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
-            if let Err(e) = watcher.watch(conn.into_owned()).await {
-                tracing::debug!(error = %e, "connection ended with an error");
-            }
+            serve_io(TokioIo::new(tls), info, shared, builder, watcher).await;
         }
+    }
+}
+
+/// Serves one connection (plain or TLS) with HTTP/1 or HTTP/2.
+///
+/// A connection must deliver its first request head within
+/// `server.header_read_timeout`, whatever the protocol: hyper's own header
+/// timeout covers an HTTP/1 head once bytes arrive, but not a client that
+/// sends nothing (the auto builder waits for the first bytes to choose
+/// HTTP/1 or HTTP/2, with no deadline) nor an HTTP/2 client that never opens
+/// a stream. Without this, idle sockets would hold `max_connections` slots
+/// for ever (slowloris).
+async fn serve_io<I>(
+    io: I,
+    info: ConnInfo,
+    shared: Arc<Shared>,
+    builder: &auto::Builder<TokioExecutor>,
+    watcher: hyper_util::server::graceful::Watcher,
+) where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let first_request = CancellationToken::new();
+    let seen = first_request.clone();
+    let header_read_timeout = shared.config.server.header_read_timeout;
+    let service = service_fn(move |req| {
+        if !seen.is_cancelled() {
+            seen.cancel();
+        }
+        handle(req, info, Arc::clone(&shared))
+    });
+    let conn = watcher.watch(
+        builder
+            .serve_connection_with_upgrades(io, service)
+            .into_owned(),
+    );
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        result = &mut conn => result,
+        // A request arrived in time: from now on hyper's own limits apply.
+        _ = first_request.cancelled() => conn.await,
+        _ = tokio::time::sleep(header_read_timeout) => {
+            return tracing::debug!("no request within the header read timeout: closing");
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(error = %e, "connection ended with an error");
     }
 }
 
