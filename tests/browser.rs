@@ -12,6 +12,8 @@
 //!     cargo test --test browser -- --nocapture
 //!     WSB_ONLY=flaky cargo test --test browser -- --nocapture   # some checks only
 
+mod support;
+
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -32,11 +34,13 @@ use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, watch};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
+
+use support::Proxy;
 
 /// The whole browser run must end well within CI's budget.
 const NODE_TIMEOUT: Duration = Duration::from_secs(170);
@@ -62,7 +66,7 @@ async fn javascript_client_in_chromium() {
     }
 
     let backend = Backend::start().await;
-    let (proxy, stop_proxy) = start_proxy(backend.addr, "").await;
+    let mut proxy = start_proxy(backend.addr, "").await;
     // Drops undelivered events instead of pausing the upstream, so a burst
     // makes gaps the page must be told about.
     let gappy_replay = r#"
@@ -70,16 +74,16 @@ async fn javascript_client_in_chromium() {
         overflow = "drop-oldest"
         max_pending_bytes = "1KiB"
     "#;
-    let (gappy, stop_gappy) = start_proxy(backend.addr, gappy_replay).await;
-    let relay = Relay::start(proxy).await;
+    let mut gappy = start_proxy(backend.addr, gappy_replay).await;
+    let relay = Relay::start(proxy.addr).await;
 
     let mut node = tokio::process::Command::new("node");
     node.arg(root.join("tests/browser/run.mjs"))
         .current_dir(root.join("tests/browser"))
-        .env("WSB_PROXY", format!("http://{proxy}"))
+        .env("WSB_PROXY", proxy.url(""))
         .env("WSB_RELAY", format!("http://{}", relay.addr))
         .env("WSB_RELAY_CONTROL", relay.control.to_string())
-        .env("WSB_GAPPY", format!("http://{gappy}"))
+        .env("WSB_GAPPY", gappy.url(""))
         .env("WSB_CHROMIUM", &chromium)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -104,8 +108,9 @@ async fn javascript_client_in_chromium() {
         .await
         .expect("the browser run took too long")
         .expect("node failed");
-    let _ = stop_proxy.send(());
-    let _ = stop_gappy.send(());
+    // Both proxies must still shut down cleanly after the browser's abuse.
+    proxy.shutdown().await;
+    gappy.shutdown().await;
 
     let failed: Vec<&Value> = reports.iter().filter(|r| r["ok"] != json!(true)).collect();
     for f in &failed {
@@ -155,12 +160,9 @@ fn missing_tools(root: &Path, chromium: &str) -> Option<String> {
 
 /// The proxy in-process. `/ws` and `/deny` refuse real WebSockets (so the
 /// client must fall back); `/open` allows them.
-async fn start_proxy(backend: SocketAddr, extra_toml: &str) -> (SocketAddr, oneshot::Sender<()>) {
-    let config = wsbridge::Config::from_toml(&format!(
+async fn start_proxy(backend: SocketAddr, extra_toml: &str) -> Proxy {
+    Proxy::start_toml(&format!(
         r#"
-        [server]
-        listen = "127.0.0.1:0"
-
         [upstream]
         url = "http://{backend}"
 
@@ -186,19 +188,7 @@ async fn start_proxy(backend: SocketAddr, extra_toml: &str) -> (SocketAddr, ones
         {extra_toml}
         "#
     ))
-    .expect("test config");
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop, stopped) = oneshot::channel::<()>();
-    tokio::spawn(async move {
-        let shutdown = async {
-            let _ = stopped.await;
-        };
-        if let Err(e) = wsbridge::run(listener, config, shutdown).await {
-            eprintln!("proxy ended: {e}");
-        }
-    });
-    (addr, stop)
+    .await
 }
 
 /// Frames each backend WebSocket received, by its `?tag=`, as JSON objects
