@@ -1,0 +1,305 @@
+//! One client per transport behind one [`Session`] type: open, read the next
+//! frame, and (for echo) send one and read the reply. Each reader parses in
+//! place from a reused buffer, so the load generator spends its CPU on the
+//! proxy's output rather than on its own allocations, and each checks the
+//! protocol as it goes (event ids in order, no gap, a clean close).
+
+mod body;
+pub mod http;
+mod poll;
+mod sse;
+mod stream;
+mod ws;
+
+use std::borrow::Cow;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use ::http::Method;
+use serde::Deserialize;
+
+use crate::{Result, fail};
+use http::{HttpConn, Sender, collect};
+
+/// The proxy's bridge prefix (the default `server.prefix`).
+pub const PREFIX: &str = "/_bridge";
+
+/// How a client reaches the backend.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Transport {
+    /// A WebSocket straight to the backend: the baseline.
+    WsDirect,
+    /// A WebSocket through the proxy's pass-through (spliced).
+    WsProxy,
+    Sse,
+    Stream,
+    Poll,
+}
+
+impl Transport {
+    /// Direct first: every ratio is against it.
+    pub const ALL: [Transport; 5] = [
+        Transport::WsDirect,
+        Transport::WsProxy,
+        Transport::Sse,
+        Transport::Stream,
+        Transport::Poll,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Transport::WsDirect => "ws-direct",
+            Transport::WsProxy => "ws-proxy",
+            Transport::Sse => "sse",
+            Transport::Stream => "stream",
+            Transport::Poll => "poll",
+        }
+    }
+
+    pub fn uses_proxy(self) -> bool {
+        self != Transport::WsDirect
+    }
+}
+
+/// Where the servers of a run listen.
+#[derive(Clone, Copy, Debug)]
+pub struct Addrs {
+    pub backend: SocketAddr,
+    pub proxy: Option<SocketAddr>,
+}
+
+/// One frame as the backend stamped it.
+#[derive(Clone, Copy, Debug)]
+pub struct Msg {
+    pub seq: u64,
+    pub sent_ns: u64,
+}
+
+pub fn unix_nanos() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// A frame's text: `"<seq> <unix_nanos> "` padded with `x` to `size` bytes.
+pub fn payload(seq: u64, sent_ns: u64, size: usize) -> String {
+    let mut s = String::with_capacity(size.max(42));
+    let _ = write!(s, "{seq} {sent_ns} ");
+    let pad = size.saturating_sub(s.len());
+    s.extend(std::iter::repeat_n('x', pad));
+    s
+}
+
+pub fn parse_payload(data: &[u8]) -> Result<Msg> {
+    let mut parts = data.splitn(3, |b| *b == b' ');
+    match (
+        parts.next().and_then(parse_u64),
+        parts.next().and_then(parse_u64),
+    ) {
+        (Some(seq), Some(sent_ns)) => Ok(Msg { seq, sent_ns }),
+        _ => {
+            let head = String::from_utf8_lossy(&data[..data.len().min(48)]);
+            fail!("malformed frame {head:?}")
+        }
+    }
+}
+
+pub fn parse_u64(digits: &[u8]) -> Option<u64> {
+    if digits.is_empty() || digits.len() > 19 {
+        return None;
+    }
+    digits.iter().try_fold(0u64, |n, d| {
+        d.is_ascii_digit().then(|| n * 10 + u64::from(d - b'0'))
+    })
+}
+
+/// What a reader made of one event.
+enum Item {
+    Msg(Msg),
+    /// The session's close event, code 1000: the stream is complete.
+    Close,
+    /// A heartbeat or the SSE `retry:` line.
+    Skip,
+}
+
+/// Checks that event ids come one after another: a skipped or repeated id is
+/// the proxy losing or doubling an event, whatever the payload says.
+fn next_event_id(last: &mut u64, id: Option<u64>) -> Result<()> {
+    match id {
+        Some(id) if id == *last + 1 => {
+            *last = id;
+            Ok(())
+        }
+        Some(id) => fail!("event id {id} after {last}"),
+        None => fail!("event without an id after {last}"),
+    }
+}
+
+/// The close event must be the backend's own 1000 "done": anything else is
+/// the session dying under the load.
+fn check_close(code: Option<u16>, reason: &str) -> Result<()> {
+    match code {
+        Some(1000) => Ok(()),
+        other => fail!("session closed early: code {other:?} reason {reason:?}"),
+    }
+}
+
+/// An event as stream lines and poll responses carry it.
+#[derive(Deserialize)]
+struct JsonEvent<'a> {
+    id: Option<u64>,
+    #[serde(rename = "type", borrow)]
+    kind: Cow<'a, str>,
+    #[serde(borrow)]
+    data: Option<Cow<'a, str>>,
+    code: Option<u16>,
+    #[serde(borrow)]
+    reason: Option<Cow<'a, str>>,
+    from: Option<u64>,
+    to: Option<u64>,
+}
+
+impl JsonEvent<'_> {
+    fn item(&self, last_id: &mut u64) -> Result<Item> {
+        match &*self.kind {
+            "heartbeat" => Ok(Item::Skip),
+            "text" => {
+                next_event_id(last_id, self.id)?;
+                let data = self.data.as_deref().ok_or("text event without data")?;
+                parse_payload(data.as_bytes()).map(Item::Msg)
+            }
+            "close" => {
+                next_event_id(last_id, self.id)?;
+                check_close(self.code, self.reason.as_deref().unwrap_or(""))?;
+                Ok(Item::Close)
+            }
+            "gap" => fail!(
+                "gap event: the proxy dropped events {}..{}",
+                self.from.unwrap_or(0),
+                self.to.unwrap_or(0)
+            ),
+            other => fail!("unexpected event type {other:?}"),
+        }
+    }
+}
+
+/// An open session, any transport.
+pub struct Session {
+    down: Down,
+    /// For bridged sessions: where frames are POSTed (made on first use).
+    up: Option<Sender>,
+    send_link: Option<(SocketAddr, String)>,
+}
+
+enum Down {
+    Sse(sse::Reader),
+    Stream(stream::Reader),
+    Poll(poll::Reader),
+    /// Boxed: tungstenite's socket is large beside the others.
+    Ws(Box<ws::Socket>),
+}
+
+#[derive(Deserialize)]
+struct Opened {
+    links: Links,
+}
+
+#[derive(Deserialize)]
+struct Links {
+    sse: String,
+    stream: String,
+    poll: String,
+    send: String,
+}
+
+impl Session {
+    /// Opens a session on the backend's `path` (`/pub?…`, `/echo`) and
+    /// returns once it is attached: frames published from now on reach it.
+    pub async fn open(
+        transport: Transport,
+        addrs: Addrs,
+        path: &str,
+        ws_read_buffer: usize,
+    ) -> Result<Session> {
+        let ws_url = |host: SocketAddr| format!("ws://{host}{path}");
+        let proxy = || addrs.proxy.ok_or("this transport needs the proxy");
+        let down = match transport {
+            Transport::WsDirect => Down::Ws(Box::new(
+                ws::Socket::connect(&ws_url(addrs.backend), ws_read_buffer).await?,
+            )),
+            Transport::WsProxy => Down::Ws(Box::new(
+                ws::Socket::connect(&ws_url(proxy()?), ws_read_buffer).await?,
+            )),
+            bridged => return Self::open_bridged(bridged, proxy()?, path).await,
+        };
+        Ok(Session {
+            down,
+            up: None,
+            send_link: None,
+        })
+    }
+
+    async fn open_bridged(transport: Transport, proxy: SocketAddr, path: &str) -> Result<Session> {
+        // The same connection opens the session and then carries its reader.
+        let mut conn = HttpConn::connect(proxy).await?;
+        let body = serde_json::json!({ "url": path }).to_string();
+        let resp = conn
+            .request(
+                Method::POST,
+                &format!("{PREFIX}/sessions"),
+                Some((body.into(), "application/json")),
+            )
+            .await?;
+        let (status, body) = collect(resp).await?;
+        if status != ::http::StatusCode::CREATED {
+            fail!("open: {status} {}", String::from_utf8_lossy(&body));
+        }
+        let opened: Opened = serde_json::from_slice(&body)?;
+        let links = opened.links;
+        let down = match transport {
+            Transport::Sse => Down::Sse(sse::Reader::attach(conn, &links.sse).await?),
+            Transport::Stream => Down::Stream(stream::Reader::attach(conn, &links.stream).await?),
+            _ => Down::Poll(poll::Reader::new(conn, links.poll)),
+        };
+        Ok(Session {
+            down,
+            up: None,
+            send_link: Some((proxy, links.send)),
+        })
+    }
+
+    /// The next frame, or `None` once the session closed cleanly (1000).
+    pub async fn next(&mut self) -> Result<Option<Msg>> {
+        self.down.next().await
+    }
+
+    /// Sends one text frame upstream and waits for the next frame down.
+    /// Bridged, the POST and the read run at once, as a browser's would: a
+    /// long-poll is already waiting when the reply is published.
+    pub async fn round_trip(&mut self, text: String) -> Result<Option<Msg>> {
+        if let Down::Ws(ws) = &mut self.down {
+            ws.send(text).await?;
+            return ws.next().await;
+        }
+        if self.up.is_none() {
+            let (proxy, link) = self.send_link.clone().ok_or("no send link")?;
+            self.up = Some(Sender::connect(proxy, link).await?);
+        }
+        let up = self.up.as_mut().ok_or("no sender")?;
+        let (sent, got) = tokio::join!(up.send(text), self.down.next());
+        sent?;
+        got
+    }
+}
+
+impl Down {
+    async fn next(&mut self) -> Result<Option<Msg>> {
+        match self {
+            Down::Sse(r) => r.next().await,
+            Down::Stream(r) => r.next().await,
+            Down::Poll(r) => r.next().await,
+            Down::Ws(s) => s.next().await,
+        }
+    }
+}

@@ -1,0 +1,102 @@
+//! The long-poll reader: `GET poll?cursor=N&wait=S` on one keep-alive
+//! connection, the cursor advanced by each answer.
+
+use std::collections::VecDeque;
+use std::fmt::Write as _;
+
+use http::StatusCode;
+use serde::Deserialize;
+
+use super::http::{HttpConn, collect};
+use super::{Item, JsonEvent, Msg};
+use crate::{Result, fail};
+
+/// The wait of each poll, in seconds (the proxy's default `poll.max_wait`
+/// is 30 s).
+const WAIT_SECS: u32 = 25;
+
+pub struct Reader {
+    conn: HttpConn,
+    link: String,
+    cursor: u64,
+    last_id: u64,
+    /// Frames of the last answer not yet handed out.
+    queue: VecDeque<Msg>,
+    closed: bool,
+    uri: String,
+}
+
+#[derive(Deserialize)]
+struct Answer<'a> {
+    cursor: u64,
+    #[serde(borrow)]
+    events: Vec<JsonEvent<'a>>,
+    #[serde(default)]
+    superseded: bool,
+}
+
+impl Reader {
+    pub fn new(conn: HttpConn, link: String) -> Reader {
+        Reader {
+            conn,
+            link,
+            cursor: 0,
+            last_id: 0,
+            queue: VecDeque::with_capacity(256),
+            closed: false,
+            uri: String::new(),
+        }
+    }
+
+    pub async fn next(&mut self) -> Result<Option<Msg>> {
+        loop {
+            if let Some(m) = self.queue.pop_front() {
+                return Ok(Some(m));
+            }
+            if self.closed {
+                return Ok(None);
+            }
+            self.poll().await?;
+        }
+    }
+
+    async fn poll(&mut self) -> Result<()> {
+        self.uri.clear();
+        let _ = write!(
+            self.uri,
+            "{}?cursor={}&wait={WAIT_SECS}",
+            self.link, self.cursor
+        );
+        let resp = self
+            .conn
+            .request(http::Method::GET, &self.uri, None)
+            .await?;
+        let (status, body) = collect(resp).await?;
+        if status != StatusCode::OK {
+            fail!("poll: {status} {}", String::from_utf8_lossy(&body));
+        }
+        let answer: Answer<'_> = serde_json::from_slice(&body)?;
+        if answer.superseded {
+            fail!("poll superseded: another reader took the session");
+        }
+        for event in &answer.events {
+            if self.closed {
+                fail!("an event after the close event");
+            }
+            match event.item(&mut self.last_id)? {
+                Item::Msg(m) => self.queue.push_back(m),
+                Item::Close => self.closed = true,
+                Item::Skip => {}
+            }
+        }
+        if answer.cursor != self.last_id {
+            fail!(
+                "poll cursor {} but the last event was {}",
+                answer.cursor,
+                self.last_id
+            );
+        }
+        self.cursor = answer.cursor;
+        Ok(())
+    }
+}

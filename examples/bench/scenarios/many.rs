@@ -1,0 +1,117 @@
+//! Many sessions: as many held sessions as the open-file limit allows (the
+//! proxy holds two sockets per bridged session), one frame per 5 s each.
+//! The proxy's RSS per session (before any frame, and after a few), the
+//! kernel's TCP socket memory (reported apart: it is not in any RSS), the
+//! proxy's CPU with every session idle, and while the trickle flows.
+
+use std::time::{Duration, Instant};
+
+use tokio::time::sleep;
+
+use super::{BENCH_PROXY, Ctx, Measured, attached, each_transport, failures, open_timeout};
+use crate::fleet::{Fleet, Load};
+use crate::probe::{self, CpuMeter};
+use crate::report::{Row, Table};
+
+/// File descriptors kept free in each process (listeners, logs, pipes,
+/// the odd reconnect).
+const FD_MARGIN: u64 = 1000;
+const RATE: f64 = 0.2;
+const COUNT: u64 = 4;
+const SIZE: usize = 128;
+/// After the last session attached, before measuring.
+const SETTLE: Duration = Duration::from_secs(2);
+/// The window over which idle CPU is measured (no frames flowing).
+const IDLE_WINDOW: Duration = Duration::from_secs(5);
+/// Into the trickle, when every session has had about two frames.
+const ACTIVE_AT: Duration = Duration::from_secs(12);
+
+pub async fn run(ctx: &Ctx) -> Table {
+    // The proxy holds two sockets per bridged session; the load generator
+    // and the backend one each.
+    let auto = (ctx.nofile.saturating_sub(FD_MARGIN) / 2) as usize;
+    let load = Load {
+        sessions: ctx.sessions.unwrap_or(auto),
+        rate: RATE,
+        size: SIZE,
+        count: COUNT,
+        latency: false,
+        ws_read_buffer: 4 * 1024,
+        open_concurrency: 64,
+    };
+    let mut table = Table::new(
+        "many",
+        format!(
+            "{} held sessions, 1 frame per {}s each ({COUNT} in all); proxy RSS and kernel TCP memory per session, proxy CPU",
+            load.sessions,
+            1.0 / RATE
+        ),
+    );
+    each_transport(ctx, &mut table, BENCH_PROXY, async |rig, t| {
+        let pid = rig.proxy_pid();
+        sleep(Duration::from_millis(500)).await;
+        let rss0 = pid.and_then(probe::rss_kib);
+        let tcp0 = probe::tcp_mem_bytes();
+        let opening = Instant::now();
+        let fleet = attached(
+            Fleet::spawn(t, rig.addrs(), load),
+            open_timeout(load.sessions),
+        )
+        .await?;
+        let open_s = opening.elapsed().as_secs_f64();
+        sleep(SETTLE).await;
+        let rss_idle = pid.and_then(probe::rss_kib);
+        let idle = pid.map(CpuMeter::start);
+        sleep(IDLE_WINDOW).await;
+        let idle = idle.map(|m| m.read());
+        rig.backend.go().await?;
+        let busy = pid.map(CpuMeter::start);
+        sleep(ACTIVE_AT).await;
+        let rss_active = pid.and_then(probe::rss_kib);
+        let tcp_active = probe::tcp_mem_bytes();
+        let outcome = fleet
+            .finish(load.publish_time() + Duration::from_secs(60))
+            .await;
+        let busy = busy.map(|m| m.read());
+        let peak = pid.and_then(|p| probe::status_kib(p, "VmHWM"));
+
+        let n = load.sessions as f64;
+        let per_session = |kib: Option<u64>| rss0.zip(kib).map(|(a, b)| (b as f64 - a as f64) / n);
+        let idle_per = per_session(rss_idle);
+        let active_per = per_session(rss_active);
+        let mut row = Row::new(t.name());
+        row.int("sessions", load.sessions as u64)
+            .num("open_s", Some(open_s), 1)
+            .num("rss_base_mib", rss0.map(|k| k as f64 / 1024.0), 1)
+            .num("rss_idle_kib_per_session", idle_per, 1)
+            .num("rss_active_kib_per_session", active_per, 1)
+            // The target's figure: the larger of the two.
+            .num(
+                "rss_kib_per_session",
+                idle_per.zip(active_per).map(|(a, b)| a.max(b)),
+                1,
+            )
+            .num("peak_rss_mib", peak.map(|k| k as f64 / 1024.0), 1)
+            .num(
+                "tcp_mem_kib_per_session",
+                tcp0.zip(tcp_active)
+                    .map(|(a, b)| (b as f64 - a as f64) / 1024.0 / n),
+                2,
+            )
+            .num("idle_cpu_pct", idle.map(|c| c.percent()), 2)
+            .num("trickle_cpu_pct", busy.map(|c| c.percent()), 1)
+            .num(
+                "cpu_us_per_msg",
+                busy.map(|c| c.cpu_seconds * 1e6 / outcome.received.max(1) as f64),
+                1,
+            )
+            .int("frames", outcome.received)
+            .int("failed", outcome.failed as u64);
+        Ok(Measured {
+            row,
+            failures: failures(&outcome),
+        })
+    })
+    .await;
+    table
+}

@@ -1,0 +1,173 @@
+//! The scenarios of issue 6 and the CI smoke run. Each measures every
+//! transport against a fresh backend and proxy (see [`Rig`]), one after
+//! another, direct WebSocket first since every ratio is against it.
+
+pub mod echo;
+pub mod light;
+pub mod many;
+pub mod smoke;
+pub mod throughput;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::clients::{Addrs, Transport};
+use crate::fleet::{Fleet, Outcome};
+use crate::procs::{Backend, Findings, Proxy, ProxySettings};
+use crate::report::{Out, Row, Table};
+use crate::{Result, fail};
+
+/// What every scenario needs from the command line.
+pub struct Ctx {
+    pub bench_exe: PathBuf,
+    pub proxy_bin: PathBuf,
+    pub transports: Vec<Transport>,
+    pub duration: Option<Duration>,
+    pub sessions: Option<usize>,
+    pub round_trips: usize,
+    /// The open-file limit of every process (the bench raised it).
+    pub nofile: u64,
+    pub out: Out,
+}
+
+/// The proxy settings of the measuring scenarios: backpressure from 1 MiB
+/// of undelivered events per session, so no frame is ever dropped.
+pub const BENCH_PROXY: ProxySettings = ProxySettings {
+    max_pending: "1MiB",
+};
+
+/// A WebSocket read buffer for the fast scenarios: large enough that the
+/// direct baseline is not held back by small reads.
+pub const WS_READ_BUFFER: usize = 64 * 1024;
+
+/// The servers of one transport's run.
+pub struct Rig {
+    pub backend: Backend,
+    /// None for the direct WebSocket: the proxy stays out of it entirely.
+    pub proxy: Option<Proxy>,
+}
+
+impl Rig {
+    async fn start(ctx: &Ctx, transport: Transport, settings: ProxySettings) -> Result<Rig> {
+        let backend = Backend::start(&ctx.bench_exe).await?;
+        let proxy = if transport.uses_proxy() {
+            Some(Proxy::start(&ctx.proxy_bin, backend.addr, settings).await?)
+        } else {
+            None
+        };
+        Ok(Rig { backend, proxy })
+    }
+
+    pub fn addrs(&self) -> Addrs {
+        Addrs {
+            backend: self.backend.addr,
+            proxy: self.proxy.as_ref().map(|p| p.addr),
+        }
+    }
+
+    pub fn proxy_pid(&self) -> Option<u32> {
+        self.proxy.as_ref().and_then(Proxy::pid)
+    }
+
+    async fn stop(self, findings: &mut Findings) {
+        if let Some(proxy) = self.proxy {
+            proxy.stop(findings).await;
+        }
+        self.backend.stop().await;
+    }
+}
+
+/// One transport's figures and what went wrong.
+pub struct Measured {
+    pub row: Row,
+    pub failures: Vec<String>,
+}
+
+/// Runs `measure` for each transport on a fresh rig and files its row,
+/// failures and notes in `table`. A transport that fails keeps a row (with
+/// what it measured, if anything) so the table shows every transport.
+pub async fn each_transport(
+    ctx: &Ctx,
+    table: &mut Table,
+    settings: ProxySettings,
+    mut measure: impl AsyncFnMut(&mut Rig, Transport) -> Result<Measured>,
+) {
+    for &t in &ctx.transports {
+        ctx.out
+            .info(&format!("[{}] {} ...", table.scenario, t.name()));
+        let mut findings = Findings::default();
+        let row = match Rig::start(ctx, t, settings).await {
+            Err(e) => {
+                findings.failures.push(format!("cannot start: {e}"));
+                Row::new(t.name())
+            }
+            Ok(mut rig) => {
+                let measured = measure(&mut rig, t).await;
+                rig.stop(&mut findings).await;
+                match measured {
+                    Ok(m) => {
+                        table.failures.extend(m.failures);
+                        m.row
+                    }
+                    Err(e) => {
+                        findings.failures.push(e.to_string());
+                        Row::new(t.name())
+                    }
+                }
+            }
+        };
+        let name = t.name();
+        table
+            .failures
+            .extend(findings.failures.iter().map(|f| format!("{name}: {f}")));
+        table
+            .notes
+            .extend(findings.notes.iter().map(|n| format!("{name}: {n}")));
+        table.rows.push(row);
+    }
+}
+
+/// Waits for every session of a fleet to be attached; on failure, stops it
+/// and says why.
+pub async fn attached(fleet: Fleet, within: Duration) -> Result<Fleet> {
+    match fleet.attached(within).await {
+        Ok(()) => Ok(fleet),
+        Err(e) => {
+            let outcome = fleet.stop().await;
+            let first = outcome.failures.first().cloned().unwrap_or_default();
+            fail!("{e}; first failure: {first}")
+        }
+    }
+}
+
+/// How long opening `n` sessions may take on a busy 2-core machine.
+pub fn open_timeout(n: usize) -> Duration {
+    Duration::from_secs(30) + Duration::from_millis(20 * n as u64)
+}
+
+/// An outcome's failures, with a count of those not listed.
+pub fn failures(outcome: &Outcome) -> Vec<String> {
+    let mut out = outcome.failures.clone();
+    if outcome.failed > outcome.failures.len() {
+        out.push(format!("... {} sessions failed in all", outcome.failed));
+    }
+    out
+}
+
+/// A quantile of a latency histogram (nanoseconds) in microseconds.
+pub fn quantile_us(h: Option<&hdrhistogram::Histogram<u64>>, q: f64) -> Option<f64> {
+    h.filter(|h| !h.is_empty())
+        .map(|h| h.value_at_quantile(q) as f64 / 1000.0)
+}
+
+/// Adds `ratio_vs_direct` (and other comparisons) to every row: `column`
+/// divided by the same column of `base`.
+pub fn ratio(table: &mut Table, column: &str, base: &str, name: &'static str) {
+    let Some(base) = table.row(base).and_then(|r| r.get(column)) else {
+        return;
+    };
+    for row in &mut table.rows {
+        let v = row.get(column).map(|v| v / base);
+        row.num(name, v, 2);
+    }
+}
