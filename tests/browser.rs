@@ -177,6 +177,12 @@ async fn start_proxy(backend: SocketAddr, extra_toml: &str) -> Proxy {
         transports = ["websocket", "sse", "stream", "poll"]
 
         [[routes]]
+        path = "/named"
+        upstream = "ws://{backend}/named"
+        transports = ["sse", "stream", "poll"]
+        sse_event_field = "type"
+
+        [[routes]]
         path = "/deny"
         upstream = "ws://{backend}/deny"
         transports = ["sse", "stream", "poll"]

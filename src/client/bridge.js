@@ -675,9 +675,9 @@ class BridgeSocket extends EventTarget {
     if (!(id > this.#cursor)) return true;
     if (event.type !== "gap" && id !== this.#cursor + 1) {
       // Ids are consecutive, so something was not delivered to us: over SSE,
-      // named events (route option sse_event_field) that EventSource only
-      // hands to listeners of their name. Resume from the cursor on a
-      // transport that carries every event.
+      // named events from a proxy that ignores plain=1. Resume from the
+      // cursor on a transport that carries every event. (A named event with
+      // nothing after it stays unseen until the next event arrives.)
       const fallback = WSBRIDGE_BRIDGED.find((t) => t !== "sse" && this.#session.links[t]);
       if (this.#transport === "sse" && fallback) {
         this.#transport = fallback;
@@ -722,7 +722,10 @@ class BridgeSocket extends EventTarget {
   }
 
   #attachSse(generation) {
-    const url = withQuery(this.#session.links.sse, { cursor: this.#cursor });
+    // plain=1 asks the proxy not to name text events after a JSON field
+    // (route option sse_event_field): EventSource hands a named event only to
+    // listeners of that name, which this client cannot know in advance.
+    const url = withQuery(this.#session.links.sse, { cursor: this.#cursor, plain: 1 });
     const source = new EventSource(url, { withCredentials: this.#options.withCredentials });
     this.#stopReader = () => source.close();
     let opened = false;

@@ -445,6 +445,36 @@ check("websocket_api_semantics", 20000, async (browser) => {
   }
 });
 
+// A route that names SSE events after a JSON field (for pages using raw
+// EventSource): the client must still deliver every frame, in order.
+check("sse_event_field_route", 20000, async (browser) => {
+  const { page, done } = await freshPage(browser);
+  try {
+    const r = await page.evaluate(async () => {
+      const frames = ['{"type":"chat","n":1}', '{"type":"chat","n":2}', "plain", '{"type":"x y"}', '{"type":"chat","n":3}', "last plain"];
+      const socket = await T.open("/named?tag=named", { transports: ["sse", "stream"] });
+      for (const f of frames) socket.send(f);
+      const got = await T.messages(socket, frames.length);
+      const viaSse = socket.transport;
+      // A named frame with nothing after it: delivered at once only when the
+      // proxy honours plain=1 (else it waits for the next event).
+      socket.send('{"type":"chat","n":4}');
+      let lastNamed = true;
+      try {
+        await T.messages(socket, 1, 3000);
+      } catch {
+        lastNamed = false;
+      }
+      socket.close();
+      return { ok: JSON.stringify(got) === JSON.stringify(frames), got, transport: viaSse, lastNamed };
+    });
+    if (!r.ok) throw new Error("frames lost or reordered: " + JSON.stringify(r.got));
+    return { transport: r.transport, last_named_frame_delivered_at_once: r.lastNamed };
+  } finally {
+    await done();
+  }
+});
+
 check("upstream_rejection_fails_fast", 15000, async (browser) => {
   const { page, done } = await freshPage(browser);
   try {
