@@ -35,6 +35,7 @@ async fn main() -> std::io::Result<()> {
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
+        .with_writer(std::io::stderr)
         .init();
 
     let listener = TcpListener::bind(args.listen).await?;
