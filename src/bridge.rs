@@ -51,6 +51,21 @@ pub async fn handle(
             .await
             .unwrap_or_else(BridgeError::into_response)
     };
+    let h = resp.headers_mut();
+    if !matches!(endpoint, Endpoint::ClientJs | Endpoint::ClientMjs) {
+        // Every bridge answer but the client files, errors included.
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
+    let transport = match endpoint {
+        Endpoint::Sse(_) => Some("sse"),
+        Endpoint::Stream(_) => Some("stream"),
+        Endpoint::Poll(_) => Some("poll"),
+        Endpoint::Send(_) => Some("send"),
+        _ => None,
+    };
+    if let Some(t) = transport {
+        h.insert("x-realtime-transport", HeaderValue::from_static(t));
+    }
     if endpoint.checks_origin()
         && let Some(origin) = origin
     {
@@ -102,9 +117,14 @@ async fn dispatch(
     match endpoint {
         Endpoint::Open if method == Method::POST => open(req, conn, shared).await,
         Endpoint::Open => Err(BridgeError::MethodNotAllowed("POST")),
-        Endpoint::Sse(id) if is_get => read(id, Transport::Sse, &req, shared).await,
-        Endpoint::Stream(id) if is_get => read(id, Transport::Stream, &req, shared).await,
-        Endpoint::Poll(id) if is_get => read(id, Transport::Poll, &req, shared).await,
+        // GET only: a HEAD must not supersede the live reader.
+        Endpoint::Sse(id) if method == Method::GET => read(id, Transport::Sse, &req, shared).await,
+        Endpoint::Stream(id) if method == Method::GET => {
+            read(id, Transport::Stream, &req, shared).await
+        }
+        Endpoint::Poll(id) if method == Method::GET => {
+            read(id, Transport::Poll, &req, shared).await
+        }
         Endpoint::Sse(_) | Endpoint::Stream(_) | Endpoint::Poll(_) => {
             Err(BridgeError::MethodNotAllowed("GET"))
         }
@@ -133,15 +153,19 @@ async fn dispatch(
 
 // ---- open ---------------------------------------------------------------------
 
-#[derive(Deserialize)]
-struct OpenRequest {
-    url: String,
+/// The body of `POST {prefix}/sessions`.
+#[derive(Debug, Deserialize)]
+pub struct OpenRequest {
+    /// What the page passed to `new WebSocket()`; see [`routing::page_path`].
+    pub url: String,
+    /// Subprotocols offered, each a valid token, none repeated.
     #[serde(default)]
-    protocols: Vec<String>,
+    pub protocols: Vec<String>,
 }
 
-/// Parses and checks an open request body.
-fn parse_open(body: &[u8]) -> Result<OpenRequest, BridgeError> {
+/// Parses and checks an open request body (public for the property tests
+/// in `tests/fuzz.rs`: it reads untrusted input).
+pub fn parse_open(body: &[u8]) -> Result<OpenRequest, BridgeError> {
     let open: OpenRequest = serde_json::from_slice(body).map_err(|e| {
         BridgeError::bad_request(
             "bad_request",
@@ -347,7 +371,16 @@ async fn read(
             sse::Settings {
                 heartbeat: config.sessions.heartbeat,
                 retry: config.sessions.client_retry,
-                event_field: session.target.sse_event_field.clone(),
+                // `?plain=1`: the JavaScript client, whose EventSource
+                // cannot listen for names it does not know, wants none.
+                event_field: session
+                    .target
+                    .sse_event_field
+                    .clone()
+                    .filter(|_| !flag(&query, "plain", "1")),
+                // `?heartbeat=event`: heartbeats also as a named event, which
+                // EventSource (unlike comments) lets a watchdog see.
+                named_heartbeat: flag(&query, "heartbeat", "event"),
             },
         ),
         Transport::Stream => stream::respond(reader, config.sessions.heartbeat),
@@ -355,6 +388,10 @@ async fn read(
             poll::respond(reader, wait, config.poll.max_events, config.poll.max_bytes).await
         }
     })
+}
+
+fn flag(query: &[(String, String)], key: &str, value: &str) -> bool {
+    query.iter().any(|(k, v)| k == key && v == value)
 }
 
 // ---- send and close -------------------------------------------------------------
@@ -422,11 +459,13 @@ fn parse_close(query: &[(String, String)]) -> Result<(u16, String), BridgeError>
     let code = match query.iter().find(|(k, _)| k == "code") {
         None => 1000,
         Some((_, v)) => match v.parse::<u16>() {
-            Ok(c) if c == 1000 || (3000..=4999).contains(&c) => c,
+            // What a page may send, plus 1001 "going away" for a page that
+            // unloads (what a browser's own WebSocket sends then).
+            Ok(c) if c == 1000 || c == 1001 || (3000..=4999).contains(&c) => c,
             _ => {
                 return Err(BridgeError::bad_request(
                     "bad_close_code",
-                    "code must be 1000 or 3000-4999",
+                    "code must be 1000, 1001 or 3000-4999",
                 ));
             }
         },

@@ -40,6 +40,16 @@ async fn delete_closes_upstream_with_1000_or_the_given_code_and_is_idempotent() 
         s.poll_events(0, 1).await,
         vec![Ev::Close(1, 4005, "see you".into())]
     );
+    // 1001: what a page that unloads says (the JavaScript client on pagehide).
+    let leaving = proxy.open("/echo").await;
+    assert_eq!(
+        leaving.delete("?code=1001").await.status(),
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        leaving.poll_events(0, 1).await,
+        vec![Ev::Close(1, 1001, String::new())]
+    );
     for bad in ["?code=1006", "?code=999", "?code=abc"] {
         let other = proxy.open("/echo").await;
         assert_eq!(

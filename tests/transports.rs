@@ -467,3 +467,68 @@ pub fn metric_value(text: &str, name: &str) -> f64 {
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| panic!("metric {name} missing in:\n{text}"))
 }
+
+#[tokio::test]
+async fn sse_options_for_the_javascript_client() {
+    let backend = Backend::start().await;
+    let proxy = Proxy::start(
+        &backend,
+        "[sessions]\nheartbeat = \"200ms\"\n[[routes]]\npath = \"/echo\"\nupstream = \"ws://{backend}/echo\"\nsse_event_field = \"type\"\n",
+    )
+    .await;
+    let s = proxy.open("/echo").await;
+    s.send_text(r#"{"type":"chat"}"#).await;
+    // ?plain=1: no event name taken from the frame.
+    let resp = proxy
+        .http
+        .get(s.url("/sse?cursor=0&plain=1"))
+        .send()
+        .await
+        .unwrap();
+    let ev = SseClient::new(resp).next_raw().await.unwrap();
+    assert_eq!((ev.event.as_str(), ev.id.as_str()), ("message", "1"));
+    // ?heartbeat=event: heartbeats also as a named event without an id.
+    let resp = proxy
+        .http
+        .get(s.url("/sse?cursor=1&heartbeat=event"))
+        .send()
+        .await
+        .unwrap();
+    let ev = SseClient::new(resp).next_raw().await.unwrap();
+    assert_eq!(
+        (ev.event.as_str(), ev.id.as_str(), ev.data.as_str()),
+        ("heartbeat", "", ""),
+        "no id line"
+    );
+    // Without it, heartbeats are comments only: nothing reaches the parser.
+    let resp = proxy.http.get(s.url("/sse?cursor=1")).send().await.unwrap();
+    let mut plain = SseClient::new(resp);
+    let quiet = tokio::time::timeout(Duration::from_millis(600), plain.next_raw()).await;
+    assert!(
+        quiet.is_err(),
+        "comment heartbeats are not events: {quiet:?}"
+    );
+}
+
+#[tokio::test]
+async fn reader_endpoints_mark_errors_too_and_head_supersedes_nothing() {
+    let backend = Backend::start().await;
+    let proxy = Proxy::start(&backend, "").await;
+    let s = proxy.open("/echo").await;
+    for reader in ["sse", "stream", "poll"] {
+        let r = proxy
+            .http
+            .get(s.url(&format!("/{reader}?cursor=x")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+        assert_eq!(r.headers()["x-realtime-transport"], reader);
+        assert_eq!(r.headers()["cache-control"], "no-store");
+    }
+    let mut sse = s.sse(Some(0)).await;
+    let head = proxy.http.head(s.url("/sse")).send().await.unwrap();
+    assert_eq!(head.status(), StatusCode::METHOD_NOT_ALLOWED);
+    s.send_text("still mine").await;
+    assert_eq!(sse.take(1).await, vec![Ev::Text(1, "still mine".into())]);
+}

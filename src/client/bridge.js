@@ -234,9 +234,8 @@ class BridgeOpenError extends Error {
 }
 
 // Open bridged sockets, each with what closes its session when the page goes
-// away, as the browser closes its real WebSockets then. (A browser says 1001
-// there; the proxy's DELETE takes only the codes a page may send, so the
-// upstream sees 1000.)
+// away, as the browser closes its real WebSockets then: with 1001, "going
+// away", which the proxy's DELETE accepts for this.
 const liveBridgeSockets = new Map();
 if (typeof globalThis.addEventListener === "function") {
   globalThis.addEventListener("pagehide", () => {
@@ -568,7 +567,7 @@ class BridgeSocket extends EventTarget {
         if (ok && this.#readyState === BridgeSocket.CONNECTING) {
           this.#protocol = this.#session.protocol;
           this.#readyState = BridgeSocket.OPEN;
-          liveBridgeSockets.set(this, () => this.#deleteSessionQuietly());
+          liveBridgeSockets.set(this, () => this.#deleteSessionQuietly(1001));
           this.dispatchEvent(new Event("open"));
           resolve(true);
         } else {
@@ -725,7 +724,9 @@ class BridgeSocket extends EventTarget {
     // plain=1 asks the proxy not to name text events after a JSON field
     // (route option sse_event_field): EventSource hands a named event only to
     // listeners of that name, which this client cannot know in advance.
-    const url = withQuery(this.#session.links.sse, { cursor: this.#cursor, plain: 1 });
+    // heartbeat=event asks for heartbeats as named events too, which
+    // EventSource (unlike comments) lets the watchdog see.
+    const url = withQuery(this.#session.links.sse, { cursor: this.#cursor, plain: 1, heartbeat: "event" });
     const source = new EventSource(url, { withCredentials: this.#options.withCredentials });
     this.#stopReader = () => source.close();
     let opened = false;
@@ -1023,10 +1024,11 @@ class BridgeSocket extends EventTarget {
 
   // Best effort, not tied to this socket's lifetime (keepalive outlives the
   // page).
-  #deleteSessionQuietly() {
+  #deleteSessionQuietly(code) {
     const session = this.#session;
     if (!session || !session.links.close) return;
-    fetch(session.links.close, {
+    const url = code ? withQuery(session.links.close, { code }) : session.links.close;
+    fetch(url, {
       method: "DELETE",
       keepalive: true,
       credentials: this.#options.withCredentials ? "include" : "same-origin",

@@ -19,13 +19,14 @@ use crate::session::replay::{Event, EventData};
 use crate::session::{Batch, Reader};
 
 /// Event names the proxy itself uses: a frame's own type field never takes one.
-const RESERVED: [&str; 6] = [
+const RESERVED: [&str; 7] = [
     "binary",
     "close",
     "gap",
     "superseded",
     "text.b64",
     "message",
+    "heartbeat",
 ];
 
 pub struct Settings {
@@ -33,6 +34,9 @@ pub struct Settings {
     pub retry: Duration,
     /// `sse_event_field` of the session's route.
     pub event_field: Option<String>,
+    /// Also send each heartbeat as `event: heartbeat` (no id), for clients
+    /// that must see it (EventSource hides comments).
+    pub named_heartbeat: bool,
 }
 
 /// The SSE response for an attached reader.
@@ -57,6 +61,9 @@ pub fn respond(reader: Reader, settings: Settings) -> Response<Body> {
             _ = tokio::time::sleep(st.settings.heartbeat) => None,
         };
         let chunk = match batch {
+            None if st.settings.named_heartbeat => {
+                Bytes::from_static(b": hb\n\nevent: heartbeat\ndata:\n\n")
+            }
             None => Bytes::from_static(b": hb\n\n"),
             Some(Batch::Superseded) => {
                 st.done = true;
