@@ -369,14 +369,33 @@ struct RawAdmin {
 
 // ---- value parsers ----------------------------------------------------------
 
+/// The longest duration any key accepts. Timers add durations to the clock
+/// (`now + idle_timeout`, `now + upstream_ping`, hyper's header deadline), and
+/// a duration near `u64::MAX` seconds, which the duration syntax allows,
+/// would overflow there and panic under traffic instead of failing at boot.
+/// 100 years as the duration syntax counts them (`"100y"`, 365.25 days each).
+pub const MAX_DURATION: Duration = Duration::from_secs(100 * 31_557_600);
+
+/// The most concurrent connections `server.max_connections` accepts: the
+/// limit is a semaphore, whose permits are bounded (and no host holds more
+/// sockets than this anyway).
+pub const MAX_CONNECTIONS: usize = 1 << 30;
+
 fn duration(key: &str, raw: Option<&str>, default: &str) -> Result<Duration, ConfigError> {
     let text = raw.unwrap_or(default).trim();
-    humantime::parse_duration(text).map_err(|e| {
+    let d = humantime::parse_duration(text).map_err(|e| {
         invalid(
             key,
             format!("expected a duration like \"500ms\", \"15s\" or \"1m30s\", got {text:?} ({e})"),
         )
-    })
+    })?;
+    if d > MAX_DURATION {
+        return Err(invalid(
+            key,
+            format!("{text:?} is too long (at most 100 years)"),
+        ));
+    }
+    Ok(d)
 }
 
 fn positive_duration(key: &str, raw: Option<&str>, default: &str) -> Result<Duration, ConfigError> {
@@ -405,6 +424,11 @@ fn size(key: &str, raw: Option<&RawSize>, default: u64) -> Result<usize, ConfigE
     };
     if bytes == 0 {
         return Err(invalid(key, "must be greater than zero"));
+    }
+    // The effective config (`wsbridge check`) writes sizes as TOML integers,
+    // which stop at i64::MAX: anything larger could not be loaded back.
+    if i64::try_from(bytes).is_err() {
+        return Err(invalid(key, "is too large"));
     }
     usize::try_from(bytes).map_err(|_| invalid(key, "is too large"))
 }
@@ -555,7 +579,17 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             server.max_connections,
             20_000,
             false,
-        )?,
+        )
+        .and_then(|n| {
+            if n > MAX_CONNECTIONS {
+                Err(invalid(
+                    "server.max_connections",
+                    format!("is too large (at most {MAX_CONNECTIONS})"),
+                ))
+            } else {
+                Ok(n)
+            }
+        })?,
     };
 
     let Some(upstream_url) = upstream.url else {
