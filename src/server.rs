@@ -141,23 +141,45 @@ pub struct ConnInfo {
 impl ConnInfo {
     /// The browser's address: the peer, or, when the peer is a trusted proxy,
     /// the nearest untrusted address in `X-Forwarded-For`.
+    ///
+    /// The list is walked from the right (the hops our own proxies appended)
+    /// and the walk stops at the first entry that is not an address: entries
+    /// left of it were written by someone we cannot vouch for, so skipping
+    /// it would let a client pick its own address (e.g. behind a proxy that
+    /// appends `ip:port`, were ports not understood). Then the nearest
+    /// trusted hop stands for the client, which can only over-count.
     pub fn client_ip(&self, headers: &HeaderMap, shared: &Shared) -> IpAddr {
         let security = &shared.config.security;
-        if !security.is_trusted_proxy(self.peer.ip()) {
-            return self.peer.ip();
+        let mut client = self.peer.ip();
+        if !security.is_trusted_proxy(client) {
+            return client;
         }
-        let hops: Vec<IpAddr> = headers
+        let entries: Vec<&str> = headers
             .get_all("x-forwarded-for")
             .iter()
-            .filter_map(|v| v.to_str().ok())
+            .map(|v| v.to_str().unwrap_or(""))
             .flat_map(|v| v.split(','))
-            .filter_map(|s| s.trim().parse().ok())
             .collect();
-        hops.into_iter()
-            .rev()
-            .find(|ip| !security.is_trusted_proxy(*ip))
-            .unwrap_or(self.peer.ip())
+        for entry in entries.into_iter().rev() {
+            let Some(ip) = parse_forwarded_ip(entry.trim()) else {
+                break;
+            };
+            client = ip;
+            if !security.is_trusted_proxy(ip) {
+                break;
+            }
+        }
+        client
     }
+}
+
+/// An `X-Forwarded-For` entry: an address, or an address with a port
+/// (`203.0.113.9:4711`, `[2001:db8::1]:443`) as some proxies write it.
+fn parse_forwarded_ip(entry: &str) -> Option<IpAddr> {
+    entry
+        .parse::<IpAddr>()
+        .ok()
+        .or_else(|| entry.parse::<SocketAddr>().ok().map(|a| a.ip()))
 }
 
 /// Serves on a bound listener until `shutdown` resolves, then drains.

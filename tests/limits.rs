@@ -79,6 +79,50 @@ async fn behind_a_trusted_proxy_sessions_are_counted_per_forwarded_client() {
 }
 
 #[tokio::test]
+async fn a_malformed_forwarded_entry_ends_the_walk_and_ports_are_understood() {
+    let backend = Backend::start().await;
+    let proxy = Proxy::start(
+        &backend,
+        "[sessions]\nmax_sessions_per_client = 1\n[security]\ntrusted_proxies = [\"127.0.0.0/8\"]\n",
+    )
+    .await;
+    // A proxy that appends `ip:port`: the port is not part of the client.
+    assert_eq!(
+        open_from(&proxy, Some("203.0.113.9:4711")).await.0,
+        StatusCode::CREATED
+    );
+    assert_eq!(
+        open_from(&proxy, Some("203.0.113.9")).await.0,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    assert_eq!(
+        open_from(&proxy, Some("[2001:db8::1]:443")).await.0,
+        StatusCode::CREATED
+    );
+    assert_eq!(
+        open_from(&proxy, Some("2001:db8::1")).await.0,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    // An entry that is no address: what is left of it was written by
+    // someone we cannot vouch for, so it must not pick the client. The
+    // nearest trusted hop (the peer) stands for it instead.
+    assert_eq!(
+        open_from(&proxy, Some("198.51.100.1, unknown")).await.0,
+        StatusCode::CREATED
+    );
+    assert_eq!(
+        open_from(&proxy, None).await.0,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "the attacker-written entry left of `unknown` was taken as the client"
+    );
+    assert_eq!(
+        open_from(&proxy, Some("198.51.100.1")).await.0,
+        StatusCode::CREATED,
+        "198.51.100.1 was charged for a session it never opened"
+    );
+}
+
+#[tokio::test]
 async fn an_untrusted_peer_spoofing_x_forwarded_for_is_counted_as_itself() {
     let backend = Backend::start().await;
     // 127.0.0.1 is not trusted here: its X-Forwarded-For means nothing.
