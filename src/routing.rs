@@ -212,13 +212,19 @@ pub fn page_path(url: &str) -> Result<PathAndQuery, BadUrl> {
 }
 
 /// `.`/`..` segments (also percent-encoded) could walk a prefix route out of
-/// its upstream path, so they are refused rather than normalised.
+/// its upstream path, so they are refused rather than normalised. A
+/// backslash and an encoded slash or backslash separate segments here too:
+/// WHATWG URL parsers (browsers, Node's `URL`) read `\` as `/` in http and
+/// ws URLs, and some servers decode `%2F` before resolving dot segments, so
+/// `/bridge/..\admin` or `/bridge/..%2Fadmin` would reach `/admin` there.
 fn has_dot_segment(path: &str) -> bool {
-    path.split('/').any(|seg| {
-        let lower = seg.to_ascii_lowercase();
-        let decoded = lower.replace("%2e", ".");
-        decoded == "." || decoded == ".."
-    })
+    let decoded = path
+        .to_ascii_lowercase()
+        .replace("%2e", ".")
+        .replace('\\', "/")
+        .replace("%2f", "/")
+        .replace("%5c", "/");
+    decoded.split('/').any(|seg| seg == "." || seg == "..")
 }
 
 #[cfg(test)]
@@ -301,5 +307,11 @@ upstream = "ws://c/deep"
         assert!(page_path("/ws#frag").is_err());
         assert!(page_path("/bridge/../admin").is_err());
         assert!(page_path("/bridge/%2E%2e/admin").is_err());
+        assert!(page_path("/bridge/..\\admin").is_err());
+        assert!(page_path("/bridge/..%2Fadmin").is_err());
+        assert!(page_path("/bridge/%2e%2e%5cadmin").is_err());
+        assert!(page_path("ws://h/bridge/x/..%2f..%2fadmin").is_err());
+        assert_eq!(page_path("/ws/a%2Fb").unwrap().as_str(), "/ws/a%2Fb");
+        assert_eq!(page_path("/ws/..x").unwrap().as_str(), "/ws/..x");
     }
 }

@@ -169,8 +169,25 @@ fn hostile_url() -> impl Strategy<Value = String> {
         Just("a.internal:1@evil"),
     ];
     let fixed = proptest::sample::select(vec![
-        "ws", "bridge", "app", "..", ".", "%2e%2e", "%2E.", ".%2e", "%2e", "", "a b", "x%2f..",
-        "\\..", "é", "@", ":",
+        "ws",
+        "bridge",
+        "app",
+        "..",
+        ".",
+        "%2e%2e",
+        "%2E.",
+        ".%2e",
+        "%2e",
+        "",
+        "a b",
+        "x%2f..",
+        "..%2F",
+        "%2e%2e%5C",
+        "..\\",
+        "\\..",
+        "é",
+        "@",
+        ":",
     ])
     .prop_map(str::to_owned);
     let segment = prop_oneof![3 => fixed, 1 => "[a-z0-9._~%-]{1,6}"];
@@ -203,12 +220,23 @@ fn hostile_url() -> impl Strategy<Value = String> {
 }
 
 /// The dot-segment rule, written independently: no segment that is `.` or
-/// `..` once `%2e` (any case) is decoded.
+/// `..` once `%2e` is decoded, where `/`, `\`, `%2f` and `%5c` (any case)
+/// all separate segments (WHATWG parsers read `\` as `/`; some servers
+/// decode `%2F` before resolving dots).
 fn has_dot_segment(path: &str) -> bool {
-    path.split('/').any(|seg| {
-        let decoded = seg.replace("%2e", ".").replace("%2E", ".");
-        decoded == "." || decoded == ".."
-    })
+    let mut decoded = path.to_owned();
+    for (from, to) in [
+        ("%2e", "."),
+        ("%2E", "."),
+        ("\\", "/"),
+        ("%2f", "/"),
+        ("%2F", "/"),
+        ("%5c", "/"),
+        ("%5C", "/"),
+    ] {
+        decoded = decoded.replace(from, to);
+    }
+    decoded.split('/').any(|seg| seg == "." || seg == "..")
 }
 
 fn routed_config() -> Config {
