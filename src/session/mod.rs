@@ -64,14 +64,6 @@ pub struct CloseInfo {
     pub reason: String,
 }
 
-/// A request for the upstream task to close the upstream socket.
-#[derive(Clone, Debug)]
-pub struct CloseRequest {
-    pub code: u16,
-    pub reason: String,
-    pub why: CloseReason,
-}
-
 /// What a send did.
 #[derive(Debug, PartialEq, Eq)]
 pub enum SendOutcome {
@@ -131,7 +123,8 @@ struct State {
     queue: ReplayQueue,
     /// Set when the close event is queued; the session lingers from then.
     closed: Option<CloseInfo>,
-    close_request: Option<CloseRequest>,
+    /// The close the upstream task is to send, once the proxy ends a session.
+    close_request: Option<CloseInfo>,
     /// Generation of the newest reader; older readers are superseded.
     reader_generation: u64,
     /// The live reader's transport, for the `sessions_active` gauge.
@@ -283,16 +276,15 @@ impl Session {
         if !self.finish(code, reason, why) {
             return;
         }
-        self.state().close_request = Some(CloseRequest {
+        self.state().close_request = Some(CloseInfo {
             code,
             reason: reason.to_owned(),
-            why,
         });
         self.control.notify_one();
     }
 
     /// Resolves when a close was requested; returns it.
-    pub async fn close_requested(&self) -> CloseRequest {
+    pub async fn close_requested(&self) -> CloseInfo {
         loop {
             if let Some(req) = self.state().close_request.clone() {
                 return req;
