@@ -1,9 +1,13 @@
 //! The JavaScript client in a real headless Chromium: transport fallback,
 //! every transport, byte-exact frames, close codes, the WebSocket shim, and a
-//! network that cuts every connection every ~300ms.
+//! network that cuts every connection every ~300ms. Also `client.inject` (a
+//! page that has never heard of wsbridge, behind a route refusing WebSockets)
+//! and the demo chat (`examples/chat`), whose screenshot is saved as
+//! `target/browser-artifacts/demo.png`.
 //!
 //! This file starts an echo backend, the proxy in-process and a flaky TCP
-//! relay in front of it, all on 127.0.0.1:0, then runs
+//! relay in front of it, the chat app and a proxy set up like
+//! `examples/demo.rs`, all on 127.0.0.1:0, then runs
 //! `node tests/browser/run.mjs` (Playwright driving `/usr/bin/chromium`) and
 //! asserts on its report. Needs `apt-get install chromium` and
 //! `npm ci --prefix tests/browser`; without them the test is skipped, unless
@@ -13,6 +17,9 @@
 //!     WSB_ONLY=flaky cargo test --test browser -- --nocapture   # some checks only
 
 mod support;
+
+#[path = "../examples/chat/app.rs"]
+mod app;
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -39,6 +46,7 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
+use tokio_util::sync::CancellationToken;
 
 use support::Proxy;
 
@@ -75,7 +83,26 @@ async fn javascript_client_in_chromium() {
         max_pending_bytes = "1KiB"
     "#;
     let mut gappy = start_proxy(backend.addr, gappy_replay).await;
+    // Injects the client into HTML pages; `proxy` (no injection) is the
+    // control for the same page.
+    let mut inject = start_proxy(backend.addr, "[client]\ninject = true").await;
     let relay = Relay::start(proxy.addr).await;
+
+    // The demo: the example chat app behind a proxy configured like
+    // examples/demo.rs.
+    let chat_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let chat_addr = chat_listener.local_addr().unwrap();
+    let stop_chat = CancellationToken::new();
+    let chat = tokio::spawn(app::serve(
+        chat_listener,
+        stop_chat.clone().cancelled_owned(),
+    ));
+    let mut demo = Proxy::start_toml(&demo_config(chat_addr)).await;
+    // Under the target directory, so never committed.
+    let artifacts = target_dir().join("browser-artifacts");
+    std::fs::create_dir_all(&artifacts).expect("cannot create the artifacts directory");
+    let screenshot = artifacts.join("demo.png");
+    let _ = std::fs::remove_file(&screenshot);
 
     let mut node = tokio::process::Command::new("node");
     node.arg(root.join("tests/browser/run.mjs"))
@@ -84,6 +111,9 @@ async fn javascript_client_in_chromium() {
         .env("WSB_RELAY", format!("http://{}", relay.addr))
         .env("WSB_RELAY_CONTROL", relay.control.to_string())
         .env("WSB_GAPPY", gappy.url(""))
+        .env("WSB_INJECT", inject.url(""))
+        .env("WSB_DEMO", demo.url(""))
+        .env("WSB_SCREENSHOT", &screenshot)
         .env("WSB_CHROMIUM", &chromium)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -111,6 +141,15 @@ async fn javascript_client_in_chromium() {
     // Both proxies must still shut down cleanly after the browser's abuse.
     proxy.shutdown().await;
     gappy.shutdown().await;
+    inject.shutdown().await;
+    // The demo proxy drains first, so its closes reach the chat app.
+    demo.shutdown().await;
+    stop_chat.cancel();
+    tokio::time::timeout(Duration::from_secs(15), chat)
+        .await
+        .expect("the chat app did not stop")
+        .expect("the chat app panicked")
+        .expect("the chat app failed");
 
     let failed: Vec<&Value> = reports.iter().filter(|r| r["ok"] != json!(true)).collect();
     for f in &failed {
@@ -121,6 +160,14 @@ async fn javascript_client_in_chromium() {
         );
     }
     assert!(!reports.is_empty(), "run.mjs reported no checks");
+    if reports.iter().any(|r| r["check"] == "demo_chat") {
+        assert!(
+            screenshot.exists(),
+            "demo_chat ran but saved no screenshot at {}",
+            screenshot.display()
+        );
+        println!("screenshot of the demo chat: {}", screenshot.display());
+    }
     let cuts = relay.cuts.load(Ordering::SeqCst);
     println!("the relay cut {cuts} connections");
     if reports
@@ -158,8 +205,15 @@ fn missing_tools(root: &Path, chromium: &str) -> Option<String> {
     None
 }
 
-/// The proxy in-process. `/ws` and `/deny` refuse real WebSockets (so the
-/// client must fall back); `/open` allows them.
+/// The target directory (honours `CARGO_TARGET_DIR`): the parent of the
+/// scratch directory cargo gives integration tests.
+fn target_dir() -> PathBuf {
+    let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    tmp.parent().unwrap_or(tmp).to_path_buf()
+}
+
+/// The proxy in-process. `/ws`, `/plain` and `/deny` refuse real WebSockets
+/// (so the client must fall back); `/open` allows them.
 async fn start_proxy(backend: SocketAddr, extra_toml: &str) -> Proxy {
     Proxy::start_toml(&format!(
         r#"
@@ -187,6 +241,11 @@ async fn start_proxy(backend: SocketAddr, extra_toml: &str) -> Proxy {
         upstream = "ws://{backend}/deny"
         transports = ["sse", "stream", "poll"]
 
+        [[routes]]
+        path = "/plain"
+        upstream = "ws://{backend}/plain"
+        transports = ["sse", "stream", "poll"]
+
         [sessions]
         heartbeat = "1s"
         client_retry = "200ms"
@@ -195,6 +254,27 @@ async fn start_proxy(backend: SocketAddr, extra_toml: &str) -> Proxy {
         "#
     ))
     .await
+}
+
+/// The demo's proxy (see `proxy_config` in examples/demo.rs): `/ws` bridges
+/// only, as behind a firewall that blocks WebSockets; `/echo` allows all.
+fn demo_config(chat: SocketAddr) -> String {
+    format!(
+        r#"
+        [upstream]
+        url = "http://{chat}"
+
+        [[routes]]
+        path = "/ws"
+        upstream = "ws://{chat}/ws"
+        transports = ["sse", "stream", "poll"]
+
+        [[routes]]
+        path = "/echo"
+        upstream = "ws://{chat}/echo"
+        transports = ["websocket", "sse", "stream", "poll"]
+        "#
+    )
 }
 
 /// Frames each backend WebSocket received, by its `?tag=`, as JSON objects
@@ -240,6 +320,21 @@ const PAGE: &str = "<!doctype html><html><head><meta charset=\"utf-8\"><title>ws
 const SHIM_PAGE: &str = "<!doctype html><html><head><meta charset=\"utf-8\"><title>wsbridge shim</title>\
     <script src=\"/_bridge/client.js\"></script><script>WsBridge.installWebSocketShim();</script>\
     </head><body>a page that only knows new WebSocket()</body></html>";
+/// An app page that has never heard of wsbridge: no client script, only its
+/// own `new WebSocket()` to `/plain` (a route refusing WebSocket upgrades),
+/// reporting in its title. Works only when the proxy injects the client.
+const PLAIN_PAGE: &str = r#"<!doctype html><html><head><meta charset="utf-8"><title>waiting</title>
+<script>
+var events = [];
+var ws = new WebSocket(location.origin.replace(/^http/, "ws") + "/plain?tag=" + (location.hash.slice(1) || "plain"));
+ws.onopen = function () { events.push("open"); ws.send("hi"); };
+ws.onmessage = function (e) { events.push("message"); document.title = "got:" + e.data; };
+ws.onerror = function () { events.push("error"); };
+ws.onclose = function (e) {
+  events.push("close:" + e.code);
+  if (document.title.indexOf("got:") !== 0) document.title = "closed:" + e.code;
+};
+</script></head><body>an app page that has never heard of wsbridge</body></html>"#;
 
 async fn backend_request(
     req: Request<Incoming>,
@@ -291,6 +386,7 @@ async fn backend_request(
             )
         }
         "/shim.html" => response(StatusCode::OK, "text/html; charset=utf-8", SHIM_PAGE),
+        "/plain.html" => response(StatusCode::OK, "text/html; charset=utf-8", PLAIN_PAGE),
         _ => response(StatusCode::OK, "text/html; charset=utf-8", PAGE),
     })
 }

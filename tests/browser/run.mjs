@@ -7,6 +7,10 @@
 //   WSB_RELAY_CONTROL  127.0.0.1:C          write "1" to start cutting, "0" to stop,
 //                                           "f" to freeze the open connections
 //   WSB_GAPPY          http://127.0.0.1:G   a proxy that drops undelivered events (gaps)
+//   WSB_INJECT         http://127.0.0.1:I   the proxy with client.inject = true
+//   WSB_DEMO           http://127.0.0.1:D   the example chat app behind a proxy set up
+//                                           like examples/demo.rs
+//   WSB_SCREENSHOT     where demo_chat saves its screenshot (a .png path)
 //   WSB_CHROMIUM       the browser binary (default /usr/bin/chromium)
 //   WSB_ONLY           optional: run only the checks whose name contains this
 //
@@ -21,6 +25,9 @@ const PROXY = required("WSB_PROXY");
 const RELAY = required("WSB_RELAY");
 const RELAY_CONTROL = required("WSB_RELAY_CONTROL");
 const GAPPY = required("WSB_GAPPY");
+const INJECT = required("WSB_INJECT");
+const DEMO = required("WSB_DEMO");
+const SCREENSHOT = required("WSB_SCREENSHOT");
 const ONLY = process.env.WSB_ONLY || "";
 const BRIDGED = ["sse", "stream", "poll"];
 const FLAKY_MESSAGES = 2000;
@@ -538,6 +545,125 @@ check("websocket_shim", 20000, async (browser) => {
     assertEqual(result.constants, [0, 1, 2, 3, 1], "constants");
     assertEqual(result.got, ["via shim", [7, 8]], "echoes");
     assertEqual(result.otherIsNative, true, "other hosts use the native WebSocket");
+  } finally {
+    await context.close();
+  }
+});
+
+// client.inject: /plain.html has never heard of wsbridge (no client script,
+// only its own `new WebSocket()` to /plain, a route refusing upgrades). The
+// injecting proxy makes it work over a bridged transport; the same page
+// through a proxy that does not inject fails, as behind such a firewall.
+check("inject_unchanged_page", 20000, async (browser) => {
+  const context = await browser.newContext();
+  const errors = [];
+  try {
+    const load = async (origin) => {
+      const page = await context.newPage();
+      page.on("pageerror", (e) => errors.push(e.message));
+      const t = tag("inject");
+      await page.goto(`${origin}/plain.html#${t}`);
+      // The page reports in its title: got:DATA or closed:CODE.
+      await page.waitForFunction(() => /^(got|closed):/.test(document.title), null, { timeout: 8000 });
+      const result = await page.evaluate(() => ({
+        title: document.title,
+        events: window.events,
+        transport: window.ws.transport ?? null,
+        bridged: typeof window.WsBridge === "object",
+        // What the proxy put at the start of <head>.
+        firstInHead: [...document.head.children].slice(0, 2).map((e) => e.outerHTML),
+      }));
+      await page.close();
+      return { ...result, t };
+    };
+
+    const injected = await load(INJECT);
+    assertEqual(injected.title, "got:hi", "title of the injected page (the echo)");
+    assertEqual(injected.events, ["open", "message"], "the page's own socket events");
+    if (!BRIDGED.includes(injected.transport)) throw new Error("transport behind the injected shim: " + injected.transport);
+    if (!injected.bridged || !/^<script src="\/_bridge\/client\.js"><\/script>$/.test(injected.firstInHead[0])) {
+      throw new Error("client not injected first in <head>: " + JSON.stringify(injected.firstInHead));
+    }
+    if (!/installWebSocketShim/.test(injected.firstInHead[1])) throw new Error("no shim installed: " + injected.firstInHead[1]);
+
+    const plain = await load(PROXY);
+    assertEqual(plain.bridged, false, "WsBridge defined without injection");
+    if (!/^closed:/.test(plain.title)) throw new Error("the native WebSocket was not refused: " + plain.title);
+    if (!plain.events.includes("error") || plain.events.includes("open") || plain.events.includes("message")) {
+      throw new Error("native WebSocket events without injection: " + JSON.stringify(plain.events));
+    }
+    assertEqual(errors, [], "page errors");
+    return { transport: injected.transport, without_injection: plain.title };
+  } finally {
+    await context.close();
+  }
+});
+
+// The demo chat as a person uses it: load, see the state and transport,
+// chat, switch to poll, chat again; a second member sees the messages. Saves
+// a screenshot (WSB_SCREENSHOT) for a human to look at.
+check("demo_chat", 25000, async (browser) => {
+  const context = await browser.newContext({ viewport: { width: 900, height: 560 } });
+  const errors = [];
+  try {
+    const open = async (query) => {
+      const page = await context.newPage();
+      page.on("pageerror", (e) => errors.push(e.message));
+      await page.goto(`${DEMO}/${query}`);
+      return page;
+    };
+    // Resolves with the transport shown once #state says open with a
+    // transport (not "-") in #transport, optionally a given one.
+    const connected = async (page, want) => {
+      await page.waitForFunction(
+        (want) => {
+          const state = document.querySelector("#state").dataset.state;
+          const transport = document.querySelector("#transport").textContent.trim();
+          return state === "open" && transport !== "-" && (!want || transport === want);
+        },
+        want,
+        { timeout: 8000 },
+      );
+      return page.locator("#transport").textContent();
+    };
+    // Sends through the form and waits for the message to come back as
+    // the sender's own line.
+    const say = async (page, text) => {
+      await page.fill("#input", text);
+      await page.click("#send");
+      await page.locator("#messages li.mine", { hasText: text }).waitFor({ timeout: 8000 });
+    };
+
+    const me = await open("?nick=tester");
+    const transport = await connected(me);
+    if (!BRIDGED.includes(transport)) throw new Error("transport shown: " + transport);
+    assertEqual(await me.locator("#state").textContent(), "open", "#state text");
+    const friend = await open("?nick=friend&transport=stream");
+    assertEqual(await connected(friend), "stream", "friend's transport");
+
+    await say(me, "hello from chromium");
+    assertEqual(await me.inputValue("#input"), "", "#input after sending");
+    await friend.locator("#messages li", { hasText: "hello from chromium" }).waitFor({ timeout: 8000 });
+
+    await me.selectOption("#transport-select", "poll");
+    await connected(me, "poll");
+    await say(me, "still here over poll");
+    await friend.locator("#messages li", { hasText: "still here over poll" }).waitFor({ timeout: 8000 });
+    await friend.fill("#input", "hi tester");
+    await friend.click("#send");
+    await me.locator("#messages li", { hasText: "hi tester" }).waitFor({ timeout: 8000 });
+
+    const shown = await me.evaluate(() => ({
+      nick: document.querySelector("#nick").value,
+      picker: document.querySelector("#transport-select").value,
+      reconnects: document.querySelector("#reconnects").textContent,
+      online: document.querySelector("#online").textContent,
+      lines: [...document.querySelectorAll("#messages li")].map((li) => li.textContent),
+    }));
+    assertEqual([shown.nick, shown.picker], ["tester", "poll"], "#nick and #transport-select");
+    await me.screenshot({ path: SCREENSHOT });
+    assertEqual(errors, [], "page errors");
+    return { first_transport: transport, ...shown };
   } finally {
     await context.close();
   }
