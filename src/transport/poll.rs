@@ -25,10 +25,11 @@ pub fn parse_wait(text: &str, max: Duration) -> Result<Duration, BridgeError> {
         return Err(bad());
     }
     let secs: f64 = text.parse().map_err(|_| bad())?;
-    if !secs.is_finite() {
-        return Err(bad());
-    }
-    Ok(Duration::from_secs_f64(secs.min(max.as_secs_f64())))
+    // Duration's own conversion refuses what does not fit; anything that
+    // large is over the cap anyway. The cap is applied as a Duration so
+    // float rounding can never exceed it.
+    let wait = Duration::try_from_secs_f64(secs).unwrap_or(Duration::MAX);
+    Ok(wait.min(max))
 }
 
 pub async fn respond(
