@@ -263,46 +263,49 @@ async fn run_client(
     };
     shared.progress.send_modify(|p| p.attached += 1);
     let counter = &shared.counters[i].0;
-    loop {
-        let next = tokio::select! {
-            biased;
-            _ = shared.stop.cancelled() => break,
-            next = session.next() => next,
-        };
-        match next {
-            Ok(Some(msg)) => {
-                let expected = end.received + 1;
-                if msg.seq != expected {
-                    end.failure = Some(if msg.seq > expected {
-                        format!(
-                            "LOSS: frames {expected}..{} missing (got {} after {})",
-                            msg.seq - 1,
-                            msg.seq,
-                            end.received
-                        )
-                    } else {
-                        format!(
-                            "DUPLICATE or REORDER: frame {} after {}",
-                            msg.seq, end.received
-                        )
-                    });
-                    break;
+    let read = async {
+        loop {
+            match session.next().await {
+                Ok(Some(msg)) => {
+                    let expected = end.received + 1;
+                    if msg.seq != expected {
+                        end.failure = Some(if msg.seq > expected {
+                            format!(
+                                "LOSS: frames {expected}..{} missing (got {} after {})",
+                                msg.seq - 1,
+                                msg.seq,
+                                end.received
+                            )
+                        } else {
+                            format!(
+                                "DUPLICATE or REORDER: frame {} after {}",
+                                msg.seq, end.received
+                            )
+                        });
+                        return;
+                    }
+                    end.received = expected;
+                    counter.fetch_add(1, Ordering::Relaxed);
+                    if let Some(h) = &mut end.hist {
+                        h.saturating_record(unix_nanos().saturating_sub(msg.sent_ns));
+                    }
                 }
-                end.received = expected;
-                counter.fetch_add(1, Ordering::Relaxed);
-                if let Some(h) = &mut end.hist {
-                    h.saturating_record(unix_nanos().saturating_sub(msg.sent_ns));
+                Ok(None) => {
+                    end.closed = true;
+                    return;
                 }
-            }
-            Ok(None) => {
-                end.closed = true;
-                break;
-            }
-            Err(e) => {
-                end.failure = Some(format!("after frame {}: {e}", end.received));
-                break;
+                Err(e) => {
+                    end.failure = Some(format!("after frame {}: {e}", end.received));
+                    return;
+                }
             }
         }
+    };
+    // The stop is polled once per wake-up, not once per frame: frames
+    // already buffered are read in one go.
+    tokio::select! {
+        _ = shared.stop.cancelled() => {}
+        () = read => {}
     }
     if end.closed && load.count > 0 && end.received != load.count && end.failure.is_none() {
         end.failure = Some(format!(

@@ -347,7 +347,10 @@ pub fn targets(tables: &[Table]) -> Table {
         let Some(table) = tables.iter().find(|tb| tb.scenario == t.scenario) else {
             continue;
         };
-        let figure = table.row(t.transport).and_then(|r| r.get(t.column));
+        let Some(measured) = table.row(t.transport) else {
+            continue; // a transport left out with --transports
+        };
+        let figure = measured.get(t.column);
         let mut row = Row::new(t.name);
         row.num("measured", figure, 2)
             .num("limit", Some(t.limit), 2);

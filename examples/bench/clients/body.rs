@@ -19,7 +19,7 @@ impl BodyBuf {
     pub fn new(body: Incoming) -> BodyBuf {
         BodyBuf {
             body,
-            buf: Vec::with_capacity(16 * 1024),
+            buf: Vec::with_capacity(4 * 1024),
             start: 0,
             scanned: 0,
         }
@@ -28,10 +28,13 @@ impl BodyBuf {
     /// The next complete record, without its delimiter, if one is buffered.
     pub fn record(&mut self, delim: &[u8]) -> Option<&[u8]> {
         let from = self.scanned;
-        match self.buf[from..]
-            .windows(delim.len())
-            .position(|w| w == delim)
-        {
+        let hay = &self.buf[from..];
+        // SIMD search: a naive one was half the load generator's CPU.
+        let found = match delim {
+            [byte] => memchr::memchr(*byte, hay),
+            _ => memchr::memmem::find(hay, delim),
+        };
+        match found {
             Some(i) => {
                 let record = self.start..from + i;
                 self.start = from + i + delim.len();

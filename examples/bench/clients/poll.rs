@@ -8,7 +8,7 @@ use http::StatusCode;
 use serde::Deserialize;
 
 use super::http::{HttpConn, collect};
-use super::{Item, JsonEvent, Msg};
+use super::{Item, JsonEvent, Msg, next_event_id, parse_payload, parse_u64, plain_text_event};
 use crate::{Result, fail};
 
 /// The wait of each poll, in seconds (the proxy's default `poll.max_wait`
@@ -75,7 +75,30 @@ impl Reader {
         if status != StatusCode::OK {
             fail!("poll: {status} {}", String::from_utf8_lossy(&body));
         }
-        let answer: Answer<'_> = serde_json::from_slice(&body)?;
+        let mut plain = Vec::new();
+        let cursor = match plain_answer(&body, &mut plain) {
+            Some(cursor) => {
+                for (id, data) in plain {
+                    next_event_id(&mut self.last_id, Some(id))?;
+                    self.queue.push_back(parse_payload(data)?);
+                }
+                cursor
+            }
+            None => self.take_answer(&body)?,
+        };
+        if cursor != self.last_id {
+            fail!(
+                "poll cursor {cursor} but the last event was {}",
+                self.last_id
+            );
+        }
+        self.cursor = cursor;
+        Ok(())
+    }
+
+    /// Any answer, through serde: the close event, heartbeats, errors.
+    fn take_answer(&mut self, body: &[u8]) -> Result<u64> {
+        let answer: Answer<'_> = serde_json::from_slice(body)?;
         if answer.superseded {
             fail!("poll superseded: another reader took the session");
         }
@@ -89,14 +112,27 @@ impl Reader {
                 Item::Skip => {}
             }
         }
-        if answer.cursor != self.last_id {
-            fail!(
-                "poll cursor {} but the last event was {}",
-                answer.cursor,
-                self.last_id
-            );
+        Ok(answer.cursor)
+    }
+}
+
+/// The fast path: an answer of plain text events only (see
+/// [`plain_text_event`]); its cursor, and the events in `out`.
+fn plain_answer<'a>(body: &'a [u8], out: &mut Vec<(u64, &'a [u8])>) -> Option<u64> {
+    let rest = body.strip_prefix(b"{\"cursor\":")?;
+    let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+    let cursor = parse_u64(&rest[..digits])?;
+    let mut rest = rest[digits..].strip_prefix(b",\"events\":[")?;
+    if rest == b"]}" {
+        return Some(cursor);
+    }
+    loop {
+        let (id, data, taken) = plain_text_event(rest)?;
+        out.push((id, data));
+        rest = &rest[taken..];
+        match rest.strip_prefix(b",") {
+            Some(more) => rest = more,
+            None => return (rest == b"]}").then_some(cursor),
         }
-        self.cursor = answer.cursor;
-        Ok(())
     }
 }

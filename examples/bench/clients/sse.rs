@@ -43,11 +43,17 @@ fn parse_event(block: &[u8], last_id: &mut u64) -> Result<Item> {
     let mut id = None;
     let mut event: &[u8] = b"";
     let mut data: Option<&[u8]> = None;
-    for line in block.split(|b| *b == b'\n') {
+    let mut rest = block;
+    while !rest.is_empty() {
+        let (line, tail) = match memchr::memchr(b'\n', rest) {
+            Some(i) => (&rest[..i], &rest[i + 1..]),
+            None => (rest, &b""[..]),
+        };
+        rest = tail;
         if line.is_empty() || line[0] == b':' {
             continue; // a comment: the heartbeat
         }
-        let (field, value) = match line.iter().position(|b| *b == b':') {
+        let (field, value) = match memchr::memchr(b':', line) {
             Some(i) => {
                 let v = &line[i + 1..];
                 (&line[..i], v.strip_prefix(b" ").unwrap_or(v))

@@ -2,7 +2,7 @@
 
 use super::body::BodyBuf;
 use super::http::{HttpConn, expect_stream};
-use super::{Item, JsonEvent, Msg};
+use super::{Item, JsonEvent, Msg, next_event_id, parse_payload, plain_text_event};
 use crate::Result;
 
 pub struct Reader {
@@ -26,6 +26,12 @@ impl Reader {
     pub async fn next(&mut self) -> Result<Option<Msg>> {
         loop {
             while let Some(line) = self.body.record(b"\n") {
+                if let Some((id, data, taken)) = plain_text_event(line)
+                    && taken == line.len()
+                {
+                    next_event_id(&mut self.last_id, Some(id))?;
+                    return parse_payload(data).map(Some);
+                }
                 let event: JsonEvent<'_> = serde_json::from_slice(line)?;
                 match event.item(&mut self.last_id)? {
                     Item::Msg(m) => return Ok(Some(m)),
