@@ -34,9 +34,9 @@ use crate::session::{Frame, Outbound, Session, UpstreamHandle};
 pub type UpstreamSocket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// Read buffer of an upstream socket. tungstenite allocates it eagerly and
-/// defaults to 128 KiB; an idle session needs far less, and 8 KiB still
-/// takes dozens of small frames per read under load.
-const READ_BUFFER: usize = 8 * 1024;
+/// defaults to 128 KiB; an idle session needs far less, and 4 KiB still
+/// takes 32 frames of 128 bytes per read under load.
+const READ_BUFFER: usize = 4 * 1024;
 /// How long a close handshake may take before the socket is dropped.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
 /// A write to the upstream that takes longer than this means a dead upstream.
@@ -134,8 +134,22 @@ pub fn failure_status(e: &UpstreamError) -> StatusCode {
     }
 }
 
+/// What the reader and the writer of one upstream socket share.
+#[derive(Default)]
+struct Link {
+    /// Whichever loop ends first stops the other.
+    ended: CancellationToken,
+    /// Set by the reader while backpressure holds it: no pong can be read
+    /// then, so the writer must not take silence for death.
+    paused: AtomicBool,
+    pong_seen: AtomicBool,
+}
+
 /// Runs a session's upstream side until the session ends, then keeps it
 /// readable for `linger` and removes it from the registry.
+///
+/// The writer runs as a task of its own, so the frequent wake-ups of the
+/// reader (every upstream frame) never poll the writer's timers and channel.
 pub async fn run(
     session: Arc<Session>,
     socket: UpstreamSocket,
@@ -145,17 +159,19 @@ pub async fn run(
     metrics: Arc<Metrics>,
 ) {
     let (sink, stream) = socket.split();
-    // Whichever loop ends first stops the other.
-    let ended = CancellationToken::new();
-    // Set by the reader while backpressure holds it: no pong can be read
-    // then, so the writer must not take silence for death.
-    let paused = AtomicBool::new(false);
-    let pong_seen = AtomicBool::new(false);
-    let reader = read_loop(&session, stream, &ended, &paused, &pong_seen, &metrics);
-    let writer = write_loop(
-        &session, sink, handle, &ended, &paused, &pong_seen, timers, &metrics,
-    );
-    tokio::join!(reader, writer);
+    let link = Arc::new(Link::default());
+    let writer = tokio::spawn(write_loop(
+        Arc::clone(&session),
+        sink,
+        handle,
+        Arc::clone(&link),
+        timers,
+        Arc::clone(&metrics),
+    ));
+    read_loop(&session, stream, &link, &metrics).await;
+    // The writer ends once the reader has (the link says so), at most a
+    // close handshake later.
+    let _ = writer.await;
     // Both loops are done and the socket is dropped: the session lingers.
     sleep(timers.linger).await;
     registry.remove(&session.id);
@@ -164,11 +180,14 @@ pub async fn run(
 async fn read_loop(
     session: &Session,
     mut stream: SplitStream<UpstreamSocket>,
-    ended: &CancellationToken,
-    paused: &AtomicBool,
-    pong_seen: &AtomicBool,
+    link: &Link,
     metrics: &Metrics,
 ) {
+    let Link {
+        ended,
+        paused,
+        pong_seen,
+    } = link;
     let _stop_writer = ended.clone().drop_guard();
     loop {
         if session.must_pause() && session.closed().is_none() {
@@ -226,17 +245,21 @@ async fn read_loop(
     }
 }
 
-#[allow(clippy::too_many_arguments)] // the loop's parts, each borrowed from `run`
 async fn write_loop(
-    session: &Session,
+    session: Arc<Session>,
     mut sink: SplitSink<UpstreamSocket, Message>,
     mut handle: UpstreamHandle,
-    ended: &CancellationToken,
-    paused: &AtomicBool,
-    pong_seen: &AtomicBool,
+    link: Arc<Link>,
     timers: Timers,
-    metrics: &Metrics,
+    metrics: Arc<Metrics>,
 ) {
+    let session = &*session;
+    let metrics = &*metrics;
+    let Link {
+        ended,
+        paused,
+        pong_seen,
+    } = &*link;
     let _stop_reader = ended.clone().drop_guard();
     let mut ping = tokio::time::interval_at(Instant::now() + timers.ping, timers.ping);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -295,7 +318,7 @@ async fn write_loop(
 async fn write(
     session: &Session,
     sink: &mut SplitSink<UpstreamSocket, Message>,
-    out: Outbound,
+    out: Box<Outbound>,
     metrics: &Metrics,
 ) -> bool {
     let len = out.frame.len();

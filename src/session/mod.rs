@@ -4,7 +4,8 @@
 //!
 //! Locking: one `std::sync::Mutex` per session guards its state; it is held
 //! for a few field updates or one replay-queue call and never across an
-//! `.await`. Wake-ups go through a `watch` (readers) and two `Notify`s (the
+//! `.await`. Wake-ups go through the live reader's waker, kept in the state
+//! and woken by whoever changes what it waits for, and two `Notify`s (the
 //! upstream task), so no one polls.
 
 pub mod registry;
@@ -16,7 +17,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::sync::{Notify, mpsc, oneshot, watch};
+use std::task::{Context, Poll, Waker};
+use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::time::Instant;
 
 use crate::config::{Config, Transport};
@@ -79,16 +81,16 @@ pub struct Session {
     pub protocol: String,
     pub target: Target,
     pub client: IpAddr,
-    /// Readers wait on this; bumped on every new event and every new reader
-    /// (so a superseded reader wakes up at once).
-    changed: watch::Sender<u64>,
     /// Wakes the upstream reader when a client drained a paused queue.
     drained: Notify,
     /// Wakes the upstream writer when a close was requested.
     control: Notify,
     /// Frames for the upstream writer; bounded by count here and by bytes in
     /// `outbound_bytes`.
-    outbound: mpsc::Sender<Outbound>,
+    /// Boxed: tokio allocates a channel's first block of slots up front,
+    /// and a slot of a pointer keeps that small for the many sessions that
+    /// never send.
+    outbound: mpsc::Sender<Box<Outbound>>,
     /// Bytes accepted by `send` and not yet written upstream (for the 429).
     outbound_bytes: AtomicUsize,
     state: Mutex<State>,
@@ -127,6 +129,9 @@ struct State {
     close_request: Option<CloseInfo>,
     /// Generation of the newest reader; older readers are superseded.
     reader_generation: u64,
+    /// The waker of a reader that found nothing to read: woken by the next
+    /// event, the close, or a newer reader. One slot, since one reader is live.
+    reader_waker: Option<Waker>,
     /// The live reader's transport, for the `sessions_active` gauge.
     reader_transport: Option<Transport>,
     /// Attached readers (an old one may linger for a moment when superseded).
@@ -144,7 +149,7 @@ struct State {
 
 /// The upstream task's end of a session.
 pub struct UpstreamHandle {
-    pub outbound: mpsc::Receiver<Outbound>,
+    pub outbound: mpsc::Receiver<Box<Outbound>>,
 }
 
 impl Session {
@@ -164,7 +169,6 @@ impl Session {
             protocol,
             target,
             client,
-            changed: watch::Sender::new(0),
             drained: Notify::new(),
             control: Notify::new(),
             outbound: tx,
@@ -174,6 +178,7 @@ impl Session {
                 closed: None,
                 close_request: None,
                 reader_generation: 0,
+                reader_waker: None,
                 reader_transport: None,
                 readers: 0,
                 last_activity: now,
@@ -200,8 +205,14 @@ impl Session {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn bump(&self) {
-        self.changed.send_modify(|v| *v = v.wrapping_add(1));
+    /// Wakes the reader waiting in `st`, if any, after the lock is released
+    /// (waking under the lock would make the reader contend for it).
+    fn wake_reader(mut st: MutexGuard<'_, State>) {
+        let waker = st.reader_waker.take();
+        drop(st);
+        if let Some(w) = waker {
+            w.wake();
+        }
     }
 
     // ---- upstream side -----------------------------------------------------
@@ -209,15 +220,13 @@ impl Session {
     /// Queues an upstream frame as an event. Returns true when the upstream
     /// reader must pause (backpressure).
     pub fn push(&self, data: EventData) -> bool {
-        let pause = {
-            let mut st = self.state();
-            if st.closed.is_some() {
-                return false;
-            }
-            st.queue.push(data);
-            st.queue.must_pause()
-        };
-        self.bump();
+        let mut st = self.state();
+        if st.closed.is_some() {
+            return false;
+        }
+        st.queue.push(data);
+        let pause = st.queue.must_pause();
+        Self::wake_reader(st);
         pause
     }
 
@@ -247,7 +256,9 @@ impl Session {
                 code,
                 reason: reason.to_owned(),
             });
-            st.slot.take()
+            let slot = st.slot.take();
+            Self::wake_reader(st);
+            slot
         };
         drop(slot);
         self.metrics.session_closed(why);
@@ -258,7 +269,6 @@ impl Session {
             why = why.as_str(),
             "session closed"
         );
-        self.bump();
         // A paused upstream reader must not wait for a drain that no longer matters.
         self.drained.notify_one();
         true
@@ -341,10 +351,10 @@ impl Session {
                     retry_after: Duration::from_secs(1),
                 });
             }
-            match self.outbound.try_send(Outbound {
+            match self.outbound.try_send(Box::new(Outbound {
                 frame,
                 written: written_tx,
-            }) {
+            })) {
                 Ok(()) => {}
                 Err(mpsc::error::TrySendError::Full(_)) => {
                     return Err(BridgeError::TooManyRequests {
@@ -430,15 +440,15 @@ impl Session {
             st.reader_generation += 1;
             st.reader_transport = Some(transport);
             st.readers += 1;
-            st.reader_generation
+            let generation = st.reader_generation;
+            // The superseded reader, if waiting, learns at once.
+            Self::wake_reader(st);
+            generation
         };
-        let changes = self.changed.subscribe();
-        self.bump(); // wakes the superseded reader
         Ok(Reader {
             session: Arc::clone(self),
             generation,
             cursor,
-            changes,
         })
     }
 
@@ -481,7 +491,6 @@ pub struct Reader {
     generation: u64,
     /// The id of the last event handed to this reader.
     cursor: u64,
-    changes: watch::Receiver<u64>,
 }
 
 impl Reader {
@@ -493,19 +502,48 @@ impl Reader {
         self.cursor
     }
 
-    /// Takes what is available now: events after the cursor (`Some(empty)`
-    /// when none) or `Superseded`.
+    /// Takes what is available now: events after the cursor (empty when
+    /// none) or `Superseded`.
     pub fn try_next(&mut self, max_events: usize, max_bytes: usize) -> Batch {
-        self.changes.borrow_and_update();
+        match self.poll_take(None, max_events, max_bytes) {
+            Poll::Ready(batch) => batch,
+            Poll::Pending => Batch::Events(Vec::new()),
+        }
+    }
+
+    /// Waits for events after the cursor, or for this reader to be superseded.
+    /// Cancel-safe: nothing is taken from the queue until it returns.
+    pub async fn next(&mut self, max_events: usize, max_bytes: usize) -> Batch {
+        std::future::poll_fn(|cx| self.poll_take(Some(cx), max_events, max_bytes)).await
+    }
+
+    /// Takes events after the cursor; with nothing to take, leaves the
+    /// task's waker (when given) for whoever changes that, under the same
+    /// lock, so no wake-up is lost between looking and waiting.
+    fn poll_take(
+        &mut self,
+        cx: Option<&mut Context<'_>>,
+        max_events: usize,
+        max_bytes: usize,
+    ) -> Poll<Batch> {
         let (batch, drained) = {
             let mut st = self.session.state();
             if st.reader_generation != self.generation {
-                return Batch::Superseded;
+                return Poll::Ready(Batch::Superseded);
             }
             let was_paused = st.queue.must_pause();
             // Not an acknowledgement: what this reader wrote may not have
             // arrived, and a reconnecting client must be able to replay it.
             let events = st.queue.read_after(self.cursor, max_events, max_bytes);
+            if events.is_empty() {
+                if let Some(cx) = cx {
+                    match &st.reader_waker {
+                        Some(w) if w.will_wake(cx.waker()) => {}
+                        _ => st.reader_waker = Some(cx.waker().clone()),
+                    }
+                }
+                return Poll::Pending;
+            }
             (events, was_paused && !st.queue.must_pause())
         };
         if drained {
@@ -514,22 +552,7 @@ impl Reader {
         if let Some(last) = batch.last() {
             self.cursor = last.id;
         }
-        Batch::Events(batch)
-    }
-
-    /// Waits for events after the cursor, or for this reader to be superseded.
-    /// Cancel-safe: nothing is taken from the queue until it returns.
-    pub async fn next(&mut self, max_events: usize, max_bytes: usize) -> Batch {
-        loop {
-            match self.try_next(max_events, max_bytes) {
-                Batch::Events(events) if events.is_empty() => {}
-                other => return other,
-            }
-            if self.changes.changed().await.is_err() {
-                // The session is gone; nothing more will come.
-                return Batch::Events(Vec::new());
-            }
-        }
+        Poll::Ready(Batch::Events(batch))
     }
 
     /// True once this reader has been handed the session's close event.
@@ -544,5 +567,9 @@ impl Drop for Reader {
         let mut st = self.session.state();
         st.readers = st.readers.saturating_sub(1);
         st.last_activity = Instant::now();
+        if st.reader_generation == self.generation {
+            // Its waker would only keep a finished task's memory alive.
+            st.reader_waker = None;
+        }
     }
 }

@@ -120,11 +120,9 @@ pub fn write_base64(out: &mut Vec<u8>, data: &[u8]) {
     let _ = STANDARD.encode_slice(data, &mut out[start..]);
 }
 
-/// Appends a decimal number without allocating.
+/// Appends a decimal number (itoa: no formatting machinery on the hot path).
 pub fn write_u64(out: &mut Vec<u8>, n: u64) {
-    use std::io::Write;
-    // Writing into a Vec cannot fail.
-    let _ = write!(out, "{n}");
+    out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
 }
 
 /// True when the batch ends with the session's close event: the reader is done.

@@ -98,23 +98,7 @@ pub fn write_event(out: &mut Vec<u8>, event: &Event, event_field: Option<&str>) 
     write_u64(out, event.id);
     out.push(b'\n');
     match &event.data {
-        EventData::Text(text) if text.contains(&b'\r') => {
-            out.extend_from_slice(b"event: text.b64\ndata: ");
-            write_base64(out, text);
-            out.push(b'\n');
-        }
-        EventData::Text(text) => {
-            if let Some(name) = event_field.and_then(|f| event_name(text, f)) {
-                out.extend_from_slice(b"event: ");
-                out.extend_from_slice(name.as_bytes());
-                out.push(b'\n');
-            }
-            for line in text.split(|b| *b == b'\n') {
-                out.extend_from_slice(b"data: ");
-                out.extend_from_slice(line);
-                out.push(b'\n');
-            }
-        }
+        EventData::Text(text) => write_text(out, text, event_field),
         EventData::Binary(data) => {
             out.extend_from_slice(b"event: binary\ndata: ");
             write_base64(out, data);
@@ -133,6 +117,40 @@ pub fn write_event(out: &mut Vec<u8>, event: &Event, event_field: Option<&str>) 
         }
     }
     out.push(b'\n');
+}
+
+/// A text frame's lines (the caller ends the event): one `data:` line per
+/// line, or `text.b64` when it holds a `\r`. One scan finds the first line break of either kind; most frames
+/// have none and are written at once.
+fn write_text(out: &mut Vec<u8>, text: &[u8], event_field: Option<&str>) {
+    let first_break = memchr::memchr2(b'\r', b'\n', text);
+    let has_cr = first_break
+        .is_some_and(|i| text[i] == b'\r' || memchr::memchr(b'\r', &text[i..]).is_some());
+    if has_cr {
+        out.extend_from_slice(b"event: text.b64\ndata: ");
+        write_base64(out, text);
+        out.push(b'\n');
+        return;
+    }
+    if let Some(name) = event_field.and_then(|f| event_name(text, f)) {
+        out.extend_from_slice(b"event: ");
+        out.extend_from_slice(name.as_bytes());
+        out.push(b'\n');
+    }
+    match first_break {
+        None => {
+            out.extend_from_slice(b"data: ");
+            out.extend_from_slice(text);
+            out.push(b'\n');
+        }
+        Some(_) => {
+            for line in text.split(|b| *b == b'\n') {
+                out.extend_from_slice(b"data: ");
+                out.extend_from_slice(line);
+                out.push(b'\n');
+            }
+        }
+    }
 }
 
 /// The event name for a JSON-object frame: the value of `field`, when it is a
