@@ -189,31 +189,40 @@ async fn read_loop(
         pong_seen,
     } = link;
     let _stop_writer = ended.clone().drop_guard();
+    // One future for the whole loop: making one per frame costs a
+    // registration and a deregistration each time.
+    let cancelled = ended.cancelled();
+    tokio::pin!(cancelled);
+    // What the last push said; checked again under the lock before waiting.
+    let mut pause = false;
     loop {
-        if session.must_pause() && session.closed().is_none() {
-            paused.store(true, Ordering::Release);
-            metrics.backpressure_paused();
-            tokio::select! {
-                // A reader drained some events, or the session ended.
-                _ = session.drained() => {}
-                _ = ended.cancelled() => return,
+        if pause {
+            if session.must_pause() {
+                paused.store(true, Ordering::Release);
+                metrics.backpressure_paused();
+                tokio::select! {
+                    // A reader drained some events, or the session ended.
+                    _ = session.drained() => {}
+                    _ = &mut cancelled => return,
+                }
+                paused.store(false, Ordering::Release);
+                continue;
             }
-            paused.store(false, Ordering::Release);
-            continue;
+            pause = false;
         }
         let next = tokio::select! {
             // `next` is cancel-safe: a frame is either returned or stays buffered.
             next = stream.next() => next,
-            _ = ended.cancelled() => return,
+            _ = &mut cancelled => return,
         };
         match next {
             Some(Ok(Message::Text(text))) => {
                 metrics.down.count(text.len());
-                session.push(EventData::Text(Bytes::from(text)));
+                pause = session.push(EventData::Text(Bytes::from(text)));
             }
             Some(Ok(Message::Binary(data))) => {
                 metrics.down.count(data.len());
-                session.push(EventData::Binary(data));
+                pause = session.push(EventData::Binary(data));
             }
             Some(Ok(Message::Pong(_))) => pong_seen.store(true, Ordering::Release),
             // tungstenite answers pings itself.

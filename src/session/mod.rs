@@ -230,8 +230,11 @@ impl Session {
         pause
     }
 
+    /// True while the upstream reader must wait for a client to drain; never
+    /// once the session is closed.
     pub fn must_pause(&self) -> bool {
-        self.state().queue.must_pause()
+        let st = self.state();
+        st.closed.is_none() && st.queue.must_pause()
     }
 
     /// Resolves when a reader has drained the queue (maybe only partly).

@@ -125,6 +125,16 @@ pub fn write_u64(out: &mut Vec<u8>, n: u64) {
     out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
 }
 
+/// A buffer large enough for a batch in any of the wire forms, so encoding
+/// never reallocates: the encoded data plus framing per event.
+pub fn batch_buffer(events: &[Event]) -> Vec<u8> {
+    let data: usize = events
+        .iter()
+        .map(|e| crate::session::replay::encoded_len(&e.data))
+        .sum();
+    Vec::with_capacity(data + 48 * events.len())
+}
+
 /// True when the batch ends with the session's close event: the reader is done.
 pub fn ends_session(events: &[Event]) -> bool {
     events

@@ -71,7 +71,7 @@ pub fn respond(reader: Reader, settings: Settings) -> Response<Body> {
             }
             Some(Batch::Events(events)) => {
                 st.done = events.is_empty() || ends_session(&events);
-                let mut out = Vec::with_capacity(64 * events.len());
+                let mut out = super::batch_buffer(&events);
                 for event in &events {
                     write_event(&mut out, event, st.settings.event_field.as_deref());
                 }

@@ -28,7 +28,7 @@ pub fn respond(reader: Reader, heartbeat: Duration) -> Response<Body> {
             None => (Bytes::from_static(b"{\"type\":\"heartbeat\"}\n"), false),
             Some(Batch::Superseded) => (Bytes::from_static(b"{\"type\":\"superseded\"}\n"), true),
             Some(Batch::Events(events)) => {
-                let mut out = Vec::with_capacity(64 * events.len());
+                let mut out = super::batch_buffer(&events);
                 for event in &events {
                     write_event_json(&mut out, event);
                     out.push(b'\n');
