@@ -53,7 +53,8 @@ pub async fn handle(
     };
     let h = resp.headers_mut();
     if !matches!(endpoint, Endpoint::ClientJs | Endpoint::ClientMjs) {
-        // Every bridge answer but the client files, errors included.
+        // Every bridge answer but the client files, errors included: the
+        // one place these two headers are set.
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     }
     let transport = match endpoint {
@@ -102,7 +103,6 @@ fn preflight() -> Response<Body> {
         header::ACCESS_CONTROL_MAX_AGE,
         HeaderValue::from_static("600"),
     );
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     resp
 }
 
@@ -438,19 +438,10 @@ async fn send(
         }
         Frame::Text(body)
     };
-    let mut resp = match session.send(frame, seq).await? {
-        SendOutcome::Written => {
-            let mut r = Response::new(crate::error::empty());
-            *r.status_mut() = StatusCode::NO_CONTENT;
-            r.headers_mut()
-                .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-            r
-        }
+    Ok(match session.send(frame, seq).await? {
+        SendOutcome::Written => no_content(),
         SendOutcome::Duplicate => json_response(StatusCode::OK, &json!({"duplicate": true})),
-    };
-    resp.headers_mut()
-        .insert("x-realtime-transport", HeaderValue::from_static("send"));
-    Ok(resp)
+    })
 }
 
 /// Parses `?code=&reason=` of a close: a code a page may send (1000 or
@@ -493,11 +484,13 @@ fn close(
     let (code, reason) = parse_close(&query_pairs(req))?;
     // Closing a closed (lingering) session is a no-op: DELETE is idempotent.
     session.close(code, &reason, CloseReason::Client);
+    Ok(no_content())
+}
+
+fn no_content() -> Response<Body> {
     let mut resp = Response::new(crate::error::empty());
     *resp.status_mut() = StatusCode::NO_CONTENT;
-    resp.headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    Ok(resp)
+    resp
 }
 
 // ---- operational ----------------------------------------------------------------
@@ -542,7 +535,6 @@ fn metrics(shared: &Shared) -> Response<Body> {
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
     );
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     resp
 }
 

@@ -13,7 +13,6 @@ use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
 
-use crate::config::Transport;
 use crate::error::{Body, BoxError, BridgeError};
 use crate::session::replay::{Event, EventData};
 
@@ -47,12 +46,9 @@ pub fn resume_cursor(query: &[(String, String)], headers: &HeaderMap) -> Result<
     }
 }
 
-/// A streaming response with the headers every reader carries.
-pub fn streaming_response<S>(
-    content_type: &'static str,
-    transport: Transport,
-    chunks: S,
-) -> Response<Body>
+/// A streaming response (the bridge adds `Cache-Control` and
+/// `X-Realtime-Transport` to every reader's answer).
+pub fn streaming_response<S>(content_type: &'static str, chunks: S) -> Response<Body>
 where
     S: futures_util::Stream<Item = Bytes> + Send + 'static,
 {
@@ -62,12 +58,8 @@ where
     *resp.status_mut() = StatusCode::OK;
     let h = resp.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    // Proxies in front must not buffer an event stream (nginx reads this).
     h.insert("x-accel-buffering", HeaderValue::from_static("no"));
-    h.insert(
-        "x-realtime-transport",
-        HeaderValue::from_static(transport.as_str()),
-    );
     resp
 }
 

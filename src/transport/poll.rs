@@ -74,8 +74,6 @@ pub async fn respond(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    h.insert("x-realtime-transport", HeaderValue::from_static("poll"));
     resp
 }
 

@@ -13,7 +13,6 @@ use futures_util::stream;
 use http::Response;
 
 use super::{STREAM_BATCH_BYTES, STREAM_BATCH_EVENTS, ends_session, write_base64, write_u64};
-use crate::config::Transport;
 use crate::error::Body;
 use crate::session::replay::{Event, EventData};
 use crate::session::{Batch, Reader};
@@ -80,7 +79,7 @@ pub fn respond(reader: Reader, settings: Settings) -> Response<Body> {
         };
         Some((chunk, st))
     });
-    super::streaming_response("text/event-stream; charset=utf-8", Transport::Sse, chunks)
+    super::streaming_response("text/event-stream; charset=utf-8", chunks)
 }
 
 struct State {

@@ -10,7 +10,6 @@ use futures_util::stream;
 use http::Response;
 
 use super::{STREAM_BATCH_BYTES, STREAM_BATCH_EVENTS, ends_session, write_event_json};
-use crate::config::Transport;
 use crate::error::Body;
 use crate::session::{Batch, Reader};
 
@@ -38,5 +37,5 @@ pub fn respond(reader: Reader, heartbeat: Duration) -> Response<Body> {
         };
         Some((chunk, (reader, done)))
     });
-    super::streaming_response("application/x-ndjson", Transport::Stream, chunks)
+    super::streaming_response("application/x-ndjson", chunks)
 }
