@@ -11,6 +11,7 @@
 //! Flags: `--duration 10s` (light and throughput windows), `--sessions N`
 //! (overrides the scenario's count), `--transports sse,ws-direct` (a subset
 //! of ws-direct, ws-proxy, sse, stream, poll), `--round-trips N` (echo),
+//! `--repeat N` (each transport N times, interleaved; the median is shown),
 //! `--json` (only the JSON lines on stdout; tables go to stderr),
 //! `--proxy-bin PATH`.
 //!
@@ -82,6 +83,10 @@ struct Cli {
     /// Round trips of the echo scenario.
     #[arg(long, default_value_t = 2000)]
     round_trips: usize,
+    /// Runs of each transport, interleaved; the run with the median figure
+    /// is reported (light: p99, throughput: msgs/s, echo: p50, many: RSS).
+    #[arg(long, default_value_t = 1)]
+    repeat: usize,
     /// Transports to run, comma-separated (default: all).
     #[arg(long, value_enum, value_delimiter = ',')]
     transports: Vec<Transport>,
@@ -164,6 +169,7 @@ async fn bench(cli: Cli) -> Result<ExitCode> {
         duration: cli.duration,
         sessions: cli.sessions,
         round_trips: cli.round_trips,
+        repeat: cli.repeat,
         nofile,
         out,
     };

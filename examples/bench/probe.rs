@@ -65,6 +65,20 @@ pub fn tcp_mem_bytes() -> Option<u64> {
     None
 }
 
+/// The kernel's slab memory (`Slab` of /proc/meminfo, system-wide), in
+/// bytes: where socket structures live, which sockstat's `mem` leaves out.
+pub fn slab_bytes() -> Option<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kib: u64 = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("Slab:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    Some(kib * 1024)
+}
+
 pub fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))

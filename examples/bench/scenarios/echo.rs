@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use super::{BENCH_PROXY, Ctx, Measured, Rig, each_transport, quantile_us, ratio};
+use super::{Ctx, Measured, Rig, each_transport, measuring, quantile_us, ratio};
 use crate::clients::{Session, Transport, payload, unix_nanos};
 use crate::fleet::histogram;
 use crate::report::{Row, Table};
@@ -25,7 +25,7 @@ pub async fn run(ctx: &Ctx) -> Table {
             "1 session, {n} sequential round trips of {SIZE} B after {WARMUP} warm-up; microseconds"
         ),
     );
-    each_transport(ctx, &mut table, BENCH_PROXY, async |rig, t| {
+    each_transport(ctx, &mut table, measuring("p50_us"), async |rig, t| {
         let h = round_trips(rig, t, WARMUP, n).await?;
         let mut row = Row::new(t.name());
         row.int("round_trips", h.len())

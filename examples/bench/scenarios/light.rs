@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use super::{
-    BENCH_PROXY, Ctx, Measured, WS_READ_BUFFER, attached, each_transport, failures, open_timeout,
+    Ctx, Measured, WS_READ_BUFFER, attached, each_transport, failures, measuring, open_timeout,
     quantile_us, ratio,
 };
 use crate::fleet::{Fleet, Load};
@@ -35,7 +35,7 @@ pub async fn run(ctx: &Ctx) -> Table {
             load.sessions
         ),
     );
-    each_transport(ctx, &mut table, BENCH_PROXY, async |rig, t| {
+    each_transport(ctx, &mut table, measuring("p99_us"), async |rig, t| {
         let fleet = attached(
             Fleet::spawn(t, rig.addrs(), load),
             open_timeout(load.sessions),

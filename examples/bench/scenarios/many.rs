@@ -1,14 +1,16 @@
 //! Many sessions: as many held sessions as the open-file limit allows (the
 //! proxy holds two sockets per bridged session), one frame per 5 s each.
-//! The proxy's RSS per session (before any frame, and after a few), the
-//! kernel's TCP socket memory (reported apart: it is not in any RSS), the
-//! proxy's CPU with every session idle, and while the trickle flows.
+//! The proxy's RSS per session (before any frame, and after a few); the
+//! kernel's memory apart, since it is in no RSS: TCP buffer pages
+//! (sockstat `mem`) and slab (where socket structures live; all of a
+//! session's sockets, in all three processes); the proxy's CPU with every
+//! session idle, and while the trickle flows.
 
 use std::time::{Duration, Instant};
 
 use tokio::time::sleep;
 
-use super::{BENCH_PROXY, Ctx, Measured, attached, each_transport, failures, open_timeout};
+use super::{Ctx, Measured, attached, each_transport, failures, measuring, open_timeout};
 use crate::fleet::{Fleet, Load};
 use crate::probe::{self, CpuMeter};
 use crate::report::{Row, Table};
@@ -47,71 +49,105 @@ pub async fn run(ctx: &Ctx) -> Table {
             1.0 / RATE
         ),
     );
-    each_transport(ctx, &mut table, BENCH_PROXY, async |rig, t| {
-        let pid = rig.proxy_pid();
-        sleep(Duration::from_millis(500)).await;
-        let rss0 = pid.and_then(probe::rss_kib);
-        let tcp0 = probe::tcp_mem_bytes();
-        let opening = Instant::now();
-        let fleet = attached(
-            Fleet::spawn(t, rig.addrs(), load),
-            open_timeout(load.sessions),
-        )
-        .await?;
-        let open_s = opening.elapsed().as_secs_f64();
-        sleep(SETTLE).await;
-        let rss_idle = pid.and_then(probe::rss_kib);
-        let idle = pid.map(CpuMeter::start);
-        sleep(IDLE_WINDOW).await;
-        let idle = idle.map(|m| m.read());
-        rig.backend.go().await?;
-        let busy = pid.map(CpuMeter::start);
-        sleep(ACTIVE_AT).await;
-        let rss_active = pid.and_then(probe::rss_kib);
-        let tcp_active = probe::tcp_mem_bytes();
-        let outcome = fleet
-            .finish(load.publish_time() + Duration::from_secs(60))
-            .await;
-        let busy = busy.map(|m| m.read());
-        let peak = pid.and_then(|p| probe::status_kib(p, "VmHWM"));
+    each_transport(
+        ctx,
+        &mut table,
+        measuring("rss_kib_per_session"),
+        async |rig, t| {
+            let pid = rig.proxy_pid();
+            sleep(Duration::from_millis(500)).await;
+            let rss0 = pid.and_then(probe::rss_kib);
+            let tcp0 = kernel_mem().await;
+            let opening = Instant::now();
+            let fleet = attached(
+                Fleet::spawn(t, rig.addrs(), load),
+                open_timeout(load.sessions),
+            )
+            .await?;
+            let open_s = opening.elapsed().as_secs_f64();
+            sleep(SETTLE).await;
+            let rss_idle = pid.and_then(probe::rss_kib);
+            let tcp_idle = kernel_mem().await;
+            let idle = pid.map(CpuMeter::start);
+            sleep(IDLE_WINDOW).await;
+            let idle = idle.map(|m| m.read());
+            rig.backend.go().await?;
+            let busy = pid.map(CpuMeter::start);
+            sleep(ACTIVE_AT).await;
+            let rss_active = pid.and_then(probe::rss_kib);
+            let tcp_active = kernel_mem().await;
+            let outcome = fleet
+                .finish(load.publish_time() + Duration::from_secs(60))
+                .await;
+            let busy = busy.map(|m| m.read());
+            let peak = pid.and_then(|p| probe::status_kib(p, "VmHWM"));
 
-        let n = load.sessions as f64;
-        let per_session = |kib: Option<u64>| rss0.zip(kib).map(|(a, b)| (b as f64 - a as f64) / n);
-        let idle_per = per_session(rss_idle);
-        let active_per = per_session(rss_active);
-        let mut row = Row::new(t.name());
-        row.int("sessions", load.sessions as u64)
-            .num("open_s", Some(open_s), 1)
-            .num("rss_base_mib", rss0.map(|k| k as f64 / 1024.0), 1)
-            .num("rss_idle_kib_per_session", idle_per, 1)
-            .num("rss_active_kib_per_session", active_per, 1)
-            // The target's figure: the larger of the two.
-            .num(
-                "rss_kib_per_session",
-                idle_per.zip(active_per).map(|(a, b)| a.max(b)),
-                1,
-            )
-            .num("peak_rss_mib", peak.map(|k| k as f64 / 1024.0), 1)
-            .num(
-                "tcp_mem_kib_per_session",
-                tcp0.zip(tcp_active)
-                    .map(|(a, b)| (b as f64 - a as f64) / 1024.0 / n),
-                2,
-            )
-            .num("idle_cpu_pct", idle.map(|c| c.percent()), 2)
-            .num("trickle_cpu_pct", busy.map(|c| c.percent()), 1)
-            .num(
-                "cpu_us_per_msg",
-                busy.map(|c| c.cpu_seconds * 1e6 / outcome.received.max(1) as f64),
-                1,
-            )
-            .int("frames", outcome.received)
-            .int("failed", outcome.failed as u64);
-        Ok(Measured {
-            row,
-            failures: failures(&outcome),
-        })
-    })
+            let n = load.sessions as f64;
+            let per_session =
+                |kib: Option<u64>| rss0.zip(kib).map(|(a, b)| (b as f64 - a as f64) / n);
+            let kib_per_session = |a: Option<u64>, b: Option<u64>| {
+                a.zip(b).map(|(a, b)| (b as f64 - a as f64) / 1024.0 / n)
+            };
+            let tcp_per_session = |b| kib_per_session(tcp0.0, b);
+            let slab_per_session = |b| kib_per_session(tcp0.1, b);
+            let idle_per = per_session(rss_idle);
+            let active_per = per_session(rss_active);
+            let mut row = Row::new(t.name());
+            row.int("sessions", load.sessions as u64)
+                .num("open_s", Some(open_s), 1)
+                .num("rss_base_mib", rss0.map(|k| k as f64 / 1024.0), 1)
+                .num("rss_idle_kib_per_session", idle_per, 1)
+                .num("rss_active_kib_per_session", active_per, 1)
+                // The target's figure: the larger of the two.
+                .num(
+                    "rss_kib_per_session",
+                    idle_per.zip(active_per).map(|(a, b)| a.max(b)),
+                    1,
+                )
+                .num("peak_rss_mib", peak.map(|k| k as f64 / 1024.0), 1)
+                .num(
+                    "tcp_buf_idle_kib_per_session",
+                    tcp_per_session(tcp_idle.0),
+                    2,
+                )
+                .num(
+                    "tcp_buf_active_kib_per_session",
+                    tcp_per_session(tcp_active.0),
+                    2,
+                )
+                .num("slab_kib_per_session", slab_per_session(tcp_idle.1), 2)
+                .num("idle_cpu_pct", idle.map(|c| c.percent()), 2)
+                .num("trickle_cpu_pct", busy.map(|c| c.percent()), 1)
+                .num(
+                    "cpu_us_per_msg",
+                    busy.map(|c| c.cpu_seconds * 1e6 / outcome.received.max(1) as f64),
+                    1,
+                )
+                .int("frames", outcome.received)
+                .int("failed", outcome.failed as u64);
+            Ok(Measured {
+                row,
+                failures: failures(&outcome),
+            })
+        },
+    )
     .await;
     table
+}
+
+/// The kernel's TCP buffer memory and its slab memory, each the median of
+/// five readings over a second: both are system-wide, and other processes'
+/// bursts come and go.
+async fn kernel_mem() -> (Option<u64>, Option<u64>) {
+    let (mut tcp, mut slab) = (Vec::new(), Vec::new());
+    for _ in 0..5 {
+        tcp.extend(probe::tcp_mem_bytes());
+        slab.extend(probe::slab_bytes());
+        sleep(Duration::from_millis(200)).await;
+    }
+    let median = |mut v: Vec<u64>| {
+        v.sort_unstable();
+        v.get(v.len() / 2).copied()
+    };
+    (median(tcp), median(slab))
 }

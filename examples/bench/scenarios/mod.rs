@@ -25,6 +25,8 @@ pub struct Ctx {
     pub duration: Option<Duration>,
     pub sessions: Option<usize>,
     pub round_trips: usize,
+    /// Runs per transport; the median is reported (see [`Runs`]).
+    pub repeat: usize,
     /// The open-file limit of every process (the bench raised it).
     pub nofile: u64,
     pub out: Out,
@@ -35,6 +37,14 @@ pub struct Ctx {
 pub const BENCH_PROXY: ProxySettings = ProxySettings {
     max_pending: "1MiB",
 };
+
+/// A measuring scenario's runs: the bench proxy, the median of `figure`.
+pub fn measuring(figure: &'static str) -> Runs {
+    Runs {
+        settings: BENCH_PROXY,
+        median_of: Some(figure),
+    }
+}
 
 /// A WebSocket read buffer for the fast scenarios: large enough that the
 /// direct baseline is not held back by small reads.
@@ -83,48 +93,90 @@ pub struct Measured {
     pub failures: Vec<String>,
 }
 
+/// How a scenario runs its transports.
+#[derive(Clone, Copy)]
+pub struct Runs {
+    pub settings: ProxySettings,
+    /// With `--repeat N`, each transport runs N times, interleaved with the
+    /// others so a change in the machine's load hits all alike, and the run
+    /// with the median of this figure is reported. `None`: always once.
+    pub median_of: Option<&'static str>,
+}
+
 /// Runs `measure` for each transport on a fresh rig and files its row,
 /// failures and notes in `table`. A transport that fails keeps a row (with
 /// what it measured, if anything) so the table shows every transport.
 pub async fn each_transport(
     ctx: &Ctx,
     table: &mut Table,
-    settings: ProxySettings,
+    runs: Runs,
     mut measure: impl AsyncFnMut(&mut Rig, Transport) -> Result<Measured>,
 ) {
-    for &t in &ctx.transports {
-        ctx.out
-            .info(&format!("[{}] {} ...", table.scenario, t.name()));
-        let mut findings = Findings::default();
-        let row = match Rig::start(ctx, t, settings).await {
-            Err(e) => {
-                findings.failures.push(format!("cannot start: {e}"));
-                Row::new(t.name())
-            }
-            Ok(mut rig) => {
-                let measured = measure(&mut rig, t).await;
-                rig.stop(&mut findings).await;
-                match measured {
-                    Ok(m) => {
-                        table.failures.extend(m.failures);
-                        m.row
-                    }
-                    Err(e) => {
-                        findings.failures.push(e.to_string());
-                        Row::new(t.name())
+    let rounds = runs.median_of.map_or(1, |_| ctx.repeat.max(1));
+    let mut rows: Vec<Vec<Row>> = vec![Vec::new(); ctx.transports.len()];
+    for round in 1..=rounds {
+        for (k, &t) in ctx.transports.iter().enumerate() {
+            let name = t.name();
+            let of = if rounds > 1 {
+                format!(" (run {round} of {rounds})")
+            } else {
+                String::new()
+            };
+            ctx.out
+                .info(&format!("[{}] {name}{of} ...", table.scenario));
+            let mut findings = Findings::default();
+            let row = match Rig::start(ctx, t, runs.settings).await {
+                Err(e) => {
+                    findings.failures.push(format!("cannot start: {e}"));
+                    Row::new(name)
+                }
+                Ok(mut rig) => {
+                    let measured = measure(&mut rig, t).await;
+                    rig.stop(&mut findings).await;
+                    match measured {
+                        Ok(m) => {
+                            table.failures.extend(m.failures);
+                            m.row
+                        }
+                        Err(e) => {
+                            findings.failures.push(e.to_string());
+                            Row::new(name)
+                        }
                     }
                 }
-            }
-        };
-        let name = t.name();
-        table
-            .failures
-            .extend(findings.failures.iter().map(|f| format!("{name}: {f}")));
-        table
-            .notes
-            .extend(findings.notes.iter().map(|n| format!("{name}: {n}")));
-        table.rows.push(row);
+            };
+            table
+                .failures
+                .extend(findings.failures.iter().map(|f| format!("{name}: {f}")));
+            table
+                .notes
+                .extend(findings.notes.iter().map(|n| format!("{name}: {n}")));
+            rows[k].push(row);
+        }
     }
+    for runs_of_one in rows {
+        table.rows.push(median(runs_of_one, runs.median_of));
+    }
+}
+
+/// The run with the median `figure`, with the spread of all runs.
+fn median(mut rows: Vec<Row>, figure: Option<&'static str>) -> Row {
+    let Some(figure) = figure.filter(|f| rows.len() > 1 && rows.iter().any(|r| r.get(f).is_some()))
+    else {
+        return rows.swap_remove(0); // nothing to choose by: the first run
+    };
+    let mut measured: Vec<(f64, Row)> = rows
+        .into_iter()
+        .filter_map(|r| Some((r.get(figure)?, r)))
+        .collect();
+    measured.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let (lo, hi) = (measured[0].0, measured[measured.len() - 1].0);
+    let runs = measured.len();
+    let mut row = measured.swap_remove((runs - 1) / 2).1;
+    let d = if hi.abs() < 100.0 { 1 } else { 0 };
+    row.int("runs", runs as u64)
+        .text("spread", format!("{figure} {lo:.d$}..{hi:.d$}"));
+    row
 }
 
 /// Waits for every session of a fleet to be attached; on failure, stops it

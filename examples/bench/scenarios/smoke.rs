@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use super::{Ctx, Measured, WS_READ_BUFFER, attached, each_transport, echo, failures};
+use super::{Ctx, Measured, Runs, WS_READ_BUFFER, attached, each_transport, echo, failures};
 use crate::fleet::{Fleet, Load};
 use crate::procs::ProxySettings;
 use crate::report::{Row, Table};
@@ -42,10 +42,13 @@ pub async fn run(ctx: &Ctx) -> Table {
             PACED.sessions, PACED.count, FLOOD.sessions, FLOOD.count
         ),
     );
-    let settings = ProxySettings {
-        max_pending: "64KiB",
+    let runs = Runs {
+        settings: ProxySettings {
+            max_pending: "64KiB",
+        },
+        median_of: None,
     };
-    each_transport(ctx, &mut table, settings, async |rig, t| {
+    each_transport(ctx, &mut table, runs, async |rig, t| {
         let paced = attached(Fleet::spawn(t, rig.addrs(), PACED), WITHIN).await?;
         let flood = attached(Fleet::spawn(t, rig.addrs(), FLOOD), WITHIN).await?;
         rig.backend.go().await?;

@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use super::{
-    BENCH_PROXY, Ctx, Measured, WS_READ_BUFFER, attached, each_transport, failures, open_timeout,
+    Ctx, Measured, WS_READ_BUFFER, attached, each_transport, failures, measuring, open_timeout,
     ratio,
 };
 use crate::fleet::{Fleet, Load};
@@ -37,7 +37,7 @@ pub async fn run(ctx: &Ctx) -> Table {
             WARMUP.as_secs()
         ),
     );
-    each_transport(ctx, &mut table, BENCH_PROXY, async |rig, t| {
+    each_transport(ctx, &mut table, measuring("msgs_per_s"), async |rig, t| {
         let fleet = attached(
             Fleet::spawn(t, rig.addrs(), load),
             open_timeout(load.sessions),
