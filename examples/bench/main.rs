@@ -3,9 +3,9 @@
 //! every browser transport measured beside a direct WebSocket in the same run.
 //!
 //! ```text
-//! cargo run --release --example bench -- --scenario all     # every scenario (~10 min)
+//! cargo run --release --example bench -- --scenario all     # every scenario (~7 min)
 //! cargo run --release --example bench -- --scenario light   # or throughput, echo, many, cpu
-//! cargo run --release --example bench -- --smoke            # correctness only, for CI (~30 s)
+//! cargo run --release --example bench -- --smoke            # correctness only, for CI (~15 s)
 //! ```
 //!
 //! Flags: `--duration 10s` (light and throughput windows), `--sessions N`

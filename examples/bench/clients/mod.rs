@@ -320,3 +320,52 @@ impl Down {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payload_round_trips() {
+        let text = payload(42, 1_700_000_000_123_456_789, 128);
+        assert_eq!(text.len(), 128);
+        let m = parse_payload(text.as_bytes()).unwrap();
+        assert_eq!((m.seq, m.sent_ns), (42, 1_700_000_000_123_456_789));
+        assert!(parse_payload(b"x 1 ").is_err());
+        assert!(parse_payload(b"1").is_err());
+    }
+
+    #[test]
+    fn plain_text_events_take_the_fast_path_and_nothing_else() {
+        let line = br#"{"id":7,"type":"text","data":"3 99 xx"}"#;
+        let (id, data, taken) = plain_text_event(line).unwrap();
+        assert_eq!((id, data, taken), (7, &b"3 99 xx"[..], line.len()));
+        // An escape, another type or another spacing go through serde.
+        assert!(plain_text_event(br#"{"id":7,"type":"text","data":"a\"b"}"#).is_none());
+        assert!(plain_text_event(br#"{"id":8,"type":"close","code":1000,"reason":""}"#).is_none());
+        assert!(plain_text_event(br#"{"id": 7,"type":"text","data":"x"}"#).is_none());
+    }
+
+    #[test]
+    fn json_events_are_checked() {
+        let mut last = 0;
+        let ev: JsonEvent<'_> =
+            serde_json::from_str(r#"{"id":1,"type":"text","data":"1 5 x"}"#).unwrap();
+        assert!(matches!(
+            ev.item(&mut last),
+            Ok(Item::Msg(Msg { seq: 1, .. }))
+        ));
+        let skipped: JsonEvent<'_> =
+            serde_json::from_str(r#"{"id":3,"type":"text","data":"3 5 x"}"#).unwrap();
+        assert!(skipped.item(&mut last).is_err(), "event id 3 after 1");
+        let gap: JsonEvent<'_> =
+            serde_json::from_str(r#"{"id":4,"type":"gap","from":2,"to":4}"#).unwrap();
+        assert!(gap.item(&mut last).is_err());
+        let early: JsonEvent<'_> =
+            serde_json::from_str(r#"{"id":2,"type":"close","code":1006,"reason":""}"#).unwrap();
+        assert!(
+            early.item(&mut last).is_err(),
+            "only 1000 ends a run cleanly"
+        );
+    }
+}

@@ -136,3 +136,28 @@ fn plain_answer<'a>(body: &'a [u8], out: &mut Vec<(u64, &'a [u8])>) -> Option<u6
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_answers() {
+        let mut out = Vec::new();
+        let body = br#"{"cursor":3,"events":[{"id":2,"type":"text","data":"2 1 x"},{"id":3,"type":"text","data":"3 1 x"}]}"#;
+        assert_eq!(plain_answer(body, &mut out), Some(3));
+        assert_eq!(out, vec![(2, &b"2 1 x"[..]), (3, &b"3 1 x"[..])]);
+        out.clear();
+        assert_eq!(
+            plain_answer(br#"{"cursor":3,"events":[]}"#, &mut out),
+            Some(3)
+        );
+        // A close event or a superseded answer take the serde path.
+        out.clear();
+        let closing =
+            br#"{"cursor":4,"events":[{"id":4,"type":"close","code":1000,"reason":"done"}]}"#;
+        assert_eq!(plain_answer(closing, &mut out), None);
+        let superseded = br#"{"cursor":3,"events":[],"superseded":true}"#;
+        assert_eq!(plain_answer(superseded, &mut out), None);
+    }
+}

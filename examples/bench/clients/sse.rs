@@ -93,3 +93,39 @@ fn parse_event(block: &[u8], last_id: &mut u64) -> Result<Item> {
         other => fail!("unexpected SSE event {:?}", String::from_utf8_lossy(other)),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events() {
+        let mut last = 0;
+        assert!(matches!(
+            parse_event(b"retry: 1000", &mut last),
+            Ok(Item::Skip)
+        ));
+        assert!(matches!(parse_event(b": hb", &mut last), Ok(Item::Skip)));
+        assert!(matches!(
+            parse_event(b"id: 1\ndata: 1 77 xxx", &mut last),
+            Ok(Item::Msg(Msg {
+                seq: 1,
+                sent_ns: 77
+            }))
+        ));
+        assert!(matches!(
+            parse_event(
+                b"id: 2\nevent: close\ndata: {\"code\":1000,\"reason\":\"done\"}",
+                &mut last
+            ),
+            Ok(Item::Close)
+        ));
+        let mut last = 0;
+        assert!(
+            parse_event(b"id: 2\ndata: 2 77 x", &mut last).is_err(),
+            "id 1 skipped"
+        );
+        assert!(parse_event(b"id: 1\nevent: gap\ndata: {\"from\":1,\"to\":1}", &mut 0).is_err());
+        assert!(parse_event(b"event: superseded\ndata: {}", &mut 0).is_err());
+    }
+}
