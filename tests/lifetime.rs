@@ -6,7 +6,7 @@ mod support;
 use std::time::Duration;
 
 use reqwest::StatusCode;
-use serde_json::{Value, json};
+use serde_json::json;
 use support::{Backend, Ev, Proxy};
 
 #[tokio::test]
@@ -167,19 +167,7 @@ async fn drain_closes_every_session_with_1001_on_both_sides() {
     let s = proxy.open("/echo").await;
     let mut sse = s.sse(Some(0)).await;
     let polled = proxy.open("/echo").await;
-    let waiting_poll = {
-        let url = polled.url("/poll?cursor=0&wait=20");
-        let http = proxy.http.clone();
-        tokio::spawn(async move {
-            http.get(url)
-                .send()
-                .await
-                .unwrap()
-                .json::<Value>()
-                .await
-                .unwrap()
-        })
-    };
+    let waiting_poll = polled.poll_in_background(0, 20);
     tokio::time::sleep(Duration::from_millis(100)).await;
     let started = tokio::time::Instant::now();
     let done = proxy.begin_shutdown();

@@ -213,19 +213,7 @@ async fn poll_answers_at_once_waits_and_caps_batches() {
 
     // A waiting poll answers as soon as an event arrives.
     let echo = proxy.open("/echo").await;
-    let waiting = {
-        let url = echo.url("/poll?cursor=0&wait=20");
-        let http = proxy.http.clone();
-        tokio::spawn(async move {
-            http.get(url)
-                .send()
-                .await
-                .unwrap()
-                .json::<Value>()
-                .await
-                .unwrap()
-        })
-    };
+    let waiting = echo.poll_in_background(0, 20);
     tokio::time::sleep(Duration::from_millis(100)).await;
     echo.send_text("ping").await;
     let body = tokio::time::timeout(Duration::from_secs(5), waiting)
@@ -334,19 +322,7 @@ async fn a_newer_reader_supersedes_the_older_at_once() {
 
     // Stream superseded by poll; that poll superseded by another poll.
     let mut lines = NdjsonClient::new(stream);
-    let first_poll = {
-        let url = s.url("/poll?cursor=0&wait=20");
-        let http = proxy.http.clone();
-        tokio::spawn(async move {
-            http.get(url)
-                .send()
-                .await
-                .unwrap()
-                .json::<Value>()
-                .await
-                .unwrap()
-        })
-    };
+    let first_poll = s.poll_in_background(0, 20);
     assert_eq!(lines.next().await.unwrap(), json!({"type": "superseded"}));
     assert!(lines.next().await.is_none());
     tokio::time::sleep(Duration::from_millis(100)).await;

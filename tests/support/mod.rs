@@ -661,6 +661,22 @@ impl Session {
         (status, r.json().await.unwrap_or(Value::Null))
     }
 
+    /// Starts a long poll in the background; its JSON answer comes through
+    /// the handle (for tests of what ends a waiting poll).
+    pub fn poll_in_background(&self, cursor: u64, wait: u64) -> tokio::task::JoinHandle<Value> {
+        let url = self.url(&format!("/poll?cursor={cursor}&wait={wait}"));
+        let http = self.http.clone();
+        tokio::spawn(async move {
+            http.get(url)
+                .send()
+                .await
+                .unwrap()
+                .json::<Value>()
+                .await
+                .unwrap()
+        })
+    }
+
     /// Polls from `cursor` until `n` events (or a close) arrived.
     pub async fn poll_events(&self, mut cursor: u64, n: usize) -> Vec<Ev> {
         let mut out = Vec::new();
