@@ -455,10 +455,6 @@ impl Session {
         })
     }
 
-    pub fn last_id(&self) -> u64 {
-        self.state().queue.last_id()
-    }
-
     /// The live reader's transport, for the gauge; `None` when no reader.
     pub fn reader_transport(&self) -> Option<Transport> {
         let st = self.state();
@@ -497,10 +493,6 @@ pub struct Reader {
 }
 
 impl Reader {
-    pub fn session(&self) -> &Arc<Session> {
-        &self.session
-    }
-
     pub fn cursor(&self) -> u64 {
         self.cursor
     }

@@ -126,14 +126,6 @@ impl Registry {
             .map(|e| Arc::clone(e.value()))
             .collect()
     }
-
-    pub fn len(&self) -> usize {
-        self.sessions.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.sessions.is_empty()
-    }
 }
 
 /// A fresh session id: 128 bits from the OS CSPRNG, base64url.
