@@ -351,7 +351,9 @@ async fn serve_io<I>(
         if !seen.is_cancelled() {
             seen.cancel();
         }
-        handle(req, info, Arc::clone(&shared))
+        // Boxed: hyper keeps a slot the size of this future for every
+        // connection, in flight or not; a box makes that slot a pointer.
+        Box::pin(handle(req, info, Arc::clone(&shared)))
     });
     let conn = watcher.watch(
         builder
