@@ -9,13 +9,12 @@ use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
-use hyper::body::Incoming;
 use serde::Deserialize;
 use serde_json::json;
 
 use crate::client;
 use crate::config::Transport;
-use crate::error::{Body, BridgeError, full, json_response};
+use crate::error::{Body, BridgeError, RequestBody, full, json_response};
 use crate::metrics::{CloseReason, SessionSnapshot};
 use crate::passthrough::add_forwarded;
 use crate::routing::{self, Endpoint};
@@ -30,7 +29,7 @@ const CORS_ALLOW_HEADERS: &str = "content-type, bridge-seq, last-event-id, autho
 const CORS_EXPOSE_HEADERS: &str = "x-realtime-transport, retry-after";
 
 pub async fn handle(
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
     conn: ConnInfo,
     shared: &Arc<Shared>,
 ) -> Response<Body> {
@@ -108,14 +107,17 @@ fn preflight() -> Response<Body> {
 
 async fn dispatch(
     endpoint: Endpoint<'_>,
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
     conn: ConnInfo,
     shared: &Arc<Shared>,
 ) -> Result<Response<Body>, BridgeError> {
     let method = req.method().clone();
     let is_get = method == Method::GET || method == Method::HEAD;
     match endpoint {
-        Endpoint::Open if method == Method::POST => open(req, conn, shared).await,
+        // Boxed: the upstream handshake is by far the largest state of any
+        // handler, and every request's future would otherwise be its size
+        // (a long poll holds its future for as long as it waits).
+        Endpoint::Open if method == Method::POST => Box::pin(open(req, conn, shared)).await,
         Endpoint::Open => Err(BridgeError::MethodNotAllowed("POST")),
         // GET only: a HEAD must not supersede the live reader.
         Endpoint::Sse(id) if method == Method::GET => read(id, Transport::Sse, &req, shared).await,
@@ -193,7 +195,7 @@ pub fn parse_open(body: &[u8]) -> Result<OpenRequest, BridgeError> {
 }
 
 async fn open(
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
     conn: ConnInfo,
     shared: &Arc<Shared>,
 ) -> Result<Response<Body>, BridgeError> {
@@ -255,6 +257,7 @@ async fn open(
         connected.socket,
         handle,
         timers,
+        shared.upstreams.token(),
         Arc::clone(&shared.registry),
         Arc::clone(&shared.metrics),
     ));
@@ -309,7 +312,7 @@ fn handshake_headers(incoming: &HeaderMap, conn: ConnInfo, shared: &Shared) -> H
 
 /// Reads a request body up to `limit` bytes, else 413.
 async fn read_body(
-    body: Incoming,
+    body: RequestBody,
     headers: &HeaderMap,
     limit: usize,
 ) -> Result<Bytes, BridgeError> {
@@ -338,7 +341,7 @@ fn lookup(id: &str, shared: &Shared) -> Result<Arc<Session>, BridgeError> {
     shared.registry.get(id).ok_or(BridgeError::UnknownSession)
 }
 
-fn query_pairs(req: &Request<Incoming>) -> Vec<(String, String)> {
+fn query_pairs(req: &Request<RequestBody>) -> Vec<(String, String)> {
     req.uri()
         .query()
         .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
@@ -348,7 +351,7 @@ fn query_pairs(req: &Request<Incoming>) -> Vec<(String, String)> {
 async fn read(
     id: &str,
     transport: Transport,
-    req: &Request<Incoming>,
+    req: &Request<RequestBody>,
     shared: &Shared,
 ) -> Result<Response<Body>, BridgeError> {
     let session = lookup(id, shared)?;
@@ -408,7 +411,7 @@ pub fn parse_seq(value: &HeaderValue) -> Result<u64, BridgeError> {
 
 async fn send(
     id: &str,
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
     shared: &Shared,
 ) -> Result<Response<Body>, BridgeError> {
     let session = lookup(id, shared)?;
@@ -477,7 +480,7 @@ fn parse_close(query: &[(String, String)]) -> Result<(u16, String), BridgeError>
 
 fn close(
     id: &str,
-    req: &Request<Incoming>,
+    req: &Request<RequestBody>,
     shared: &Shared,
 ) -> Result<Response<Body>, BridgeError> {
     let session = lookup(id, shared)?;

@@ -8,12 +8,17 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
-use http_body_util::{BodyExt, Empty, Full, combinators::UnsyncBoxBody};
+use http_body_util::combinators::{BoxBody, UnsyncBoxBody};
+use http_body_util::{BodyExt, Empty, Full};
 use serde_json::{Value, json};
 
 /// The body type of every response the proxy writes.
 pub type Body = UnsyncBoxBody<Bytes, BoxError>;
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// The body type of requests to the bridge's own endpoints, which come from
+/// hyper or from [`crate::h1`] (whose bodies cannot fail). A concrete error
+/// type: with a boxed one, rustc cannot prove the handlers' futures `Send`.
+pub type RequestBody = BoxBody<Bytes, hyper::Error>;
 
 pub fn full(bytes: impl Into<Bytes>) -> Body {
     Full::new(bytes.into())

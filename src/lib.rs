@@ -6,6 +6,7 @@
 //!
 //! - [`config`]: raw TOML → validated [`Config`]; defaults.
 //! - [`server`]: accept loop, TLS, HTTP/1 + HTTP/2, graceful drain; [`run`].
+//! - [`h1`]: the bufferless HTTP/1.1 front end for the bridge's endpoints.
 //! - [`routing`]: a request → a bridge endpoint or pass-through; route matching.
 //! - [`error`]: the error types of each layer and the one mapping to HTTP.
 //! - [`passthrough`]: the plain reverse proxy and the WebSocket splice.
@@ -26,6 +27,7 @@ pub mod bridge;
 pub mod client;
 pub mod config;
 pub mod error;
+pub mod h1;
 pub mod inject;
 pub mod metrics;
 pub mod passthrough;

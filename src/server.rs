@@ -10,11 +10,11 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use http::{HeaderMap, Request, Response};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -25,10 +25,11 @@ use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::config::{Config, TlsConfig};
-use crate::error::Body;
+use crate::error::{Body, RequestBody};
 use crate::metrics::{CloseReason, Metrics};
 use crate::passthrough::PassThrough;
 use crate::routing::{self, Endpoint};
@@ -49,8 +50,12 @@ pub struct Shared {
     pub passthrough: PassThrough,
     /// TLS settings for `wss://`/`https://` upstreams.
     pub upstream_tls: Arc<rustls::ClientConfig>,
-    /// Set once shutdown starts: readiness fails and new sessions are refused.
-    pub draining: AtomicBool,
+    /// Cancelled once shutdown starts: readiness fails, new sessions are
+    /// refused, idle connections close.
+    drain: CancellationToken,
+    /// One token per open upstream socket: the drain waits for their close
+    /// handshakes, not only for the browsers' connections.
+    pub upstreams: TaskTracker,
     /// The listener's TLS acceptor; swapped on reload (SIGHUP).
     tls: RwLock<Option<TlsAcceptor>>,
 }
@@ -68,14 +73,20 @@ impl Shared {
             metrics: Arc::new(Metrics::new()),
             passthrough,
             upstream_tls,
-            draining: AtomicBool::new(false),
+            drain: CancellationToken::new(),
+            upstreams: TaskTracker::new(),
             tls: RwLock::new(tls),
             config,
         }))
     }
 
     pub fn is_draining(&self) -> bool {
-        self.draining.load(Ordering::Acquire)
+        self.drain.is_cancelled()
+    }
+
+    /// Resolves once shutdown starts.
+    pub async fn drain_started(&self) {
+        self.drain.cancelled().await;
     }
 
     /// Reloads the certificate and key from their files; connections
@@ -95,7 +106,7 @@ impl Shared {
 
     /// Starts the drain: every session gets its close 1001, on both sides.
     fn drain_sessions(&self) {
-        self.draining.store(true, Ordering::Release);
+        self.drain.cancel();
         for session in self.registry.all() {
             session.close(1001, "proxy shutting down", CloseReason::Drain);
         }
@@ -237,9 +248,14 @@ pub async fn serve(
     drop(listener);
     tracing::info!("draining");
     shared.drain_sessions();
+    shared.upstreams.close();
     let drain_timeout = shared.config.server.drain_timeout;
+    let drained = async {
+        graceful.shutdown().await;
+        shared.upstreams.wait().await;
+    };
     tokio::select! {
-        _ = graceful.shutdown() => tracing::info!("drained"),
+        () = drained => tracing::info!("drained"),
         _ = tokio::time::sleep(drain_timeout) => tracing::warn!("drain timeout: closing what is left"),
     }
     Ok(())
@@ -311,7 +327,7 @@ async fn serve_connection(
     match shared.acceptor() {
         None => {
             let info = ConnInfo { peer, tls: false };
-            serve_io(TokioIo::new(tcp), info, shared, builder, watcher).await;
+            crate::h1::serve(tcp, info, shared, builder, watcher).await;
         }
         Some(acceptor) => {
             let tls = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await
@@ -321,7 +337,9 @@ async fn serve_connection(
                 Err(_) => return tracing::debug!("TLS handshake timed out"),
             };
             let info = ConnInfo { peer, tls: true };
-            serve_io(TokioIo::new(tls), info, shared, builder, watcher).await;
+            // Boxed, so that plain connections' tasks are not the size of a
+            // TLS one.
+            Box::pin(serve_io(TokioIo::new(tls), info, shared, builder, watcher)).await;
         }
     }
 }
@@ -335,7 +353,7 @@ async fn serve_connection(
 /// HTTP/1 or HTTP/2, with no deadline) nor an HTTP/2 client that never opens
 /// a stream. Without this, idle sockets would hold `max_connections` slots
 /// for ever (slowloris).
-async fn serve_io<I>(
+pub(crate) async fn serve_io<I>(
     io: I,
     info: ConnInfo,
     shared: Arc<Shared>,
@@ -374,37 +392,66 @@ async fn serve_io<I>(
     }
 }
 
-/// Every request: dispatch, then one log line and the request metrics.
+/// Every request hyper serves: dispatch, then one log line and the request
+/// metrics.
 pub async fn handle(
     req: Request<Incoming>,
     conn: ConnInfo,
     shared: Arc<Shared>,
 ) -> Result<Response<Body>, Infallible> {
-    let start = Instant::now();
+    if routing::classify(&shared.config.server.prefix, req.uri().path()).is_some() {
+        let req = req.map(BodyExt::boxed);
+        return Ok(handle_bridge(req, conn, &shared).await);
+    }
     let method = req.method().clone();
-    let log_path = log_path(&shared.config.server.prefix, req.uri().path());
-    let endpoint =
-        routing::classify(&shared.config.server.prefix, req.uri().path()).map(|e| e.name());
-    let resp = match endpoint {
-        Some(_) => crate::bridge::handle(req, conn, &shared).await,
-        None => shared.passthrough.handle(req, conn, &shared).await,
-    };
-    let elapsed = start.elapsed();
-    let status = resp.status().as_u16();
-    let endpoint_name = endpoint.unwrap_or(if status == 101 {
+    let path = req.uri().path().to_owned();
+    let start = Instant::now();
+    let resp = shared.passthrough.handle(req, conn, &shared).await;
+    let endpoint = if resp.status().as_u16() == 101 {
         "websocket"
     } else {
         "passthrough"
-    });
-    shared.metrics.request(endpoint_name, status, elapsed);
+    };
+    observe(&shared, &method, &path, endpoint, start, &resp);
+    Ok(resp)
+}
+
+/// A request to one of the bridge's own endpoints, from hyper or from the
+/// HTTP/1.1 front end ([`crate::h1`]).
+pub async fn handle_bridge(
+    req: Request<RequestBody>,
+    conn: ConnInfo,
+    shared: &Arc<Shared>,
+) -> Response<Body> {
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let start = Instant::now();
+    let resp = crate::bridge::handle(req, conn, shared).await;
+    let endpoint =
+        routing::classify(&shared.config.server.prefix, &path).map_or("passthrough", |e| e.name());
+    observe(shared, &method, &path, endpoint, start, &resp);
+    resp
+}
+
+/// One log line and the request metrics.
+fn observe(
+    shared: &Shared,
+    method: &http::Method,
+    path: &str,
+    endpoint: &'static str,
+    start: Instant,
+    resp: &Response<Body>,
+) {
+    let elapsed = start.elapsed();
+    let status = resp.status().as_u16();
+    shared.metrics.request(endpoint, status, elapsed);
     tracing::info!(
         method = %method,
-        path = %log_path,
+        path = %log_path(&shared.config.server.prefix, path),
         status,
         ms = elapsed.as_secs_f64() * 1000.0,
         "request"
     );
-    Ok(resp)
 }
 
 /// The path as it may be logged: never the query (tokens live there) and

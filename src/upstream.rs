@@ -24,6 +24,7 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::task_tracker::TaskTrackerToken;
 
 use crate::error::UpstreamError;
 use crate::metrics::{CloseReason, Metrics};
@@ -146,7 +147,8 @@ struct Link {
 }
 
 /// Runs a session's upstream side until the session ends, then keeps it
-/// readable for `linger` and removes it from the registry.
+/// readable for `linger` and removes it from the registry. `open` is held
+/// while the upstream socket is.
 ///
 /// The writer runs as a task of its own, so the frequent wake-ups of the
 /// reader (every upstream frame) never poll the writer's timers and channel.
@@ -155,6 +157,7 @@ pub async fn run(
     socket: UpstreamSocket,
     handle: UpstreamHandle,
     timers: Timers,
+    open: TaskTrackerToken,
     registry: Arc<Registry>,
     metrics: Arc<Metrics>,
 ) {
@@ -172,7 +175,9 @@ pub async fn run(
     // The writer ends once the reader has (the link says so), at most a
     // close handshake later.
     let _ = writer.await;
-    // Both loops are done and the socket is dropped: the session lingers.
+    // Both loops are done and the socket is dropped: the drain need not
+    // wait for this session any longer, and it lingers.
+    drop(open);
     sleep(timers.linger).await;
     registry.remove(&session.id);
 }
