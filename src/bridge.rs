@@ -120,13 +120,9 @@ async fn dispatch(
         Endpoint::Open if method == Method::POST => Box::pin(open(req, conn, shared)).await,
         Endpoint::Open => Err(BridgeError::MethodNotAllowed("POST")),
         // GET only: a HEAD must not supersede the live reader.
-        Endpoint::Sse(id) if method == Method::GET => read(id, Transport::Sse, &req, shared).await,
-        Endpoint::Stream(id) if method == Method::GET => {
-            read(id, Transport::Stream, &req, shared).await
-        }
-        Endpoint::Poll(id) if method == Method::GET => {
-            read(id, Transport::Poll, &req, shared).await
-        }
+        Endpoint::Sse(id) if method == Method::GET => read(id, Transport::Sse, &req, shared),
+        Endpoint::Stream(id) if method == Method::GET => read(id, Transport::Stream, &req, shared),
+        Endpoint::Poll(id) if method == Method::GET => read(id, Transport::Poll, &req, shared),
         Endpoint::Sse(_) | Endpoint::Stream(_) | Endpoint::Poll(_) => {
             Err(BridgeError::MethodNotAllowed("GET"))
         }
@@ -348,7 +344,7 @@ fn query_pairs(req: &Request<RequestBody>) -> Vec<(String, String)> {
         .unwrap_or_default()
 }
 
-async fn read(
+fn read(
     id: &str,
     transport: Transport,
     req: &Request<RequestBody>,
@@ -388,7 +384,7 @@ async fn read(
         ),
         Transport::Stream => stream::respond(reader, config.sessions.heartbeat),
         Transport::Poll | Transport::Websocket => {
-            poll::respond(reader, wait, config.poll.max_events, config.poll.max_bytes).await
+            poll::respond(reader, wait, config.poll.max_events, config.poll.max_bytes)
         }
     })
 }

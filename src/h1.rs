@@ -39,6 +39,7 @@ use tokio::time::{Instant, sleep_until};
 use crate::error::Body;
 use crate::routing;
 use crate::server::{self, ConnInfo, Shared};
+use crate::transport::WholeBody;
 
 /// What one read from the socket may add to a request being received.
 const READ_CHUNK: usize = 4096;
@@ -214,11 +215,29 @@ impl Conn {
         keep_alive: bool,
     ) -> io::Result<()> {
         let (parts, mut body) = response.into_parts();
+        let max_pending = self.shared.config.server.max_header_bytes;
+        // The whole body, when it has a length or will be one frame: then
+        // the head carries its Content-Length and goes in the same write.
+        // (A long poll's frame comes when it is done waiting: the client is
+        // watched meanwhile.)
         let bodiless = matches!(parts.status.as_u16(), 204 | 304);
-        let length = if bodiless {
-            Some(0)
+        let whole = if bodiless {
+            Some(Bytes::new())
+        } else if body.size_hint().exact().is_some()
+            || parts.extensions.get::<WholeBody>().is_some()
+        {
+            let Conn { tcp, pending, .. } = self;
+            tokio::select! {
+                biased;
+                collected = (&mut body).collect() => {
+                    Some(collected.map_err(io::Error::other)?.to_bytes())
+                }
+                () = watch_client(tcp, pending, max_pending) => {
+                    return Err(io::ErrorKind::ConnectionAborted.into());
+                }
+            }
         } else {
-            body.size_hint().exact()
+            None
         };
         let mut head = Vec::with_capacity(256);
         head.extend_from_slice(b"HTTP/1.1 ");
@@ -238,11 +257,11 @@ impl Conn {
         head.extend_from_slice(b"date: ");
         head.extend_from_slice(httpdate::fmt_http_date(SystemTime::now()).as_bytes());
         head.extend_from_slice(b"\r\n");
-        match length {
+        match &whole {
             Some(_) if bodiless => {}
-            Some(n) => {
+            Some(data) => {
                 head.extend_from_slice(b"content-length: ");
-                head.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+                head.extend_from_slice(itoa::Buffer::new().format(data.len()).as_bytes());
                 head.extend_from_slice(b"\r\n");
             }
             None => head.extend_from_slice(b"transfer-encoding: chunked\r\n"),
@@ -252,19 +271,12 @@ impl Conn {
         }
         head.extend_from_slice(b"\r\n");
 
-        if let Some(n) = length {
-            // A whole body: head and body in one write.
-            let data = if n == 0 {
-                Bytes::new()
-            } else {
-                body.collect().await.map_err(io::Error::other)?.to_bytes()
-            };
+        if let Some(data) = whole {
             let mut out = head.as_slice().chain(data);
             return self.tcp.write_all_buf(&mut out).await;
         }
         self.tcp.write_all(&head).await?;
         drop(head);
-        let max_pending = self.shared.config.server.max_header_bytes;
         loop {
             let next = {
                 let Conn { tcp, pending, .. } = self;

@@ -254,6 +254,38 @@ async fn a_stream_is_chunked_and_the_connection_outlives_it() {
 }
 
 #[tokio::test]
+async fn a_long_poll_answers_with_a_length_once_events_come() {
+    let backend = Backend::start().await;
+    let proxy = Proxy::start(&backend, "").await;
+    let session = proxy.open("/echo").await;
+    let mut conn = Conn::open(&proxy).await;
+    conn.send(&get(&format!(
+        "/_bridge/sessions/{}/poll?cursor=0&wait=10",
+        session.id
+    )))
+    .await;
+    // Nothing is written while the poll waits.
+    let mut early = [0; 64];
+    assert!(
+        timeout(Duration::from_millis(300), conn.tcp.read(&mut early))
+            .await
+            .is_err(),
+        "no head before the answer"
+    );
+    assert_eq!(session.send_text("late").await.status(), 204);
+    let resp = conn.response().await;
+    assert_eq!(resp.status, 200);
+    assert_eq!(resp.header("transfer-encoding"), None);
+    assert_eq!(
+        resp.header("content-length"),
+        Some(resp.body.len().to_string().as_str())
+    );
+    let answer = resp.json();
+    assert_eq!(answer["events"][0]["data"], "late", "{answer}");
+    assert_eq!(answer["cursor"], 1);
+}
+
+#[tokio::test]
 async fn connection_close_is_honoured() {
     let backend = Backend::start().await;
     let proxy = Proxy::start(&backend, "").await;

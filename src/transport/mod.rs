@@ -63,6 +63,13 @@ where
     resp
 }
 
+/// A response extension: the body is one frame, made later (a long poll's
+/// answer). The HTTP/1.1 front end ([`crate::h1`]) waits for it and writes
+/// the head with its `Content-Length`; hyper sends the head at once and the
+/// body chunked (HTTP/1.1) or as one DATA frame (HTTP/2).
+#[derive(Clone, Copy, Debug)]
+pub struct WholeBody;
+
 /// Appends an event as one JSON object, the form poll and stream share:
 /// `{"id":7,"type":"text","data":"..."}`. Written directly: this is the hot
 /// path, and only strings need escaping.

@@ -4,10 +4,14 @@
 
 use std::time::Duration;
 
+use bytes::Bytes;
+use futures_util::stream;
 use http::{HeaderValue, Response, StatusCode, header};
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::Frame;
 
-use super::write_event_json;
-use crate::error::{Body, BridgeError, full};
+use super::{WholeBody, write_event_json};
+use crate::error::{Body, BoxError, BridgeError};
 use crate::session::{Batch, Reader};
 
 /// The wait when the request names none.
@@ -32,48 +36,54 @@ pub fn parse_wait(text: &str, max: Duration) -> Result<Duration, BridgeError> {
     Ok(wait.min(max))
 }
 
-pub async fn respond(
+/// The answer to a long poll. Its body is one frame, made once events come
+/// or `wait` ends: the response (marked [`WholeBody`]) returns at once, so
+/// nothing of the request's handling is held while the poll waits.
+pub fn respond(
     mut reader: Reader,
     wait: Duration,
     max_events: usize,
     max_bytes: usize,
 ) -> Response<Body> {
-    let start = reader.cursor();
-    let batch = match reader.try_next(max_events, max_bytes) {
-        Batch::Events(events) if events.is_empty() && !reader.finished() => {
-            tokio::select! {
-                batch = reader.next(max_events, max_bytes) => batch,
-                _ = tokio::time::sleep(wait) => Batch::Events(Vec::new()),
-            }
-        }
-        other => other,
-    };
-    let mut out = Vec::with_capacity(128);
-    match batch {
-        Batch::Superseded => {
-            out.extend_from_slice(
-                format!("{{\"cursor\":{start},\"events\":[],\"superseded\":true}}").as_bytes(),
-            );
-        }
-        Batch::Events(events) => {
-            let cursor = events.last().map_or(start, |e| e.id);
-            out.extend_from_slice(format!("{{\"cursor\":{cursor},\"events\":[").as_bytes());
-            for (i, event) in events.iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
+    let answer = async move {
+        let start = reader.cursor();
+        let batch = match reader.try_next(max_events, max_bytes) {
+            Batch::Events(events) if events.is_empty() && !reader.finished() => {
+                tokio::select! {
+                    batch = reader.next(max_events, max_bytes) => batch,
+                    _ = tokio::time::sleep(wait) => Batch::Events(Vec::new()),
                 }
-                write_event_json(&mut out, event);
             }
-            out.extend_from_slice(b"]}");
+            other => other,
+        };
+        let mut out = Vec::with_capacity(128);
+        match batch {
+            Batch::Superseded => {
+                out.extend_from_slice(
+                    format!("{{\"cursor\":{start},\"events\":[],\"superseded\":true}}").as_bytes(),
+                );
+            }
+            Batch::Events(events) => {
+                let cursor = events.last().map_or(start, |e| e.id);
+                out.extend_from_slice(format!("{{\"cursor\":{cursor},\"events\":[").as_bytes());
+                for (i, event) in events.iter().enumerate() {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    write_event_json(&mut out, event);
+                }
+                out.extend_from_slice(b"]}");
+            }
         }
-    }
-    let mut resp = Response::new(full(out));
+        Ok::<_, BoxError>(Frame::data(Bytes::from(out)))
+    };
+    let mut resp = Response::new(StreamBody::new(stream::once(answer)).boxed_unsync());
     *resp.status_mut() = StatusCode::OK;
-    let h = resp.headers_mut();
-    h.insert(
+    resp.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
+    resp.extensions_mut().insert(WholeBody);
     resp
 }
 
