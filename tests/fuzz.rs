@@ -458,6 +458,17 @@ fn b64(s: &str) -> Vec<u8> {
 }
 
 /// Text frames with the characters SSE cares about, often.
+/// Strings of any length around the 16-byte blocks the escaper checks at a
+/// time, dense in what JSON escapes.
+fn json_text() -> impl Strategy<Value = String> {
+    let ch = prop_oneof![
+        2 => any::<char>(),
+        2 => proptest::sample::select(vec!['"', '\\', '\t', '\n', '\u{1f}', '\u{7f}', '\u{8}', '\u{c}']),
+        4 => proptest::char::range('a', 'z'),
+    ];
+    proptest::collection::vec(ch, 0..70).prop_map(|v| v.into_iter().collect())
+}
+
 fn frame_text() -> impl Strategy<Value = String> {
     prop_oneof![
         "\\PC{0,30}",
@@ -557,6 +568,16 @@ proptest! {
         prop_assert!(!out.contains(&b'\n'), "one NDJSON line");
         let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
         prop_assert_eq!(v, serde_json::json!({"id": id, "type": "text", "data": text}));
+    }
+
+    #[test]
+    fn json_strings_are_escaped_exactly_as_serde_json_does(text in json_text()) {
+        let mut out = b"[".to_vec();
+        wsbridge::transport::write_json_str(&mut out, text.as_bytes());
+        prop_assert_eq!(
+            String::from_utf8(out).unwrap(),
+            format!("[{}", serde_json::to_string(&text).unwrap())
+        );
     }
 }
 
