@@ -41,7 +41,8 @@ use crate::routing;
 use crate::server::{self, ConnInfo, Shared};
 use crate::transport::WholeBody;
 
-/// What one read from the socket may add to a request being received.
+/// The most one read from the socket takes (onto the stack; the request's
+/// buffer then grows by what arrived only).
 const READ_CHUNK: usize = 4096;
 /// Header lines a request may have (hyper's default limit too).
 const MAX_HEADERS: usize = 100;

@@ -10,34 +10,12 @@ mod support;
 use std::time::Duration;
 
 use serde_json::Value;
-use support::{Backend, Proxy};
+use support::{Backend, Proxy, RawResponse};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 
 const WAIT: Duration = Duration::from_secs(5);
-
-/// One response as read off the wire.
-#[derive(Debug)]
-struct Raw {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-}
-
-impl Raw {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-
-    fn json(&self) -> Value {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&self.body)))
-    }
-}
 
 /// A client connection that reads responses itself.
 struct Conn {
@@ -117,9 +95,9 @@ impl Conn {
     }
 
     /// The next whole response.
-    async fn response(&mut self) -> Raw {
+    async fn response(&mut self) -> RawResponse {
         let (status, headers) = self.head().await;
-        let mut raw = Raw {
+        let mut raw = RawResponse {
             status,
             headers,
             body: Vec::new(),
