@@ -115,8 +115,7 @@ async fn dispatch(
     let is_get = method == Method::GET || method == Method::HEAD;
     match endpoint {
         // Boxed: the upstream handshake is by far the largest state of any
-        // handler, and every request's future would otherwise be its size
-        // (a long poll holds its future for as long as it waits).
+        // handler, and every request's future would otherwise be its size.
         Endpoint::Open if method == Method::POST => Box::pin(open(req, conn, shared)).await,
         Endpoint::Open => Err(BridgeError::MethodNotAllowed("POST")),
         // GET only: a HEAD must not supersede the live reader.
