@@ -159,7 +159,8 @@ impl Conn {
 
     /// Reads the next request head and its body; `Err` ends the loop.
     async fn next_request(&mut self) -> Result<(Head, Bytes), End> {
-        let config = &self.shared.config.server;
+        let shared = Arc::clone(&self.shared);
+        let config = &shared.config.server;
         // As hyper's: the whole head within this, counted from the moment
         // the connection waits for it (so it also bounds idle keep-alive).
         let deadline = Instant::now() + config.header_read_timeout;
@@ -175,25 +176,11 @@ impl Conn {
                     Parsed::Partial => {}
                 }
             }
-            let idle = self.pending.is_empty();
-            tokio::select! {
-                read = read_some(&self.tcp, &mut self.pending) => match read {
-                    Ok(0) | Err(_) => return Err(End::Close),
-                    Ok(_) => {}
-                },
-                () = sleep_until(deadline) => return Err(End::Close),
-                () = self.shared.drain_started(), if idle => return Err(End::Close),
-            }
+            self.read_more(deadline).await?;
         };
         let end = head.len + head.body_len;
         while self.pending.len() < end {
-            tokio::select! {
-                read = read_some(&self.tcp, &mut self.pending) => match read {
-                    Ok(0) | Err(_) => return Err(End::Close),
-                    Ok(_) => {}
-                },
-                () = sleep_until(deadline) => return Err(End::Close),
-            }
+            self.read_more(deadline).await?;
         }
         self.pending.advance(head.len);
         let body = if head.body_len == 0 {
@@ -208,6 +195,21 @@ impl Conn {
             self.pending = BytesMut::new();
         }
         Ok((head, body))
+    }
+
+    /// Reads more of a request before `deadline`. Ends the connection at
+    /// end of stream, on an error, at the deadline, and at the drain while
+    /// nothing of a request has arrived.
+    async fn read_more(&mut self, deadline: Instant) -> Result<(), End> {
+        let idle = self.pending.is_empty();
+        tokio::select! {
+            read = read_some(&self.tcp, &mut self.pending) => match read {
+                Ok(0) | Err(_) => Err(End::Close),
+                Ok(_) => Ok(()),
+            },
+            () = sleep_until(deadline) => Err(End::Close),
+            () = self.shared.drain_started(), if idle => Err(End::Close),
+        }
     }
 
     async fn write_response(

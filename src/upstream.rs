@@ -1,12 +1,12 @@
-//! The upstream side of a session: the handshake, and the one task that owns
+//! The upstream side of a session: the handshake, and the task that owns
 //! the upstream WebSocket for the session's whole life.
 //!
-//! The task polls two loops at once (`join!`, one task): the reader moves
-//! upstream frames into the replay queue and pauses when undelivered events
-//! reach `replay.max_pending_bytes`, so TCP backpressure reaches the backend;
-//! the writer forwards browser frames, pings, and carries out closes. Reading
-//! and writing never wait on each other, so a backend that stops reading
-//! cannot stall delivery, and the other way round.
+//! The task runs the reader loop, which moves upstream frames into the
+//! replay queue and pauses when undelivered events reach
+//! `replay.max_pending_bytes`, so TCP backpressure reaches the backend; the
+//! writer loop, a task of its own, forwards browser frames, pings, and
+//! carries out closes. Reading and writing never wait on each other, so a
+//! backend that stops reading cannot stall delivery, and the other way round.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -119,8 +119,8 @@ pub fn write_event(out: &mut Vec<u8>, event: &Event, event_field: Option<&str>) 
 }
 
 /// A text frame's lines (the caller ends the event): one `data:` line per
-/// line, or `text.b64` when it holds a `\r`. One scan finds the first line break of either kind; most frames
-/// have none and are written at once.
+/// line, or `text.b64` when it holds a `\r`. One scan finds the first line
+/// break of either kind; most frames have none and are written at once.
 fn write_text(out: &mut Vec<u8>, text: &[u8], event_field: Option<&str>) {
     let first_break = memchr::memchr2(b'\r', b'\n', text);
     let has_cr = first_break
