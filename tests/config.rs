@@ -952,3 +952,20 @@ fn no_override_or_no_routes_means_no_warning() {
     effective(&out);
     assert!(!stderr_of(&out).contains("warning"), "{}", stderr_of(&out));
 }
+
+#[test]
+fn a_table_of_the_wrong_type_is_named_as_the_file_names_it() {
+    for (text, key, expected) in [
+        ("server = 5\n", "server", "a table of [server] keys"),
+        ("routes = [5]\n", "routes[0]", "a [[routes]] table"),
+    ] {
+        let text = format!("{text}{UPSTREAM}");
+        let out = check(&text, &[], &[]);
+        assert_refused(&out, &text, &[key, expected]);
+        let stderr = stderr_of(&out);
+        assert!(
+            !stderr.contains("Raw") && !stderr.contains("struct"),
+            "{stderr}"
+        );
+    }
+}

@@ -10,7 +10,10 @@ use serde::{Deserialize, Serialize};
 use super::units::{Count, Dur, Size};
 
 #[derive(Debug, Default, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a TOML document of tables ([server], [upstream], ...)"
+)]
 pub(crate) struct RawConfig {
     #[serde(default)]
     pub server: RawServer,
@@ -35,7 +38,7 @@ pub(crate) struct RawConfig {
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, expecting = "a table of [server] keys")]
 pub(crate) struct RawServer {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub listen: Option<String>,
@@ -67,14 +70,14 @@ pub(crate) struct RawServer {
 }
 
 #[derive(Debug, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, expecting = "a table with cert and key")]
 pub(crate) struct RawTls {
     pub cert: PathBuf,
     pub key: PathBuf,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, expecting = "a table of [upstream] keys")]
 pub(crate) struct RawUpstream {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
@@ -93,7 +96,10 @@ pub(crate) struct RawUpstream {
 }
 
 #[derive(Debug, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a [[routes]] table with path and upstream"
+)]
 pub(crate) struct RawRoute {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
@@ -106,7 +112,7 @@ pub(crate) struct RawRoute {
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, expecting = "a table of [sessions] keys")]
 pub(crate) struct RawSessions {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub idle_timeout: Option<Dur>,
@@ -127,7 +133,7 @@ pub(crate) struct RawSessions {
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, expecting = "a table of [replay] keys")]
 pub(crate) struct RawReplay {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_events: Option<Count>,
@@ -142,7 +148,7 @@ pub(crate) struct RawReplay {
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, expecting = "a table of [poll] keys")]
 pub(crate) struct RawPoll {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_wait: Option<Dur>,
@@ -153,7 +159,7 @@ pub(crate) struct RawPoll {
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, expecting = "a table of [limits] keys")]
 pub(crate) struct RawLimits {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_frame_bytes: Option<Size>,
@@ -166,7 +172,7 @@ pub(crate) struct RawLimits {
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, expecting = "a table of [security] keys")]
 pub(crate) struct RawSecurity {
     #[serde(default)]
     pub allowed_origins: Vec<String>,
@@ -175,14 +181,14 @@ pub(crate) struct RawSecurity {
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, expecting = "a table of [client] keys")]
 pub(crate) struct RawClient {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub inject: Option<bool>,
 }
 
 #[derive(Debug, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, expecting = "a table of [admin] keys")]
 pub(crate) struct RawAdmin {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub listen: Option<String>,
