@@ -490,10 +490,8 @@ fn located(text: &str, e: toml::de::Error) -> ConfigError {
                 }
                 key.push_str(&p);
             }
-            let line = text[..e.span().map_or(0, |s| s.start)]
-                .matches('\n')
-                .count()
-                + 1;
+            let before = e.span().and_then(|s| text.get(..s.start)).unwrap_or("");
+            let line = before.matches('\n').count() + 1;
             invalid(key, format!("{} (line {line})", e.message().trim_end()))
         }
         _ => ConfigError::Parse(e.to_string()),
