@@ -61,7 +61,13 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    for warning in config.warnings() {
+        eprintln!("wsbridge: warning: {warning}");
+    }
     if let Some(Command::Check) = cli.command {
+        // The verdict on stderr, so stdout is the effective configuration
+        // alone and loads as it is (`wsbridge check > effective.toml`).
+        eprintln!("ok");
         print!("{}", config.to_toml());
         return ExitCode::SUCCESS;
     }

@@ -133,11 +133,8 @@ fn check_prints_the_effective_config_with_defaults() {
         duration_at(&t, "sessions.idle_timeout"),
         Duration::from_secs(90)
     );
-    assert_eq!(get(&t, "replay.max_bytes").as_integer(), Some(65536));
-    assert_eq!(
-        get(&t, "replay.max_pending_bytes").as_integer(),
-        Some(1_000_000)
-    );
+    assert_eq!(str_at(&t, "replay.max_bytes"), "64KiB");
+    assert_eq!(str_at(&t, "replay.max_pending_bytes"), "1MB");
     let routes = t["routes"].as_array().unwrap();
     assert_eq!(routes.len(), 1);
     assert_eq!(routes[0]["path"].as_str(), Some("/ws"));
@@ -176,14 +173,8 @@ fn check_prints_the_effective_config_with_defaults() {
     assert_eq!(str_at(&t, "replay.overflow"), "backpressure");
     assert_eq!(duration_at(&t, "poll.max_wait"), Duration::from_secs(30));
     assert_eq!(get(&t, "poll.max_events").as_integer(), Some(256));
-    assert_eq!(
-        get(&t, "limits.max_frame_bytes").as_integer(),
-        Some(1 << 20)
-    );
-    assert_eq!(
-        get(&t, "limits.max_upstream_frame_bytes").as_integer(),
-        Some(16 << 20)
-    );
+    assert_eq!(str_at(&t, "limits.max_frame_bytes"), "1MiB");
+    assert_eq!(str_at(&t, "limits.max_upstream_frame_bytes"), "16MiB");
     assert_eq!(
         get(&t, "security.allowed_origins").as_array().map(Vec::len),
         Some(0)
@@ -369,7 +360,7 @@ fn bad_durations_are_refused() {
     );
     refused(
         &format!("{UPSTREAM}[poll]\nmax_wait = 30\n"),
-        &["max_wait", "string"],
+        &["poll.max_wait", "duration string", "\"30s\""],
     );
 }
 
@@ -545,6 +536,436 @@ fn bad_forward_header_names_are_refused() {
         refused(
             &format!("{UPSTREAM}forward_headers = [\"x-ok\", \"{name}\"]\n"),
             &["upstream.forward_headers[1]", "header name"],
+        );
+    }
+}
+
+// ---- check: the verdict and the units ---------------------------------------
+
+fn stderr_of(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn check_says_ok_and_prints_durations_and_sizes_with_their_units() {
+    let out = check(
+        &format!("{UPSTREAM}[limits]\nmax_frame_bytes = 2048\nmax_open_body_bytes = 1234\n"),
+        &[],
+        &[],
+    );
+    let t = effective(&out);
+    assert_eq!(stderr_of(&out).lines().last(), Some("ok"), "the verdict");
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    for line in [
+        "idle_timeout = \"60s\"",
+        "drain_timeout = \"10s\"",
+        "max_bytes = \"4MiB\"",
+        "max_upstream_frame_bytes = \"16MiB\"",
+        "max_frame_bytes = \"2KiB\"",
+        "max_open_body_bytes = \"1234B\"",
+        "max_total_bytes = \"256MiB\"",
+    ] {
+        assert!(
+            stdout.lines().any(|l| l == line),
+            "no {line:?} in\n{stdout}"
+        );
+    }
+    // A bare byte count is read, and printed with its unit.
+    assert_eq!(str_at(&t, "limits.max_frame_bytes"), "2KiB");
+}
+
+// ---- the new keys -------------------------------------------------------------
+
+/// The defaults of the keys added for the edge's bounds, as printed.
+#[test]
+fn the_new_keys_have_their_documented_defaults() {
+    let t = effective(&check(
+        &format!("{UPSTREAM}[admin]\nlisten = \"127.0.0.1:9100\"\n"),
+        &[],
+        &[],
+    ));
+    for (key, value) in [
+        ("server.drain_delay", "0s"),
+        ("server.keepalive_timeout", "75s"),
+        ("server.body_timeout", "30s"),
+        ("server.min_recv_rate", "1KiB"),
+        ("server.write_timeout", "30s"),
+        ("server.min_send_rate", "1KiB"),
+        ("upstream.pool_idle_timeout", "90s"),
+        ("upstream.host", "browser"),
+        ("replay.max_total_bytes", "256MiB"),
+    ] {
+        assert_eq!(str_at(&t, key), value, "{key}");
+    }
+    assert_eq!(get(&t, "admin.metrics_on_main").as_bool(), Some(true));
+}
+
+#[test]
+fn the_new_keys_take_what_they_are_given() {
+    let t = effective(&check(
+        &format!(
+            "{UPSTREAM}pool_idle_timeout = \"2m\"\nhost = \"upstream\"\n\
+             [server]\ndrain_delay = \"5s\"\nkeepalive_timeout = \"500ms\"\n\
+             body_timeout = \"1m\"\nmin_recv_rate = \"0\"\nwrite_timeout = \"7s\"\n\
+             min_send_rate = \"64KiB\"\n\
+             [replay]\nmax_bytes = \"8MiB\"\nmax_total_bytes = \"1GiB\"\n\
+             [admin]\nlisten = \"127.0.0.1:9100\"\nmetrics_on_main = false\n"
+        ),
+        &[],
+        &[],
+    ));
+    for (key, value) in [
+        ("server.drain_delay", "5s"),
+        ("server.keepalive_timeout", "500ms"),
+        ("server.body_timeout", "60s"),
+        ("server.min_recv_rate", "0"),
+        ("server.write_timeout", "7s"),
+        ("server.min_send_rate", "64KiB"),
+        ("upstream.pool_idle_timeout", "120s"),
+        ("upstream.host", "upstream"),
+        ("replay.max_total_bytes", "1GiB"),
+    ] {
+        assert_eq!(str_at(&t, key), value, "{key}");
+    }
+    assert_eq!(get(&t, "admin.metrics_on_main").as_bool(), Some(false));
+}
+
+#[test]
+fn the_new_durations_are_validated() {
+    for key in [
+        "drain_delay",
+        "keepalive_timeout",
+        "body_timeout",
+        "write_timeout",
+    ] {
+        refused(
+            &format!("{UPSTREAM}[server]\n{key} = \"soon\"\n"),
+            &[&format!("server.{key}"), "expected a duration", "soon"],
+        );
+        refused(
+            &format!("{UPSTREAM}[server]\n{key} = 5\n"),
+            &[&format!("server.{key}"), "duration string", "\"5s\""],
+        );
+    }
+    for key in ["keepalive_timeout", "body_timeout", "write_timeout"] {
+        refused(
+            &format!("{UPSTREAM}[server]\n{key} = \"0s\"\n"),
+            &[&format!("server.{key}"), "greater than zero"],
+        );
+    }
+    refused(
+        &format!("{UPSTREAM}pool_idle_timeout = \"0s\"\n"),
+        &["upstream.pool_idle_timeout", "greater than zero"],
+    );
+    refused(
+        &format!("{UPSTREAM}pool_idle_timeout = 90\n"),
+        &["upstream.pool_idle_timeout", "\"90s\""],
+    );
+    // Zero is a valid delay: close at once.
+    let t = effective(&check(
+        &format!("{UPSTREAM}[server]\ndrain_delay = \"0s\"\n"),
+        &[],
+        &[],
+    ));
+    assert_eq!(str_at(&t, "server.drain_delay"), "0s");
+}
+
+#[test]
+fn the_rates_are_sizes_and_zero_switches_them_off() {
+    for key in ["min_recv_rate", "min_send_rate"] {
+        refused(
+            &format!("{UPSTREAM}[server]\n{key} = \"fast\"\n"),
+            &[&format!("server.{key}"), "expected a size", "fast"],
+        );
+        refused(
+            &format!("{UPSTREAM}[server]\n{key} = -1\n"),
+            &[&format!("server.{key}"), "expected a size"],
+        );
+        let t = effective(&check(
+            &format!("{UPSTREAM}[server]\n{key} = 0\n"),
+            &[],
+            &[],
+        ));
+        assert_eq!(str_at(&t, &format!("server.{key}")), "0");
+    }
+}
+
+#[test]
+fn a_bad_host_policy_is_refused() {
+    refused(
+        &format!("{UPSTREAM}host = \"proxy\"\n"),
+        &["upstream.host", "\"browser\"", "\"upstream\"", "proxy"],
+    );
+}
+
+#[test]
+fn the_total_replay_bound_holds_at_least_one_queue() {
+    refused(
+        &format!("{UPSTREAM}[replay]\nmax_bytes = \"4MiB\"\nmax_total_bytes = \"1MiB\"\n"),
+        &["replay.max_total_bytes", "replay.max_bytes", "1MiB", "4MiB"],
+    );
+    // The default total (256MiB) against a larger queue is refused too.
+    refused(
+        &format!("{UPSTREAM}[replay]\nmax_bytes = \"512MiB\"\n"),
+        &["replay.max_total_bytes", "256MiB", "512MiB"],
+    );
+    refused(
+        &format!("{UPSTREAM}[replay]\nmax_total_bytes = 0\n"),
+        &["replay.max_total_bytes", "greater than zero"],
+    );
+    let t = effective(&check(
+        &format!("{UPSTREAM}[replay]\nmax_bytes = \"4MiB\"\nmax_total_bytes = \"4MiB\"\n"),
+        &[],
+        &[],
+    ));
+    assert_eq!(str_at(&t, "replay.max_total_bytes"), "4MiB");
+}
+
+#[test]
+fn metrics_on_main_belongs_to_admin() {
+    refused(
+        &format!("{UPSTREAM}[admin]\nmetrics_on_main = false\n"),
+        &["admin.listen", "required"],
+    );
+    refused(
+        &format!("{UPSTREAM}[server]\nmetrics_on_main = false\n"),
+        &["metrics_on_main", "unknown field"],
+    );
+    refused(
+        &format!("{UPSTREAM}[admin]\nlisten = \"127.0.0.1:9100\"\nmetrics_on_main = \"no\"\n"),
+        &["admin.metrics_on_main", "boolean"],
+    );
+}
+
+/// What the open-file limit allows, computed here from the limit itself.
+fn fd_bound() -> Option<usize> {
+    let soft = rustix::process::getrlimit(rustix::process::Resource::Nofile).current?;
+    Some(
+        usize::try_from(soft.saturating_sub(256) / 2)
+            .unwrap()
+            .max(1),
+    )
+}
+
+#[test]
+fn max_connections_defaults_below_the_open_file_limit() {
+    let t = effective(&check(UPSTREAM, &[], &[]));
+    let printed = get(&t, "server.max_connections").as_integer().unwrap();
+    let expected = fd_bound().map_or(20_000, |b| b.min(20_000));
+    assert_eq!(printed, expected as i64);
+}
+
+#[test]
+fn max_connections_above_the_open_file_limit_is_refused() {
+    let Some(bound) = fd_bound() else {
+        // An unlimited RLIMIT_NOFILE leaves nothing to exceed.
+        assert!(std::env::var("CI").is_err(), "CI runs with a file limit");
+        return;
+    };
+    refused(
+        &format!("{UPSTREAM}[server]\nmax_connections = {}\n", bound + 1),
+        &[
+            "server.max_connections",
+            "open-file limit",
+            "ulimit -n",
+            &bound.to_string(),
+        ],
+    );
+    let t = effective(&check(
+        &format!("{UPSTREAM}[server]\nmax_connections = {bound}\n"),
+        &[],
+        &[],
+    ));
+    assert_eq!(
+        get(&t, "server.max_connections").as_integer(),
+        Some(bound as i64)
+    );
+}
+
+// ---- errors a person understands --------------------------------------------
+
+#[test]
+fn a_bare_number_for_a_duration_asks_for_its_unit() {
+    refused(
+        &format!("{UPSTREAM}[sessions]\nidle_timeout = 60\n"),
+        &["sessions.idle_timeout", "duration string", "\"60s\""],
+    );
+    let out = check(
+        &format!("{UPSTREAM}[sessions]\nidle_timeout = 60\n"),
+        &[],
+        &[],
+    );
+    assert!(
+        !stderr_of(&out).contains("expected a string"),
+        "{}",
+        stderr_of(&out)
+    );
+}
+
+#[test]
+fn a_count_never_speaks_of_rust_types() {
+    for value in ["\"many\"", "1.5", "true", "[]"] {
+        let text = format!("{UPSTREAM}[sessions]\nmax_sessions = {value}\n");
+        let out = check(&text, &[], &[]);
+        assert_refused(&out, &text, &["sessions.max_sessions", "whole number"]);
+        let stderr = stderr_of(&out);
+        for word in ["i64", "u64", "usize", "f64", "integer `"] {
+            assert!(!stderr.contains(word), "{value}: {word} in {stderr}");
+        }
+    }
+}
+
+#[test]
+fn type_errors_name_the_dotted_key_even_in_routes() {
+    refused(
+        &format!(
+            "{UPSTREAM}[[routes]]\npath = \"/a\"\nupstream = \"ws://h/a\"\n\
+             [[routes]]\npath = \"/b\"\nupstream = 5\n"
+        ),
+        &["routes[1].upstream"],
+    );
+    refused(
+        &format!("{UPSTREAM}[server.tls]\ncert = \"c.pem\"\nkey = \"k.pem\"\nchain = 1\n"),
+        &["server.tls.chain", "unknown field"],
+    );
+    refused(
+        &format!("{UPSTREAM}[limits]\nmax_frame_bytes = true\n"),
+        &["limits.max_frame_bytes", "a size like"],
+    );
+}
+
+// ---- TLS files and listeners ------------------------------------------------
+
+#[test]
+fn tls_files_must_exist_and_be_readable() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert = dir.path().join("cert.pem");
+    let key = dir.path().join("key.pem");
+    std::fs::write(&cert, "not checked here").unwrap();
+    let tls = |c: &Path, k: &Path| {
+        format!(
+            "{UPSTREAM}[server.tls]\ncert = \"{}\"\nkey = \"{}\"\n",
+            c.display(),
+            k.display()
+        )
+    };
+    refused(
+        &tls(&cert, &key),
+        &["server.tls.key", "cannot read", &key.display().to_string()],
+    );
+    refused(
+        &tls(&dir.path().join("gone.pem"), &cert),
+        &["server.tls.cert", "cannot read", "gone.pem"],
+    );
+    refused(
+        &tls(dir.path(), &cert),
+        &["server.tls.cert", "not a regular file"],
+    );
+    std::fs::write(&key, "not checked here").unwrap();
+    let t = effective(&check(&tls(&cert, &key), &[], &[]));
+    assert_eq!(str_at(&t, "server.tls.cert"), cert.display().to_string());
+    assert_eq!(str_at(&t, "server.tls.key"), key.display().to_string());
+}
+
+#[test]
+fn listen_addresses_must_not_clash() {
+    for (main, admin) in [
+        ("127.0.0.1:9100", "127.0.0.1:9100"),
+        ("0.0.0.0:9100", "127.0.0.1:9100"),
+        ("127.0.0.1:9100", "0.0.0.0:9100"),
+        ("[::]:9100", "127.0.0.1:9100"),
+    ] {
+        refused(
+            &format!("{UPSTREAM}[server]\nlisten = \"{main}\"\n[admin]\nlisten = \"{admin}\"\n"),
+            &["admin.listen", "clashes with server.listen", main],
+        );
+    }
+    // --listen is checked against the file's admin listener too.
+    let out = check(
+        &format!("{UPSTREAM}[admin]\nlisten = \"127.0.0.1:9100\"\n"),
+        &["--listen", "0.0.0.0:9100"],
+        &[],
+    );
+    assert_refused(
+        &out,
+        "--listen onto admin's port",
+        &["admin.listen", "clashes"],
+    );
+    // Other ports, other hosts and port 0 (a free port each) do not clash.
+    for (main, admin) in [
+        ("0.0.0.0:8080", "0.0.0.0:9100"),
+        ("127.0.0.1:9100", "127.0.0.2:9100"),
+        ("127.0.0.1:0", "127.0.0.1:0"),
+    ] {
+        effective(&check(
+            &format!("{UPSTREAM}[server]\nlisten = \"{main}\"\n[admin]\nlisten = \"{admin}\"\n"),
+            &[],
+            &[],
+        ));
+    }
+}
+
+// ---- --upstream and the routes ------------------------------------------------
+
+const TWO_ROUTES: &str = "[upstream]\nurl = \"http://file.example:1\"\n\
+                          [[routes]]\npath = \"/chat\"\nupstream = \"ws://file.example:1/chat\"\n\
+                          [[routes]]\npath = \"/feed/\"\nupstream = \"wss://feed.example/f/\"\n\
+                          [[routes]]\npath = \"/local\"\nupstream = \"ws://flag.example:2/l\"\n";
+
+#[test]
+fn upstream_override_warns_which_routes_keep_their_upstream() {
+    let out = check(TWO_ROUTES, &["--upstream", "http://flag.example:2"], &[]);
+    let t = effective(&out);
+    // The routes are kept as written.
+    let routes = t["routes"].as_array().unwrap();
+    assert_eq!(
+        routes[0]["upstream"].as_str(),
+        Some("ws://file.example:1/chat")
+    );
+    let stderr = stderr_of(&out);
+    let warning = stderr
+        .lines()
+        .find(|l| l.contains("warning"))
+        .unwrap_or_else(|| panic!("no warning in {stderr}"));
+    assert!(warning.contains("--upstream"), "{warning}");
+    assert!(warning.contains("\"/chat\""), "{warning}");
+    assert!(warning.contains("\"/feed/\""), "{warning}");
+    // Already pointing where --upstream points: nothing to warn about.
+    assert!(!warning.contains("\"/local\""), "{warning}");
+
+    // The environment variable is the same override.
+    let out = check(
+        TWO_ROUTES,
+        &[],
+        &[("WSBRIDGE_UPSTREAM", "http://flag.example:2")],
+    );
+    effective(&out);
+    assert!(stderr_of(&out).contains("\"/chat\""), "{}", stderr_of(&out));
+}
+
+#[test]
+fn no_override_or_no_routes_means_no_warning() {
+    let out = check(TWO_ROUTES, &[], &[]);
+    effective(&out);
+    assert!(!stderr_of(&out).contains("warning"), "{}", stderr_of(&out));
+    let out = check(UPSTREAM, &["--upstream", "http://flag.example:2"], &[]);
+    effective(&out);
+    assert!(!stderr_of(&out).contains("warning"), "{}", stderr_of(&out));
+}
+
+#[test]
+fn a_table_of_the_wrong_type_is_named_as_the_file_names_it() {
+    for (text, key, expected) in [
+        ("server = 5\n", "server", "a table of [server] keys"),
+        ("routes = [5]\n", "routes[0]", "a [[routes]] table"),
+    ] {
+        let text = format!("{text}{UPSTREAM}");
+        let out = check(&text, &[], &[]);
+        assert_refused(&out, &text, &[key, expected]);
+        let stderr = stderr_of(&out);
+        assert!(
+            !stderr.contains("Raw") && !stderr.contains("struct"),
+            "{stderr}"
         );
     }
 }

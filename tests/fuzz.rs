@@ -626,24 +626,50 @@ fn block_on<T>(f: impl std::future::Future<Output = T>) -> T {
 
 // ---- the config loader ----------------------------------------------------------
 
+/// The TLS files `FULL` names: the loader refuses files it cannot read.
+const TLS_CERT: &str = concat!(env!("CARGO_TARGET_TMPDIR"), "/fuzz-config-cert.pem");
+const TLS_KEY: &str = concat!(env!("CARGO_TARGET_TMPDIR"), "/fuzz-config-key.pem");
+
+fn tls_files() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // The loader checks that they can be read, not what they hold.
+        std::fs::write(TLS_CERT, "cert").unwrap();
+        std::fs::write(TLS_KEY, "key").unwrap();
+    });
+}
+
 /// A config that sets every key, for mutation.
-const FULL: &str = r#"
+const FULL: &str = concat!(
+    r#"
 [server]
 listen = "127.0.0.1:8080"
 prefix = "/_bridge"
 drain_timeout = "10s"
+drain_delay = "0s"
 header_read_timeout = "10s"
+keepalive_timeout = "75s"
+body_timeout = "30s"
+min_recv_rate = "1KiB"
+write_timeout = "30s"
+min_send_rate = "1KiB"
 max_header_bytes = "64KiB"
 max_connections = 100
 
 [server.tls]
-cert = "cert.pem"
-key = "key.pem"
+cert = '"#,
+    env!("CARGO_TARGET_TMPDIR"),
+    r#"/fuzz-config-cert.pem'
+key = '"#,
+    env!("CARGO_TARGET_TMPDIR"),
+    r#"/fuzz-config-key.pem'
 
 [upstream]
 url = "http://127.0.0.1:3000"
 connect_timeout = "5s"
 response_timeout = "60s"
+pool_idle_timeout = "90s"
+host = "browser"
 forward_headers = ["x-request-id"]
 
 [[routes]]
@@ -670,6 +696,7 @@ max_sends_per_second = 0
 max_events = 1024
 max_bytes = "4MiB"
 max_pending_bytes = "4MiB"
+max_total_bytes = "256MiB"
 overflow = "backpressure"
 
 [poll]
@@ -692,7 +719,9 @@ inject = false
 
 [admin]
 listen = "127.0.0.1:9090"
-"#;
+metrics_on_main = true
+"#
+);
 
 /// Values to put where a value was: each type TOML has, and the edge cases
 /// of durations, sizes and counts.
@@ -787,6 +816,7 @@ proptest! {
 /// effective config (`wsbridge check`) loads again to itself, and every
 /// duration can be added to the clock (timers do that).
 fn check_config(text: &str) -> Result<(), TestCaseError> {
+    tls_files();
     let Ok(config) = Config::from_toml(text) else {
         return Ok(());
     };
@@ -794,10 +824,16 @@ fn check_config(text: &str) -> Result<(), TestCaseError> {
     let again = Config::from_toml(&effective)
         .map_err(|e| TestCaseError::fail(format!("{e}\n{effective}")))?;
     prop_assert_eq!(again.to_toml(), effective);
+    prop_assert_eq!(&again, &config);
     let now = std::time::Instant::now();
     for d in [
         config.server.drain_timeout,
+        config.server.drain_delay,
         config.server.header_read_timeout,
+        config.server.keepalive_timeout,
+        config.server.body_timeout,
+        config.server.write_timeout,
+        config.upstream.pool_idle_timeout,
         config.upstream.connect_timeout,
         config.upstream.response_timeout,
         config.sessions.idle_timeout,
@@ -813,6 +849,202 @@ fn check_config(text: &str) -> Result<(), TestCaseError> {
     Ok(())
 }
 
+/// Any duration the loader accepts, at every precision the printer picks a
+/// unit for (hours, seconds, ms, us, ns).
+fn any_duration(min: u64) -> impl Strategy<Value = Duration> {
+    let max = wsbridge::config::MAX_DURATION.as_nanos() as u64;
+    prop_oneof![
+        (min.max(1)..=876_600u64).prop_map(|h| Duration::from_secs(h * 3600)),
+        (min..=100_000u64).prop_map(Duration::from_secs),
+        (min..=10_000_000u64).prop_map(Duration::from_millis),
+        (min..=10_000_000u64).prop_map(Duration::from_micros),
+        (min..=max).prop_map(Duration::from_nanos),
+    ]
+}
+
+/// Any size: whole binary and decimal units, and odd byte counts.
+fn any_size(min: u64) -> impl Strategy<Value = usize> {
+    prop_oneof![
+        (min.max(1)..=1 << 20).prop_map(|k| k << 10),
+        (min.max(1)..=1_000_000u64).prop_map(|k| k * 1000),
+        (min..=u64::MAX),
+    ]
+    .prop_map(|n| n as usize)
+}
+
+fn any_addr() -> impl Strategy<Value = std::net::SocketAddr> {
+    (
+        prop_oneof![
+            Just("127.0.0.1"),
+            Just("0.0.0.0"),
+            Just("[::]"),
+            Just("[::1]"),
+            Just("10.1.2.3")
+        ],
+        any::<u16>(),
+    )
+        .prop_map(|(ip, port)| format!("{ip}:{port}").parse().unwrap())
+}
+
+/// A `Config` with every field drawn at random within what validation
+/// accepts, built on the typed struct rather than on TOML text.
+fn any_config() -> impl Strategy<Value = Config> {
+    let server = (
+        any_addr(),
+        "/[a-z_]{1,8}",
+        (any_duration(1), any_duration(0), any_duration(1)),
+        (any_duration(1), any_duration(1), any_duration(1)),
+        (any_size(0), any_size(0), any_size(1)),
+        1..=wsbridge::config::fd_connection_limit(),
+        any::<bool>(),
+    );
+    let upstream = (
+        ("https?", "[a-z]{1,8}\\.example", any::<u16>()),
+        (any_duration(1), any_duration(1), any_duration(1)),
+        any::<bool>(),
+        proptest::collection::vec("x-[a-z]{1,6}", 0..3),
+        any::<bool>(),
+    );
+    let routes = proptest::collection::vec(
+        (
+            "/[a-z]{1,6}/?",
+            ("wss?", "[a-z]{1,8}", any::<u16>(), "/[a-z/]{0,8}"),
+            proptest::collection::vec(any::<bool>(), 4),
+            proptest::option::of("[a-z]{1,6}"),
+        ),
+        0..4,
+    );
+    let sessions = (
+        (any_duration(1), any_duration(0), any_duration(1)),
+        (any_duration(0), any_duration(1)),
+        (1..=i64::MAX as usize, 0..=i64::MAX as usize, any::<u32>()),
+    );
+    let replay = (
+        1..=i64::MAX as usize,
+        (any_size(1), any_size(1), any_size(1)),
+        any::<bool>(),
+    );
+    let rest = (
+        (any_duration(0), 1..=100_000usize, any_size(1)),
+        (any_size(1), any_size(1), any_size(1), any_size(1)),
+        proptest::collection::vec("https://[a-z]{1,8}\\.example(:[0-9]{1,4})?", 0..3),
+        proptest::collection::vec((any::<u32>(), 0u8..=32), 0..3),
+        any::<bool>(),
+        proptest::option::of((any::<u16>(), any::<bool>())),
+    );
+    (server, upstream, routes, sessions, replay, rest).prop_map(
+        |(server, upstream, routes, sessions, replay, rest)| {
+            tls_files();
+            let mut c = Config::from_toml("[upstream]\nurl = \"http://127.0.0.1:1\"\n").unwrap();
+            let s = &mut c.server;
+            let (listen, prefix, (drain, delay, head), (keep, body, write), rates, conns, tls) =
+                server;
+            s.listen = listen;
+            s.prefix = prefix;
+            (s.drain_timeout, s.drain_delay, s.header_read_timeout) = (drain, delay, head);
+            (s.keepalive_timeout, s.body_timeout, s.write_timeout) = (keep, body, write);
+            (s.min_recv_rate, s.min_send_rate, s.max_header_bytes) = rates;
+            s.max_connections = conns;
+            s.tls = tls.then(|| wsbridge::config::TlsConfig {
+                cert: TLS_CERT.into(),
+                key: TLS_KEY.into(),
+            });
+            let u = &mut c.upstream;
+            let ((scheme, host, port), (connect, response, pool), upstream_host, headers, ca) =
+                upstream;
+            u.url = format!("{scheme}://{host}:{port}").parse().unwrap();
+            (u.connect_timeout, u.response_timeout, u.pool_idle_timeout) =
+                (connect, response, pool);
+            u.host = if upstream_host {
+                wsbridge::config::HostPolicy::Upstream
+            } else {
+                wsbridge::config::HostPolicy::Browser
+            };
+            u.forward_headers = headers.iter().map(|h| h.parse().unwrap()).collect();
+            u.ca_file = ca.then(|| TLS_CERT.into());
+            c.routes = Vec::new();
+            for (i, (path, (scheme, host, port, up_path), on, field)) in
+                routes.into_iter().enumerate()
+            {
+                let path = format!("/{i}{path}");
+                c.routes.push(wsbridge::config::Route {
+                    path,
+                    upstream: format!("{scheme}://{host}:{port}{up_path}")
+                        .parse()
+                        .unwrap(),
+                    transports: wsbridge::config::Transport::ALL
+                        .into_iter()
+                        .zip(on)
+                        .filter_map(|(t, on)| on.then_some(t))
+                        .collect(),
+                    sse_event_field: field,
+                });
+            }
+            let se = &mut c.sessions;
+            let ((idle, linger, heartbeat), (retry, ping), (max, per_client, sends)) = sessions;
+            (se.idle_timeout, se.linger, se.heartbeat) = (idle, linger, heartbeat);
+            (se.client_retry, se.upstream_ping) = (retry, ping);
+            (
+                se.max_sessions,
+                se.max_sessions_per_client,
+                se.max_sends_per_second,
+            ) = (max, per_client, sends);
+            let re = &mut c.replay;
+            let (events, (bytes, pending, total), drop_oldest) = replay;
+            re.max_events = events;
+            (re.max_bytes, re.max_pending_bytes) = (bytes, pending);
+            re.max_total_bytes = total.max(bytes);
+            re.overflow = if drop_oldest {
+                wsbridge::config::Overflow::DropOldest
+            } else {
+                wsbridge::config::Overflow::Backpressure
+            };
+            let (poll, limits, origins, proxies, inject, admin) = rest;
+            (c.poll.max_wait, c.poll.max_events, c.poll.max_bytes) = poll;
+            let l = &mut c.limits;
+            (
+                l.max_frame_bytes,
+                l.max_outbound_bytes,
+                l.max_upstream_frame_bytes,
+                l.max_open_body_bytes,
+            ) = limits;
+            c.security.allowed_origins = origins;
+            c.security.trusted_proxies = proxies
+                .into_iter()
+                .map(|(ip, len)| ipnet::Ipv4Net::new(ip.into(), len).unwrap().into())
+                .collect();
+            c.client.inject = inject;
+            c.admin = admin.map(|(port, metrics_on_main)| {
+                // One port above the main listener's: never the same one.
+                let mut listen = c.server.listen;
+                listen.set_port(listen.port().wrapping_add(1));
+                if port % 2 == 0 {
+                    listen.set_port(0);
+                }
+                wsbridge::config::AdminConfig {
+                    listen,
+                    metrics_on_main,
+                }
+            });
+            c
+        },
+    )
+}
+
+proptest! {
+    #![proptest_config(cases(500))]
+
+    /// `wsbridge check`'s output is the configuration: loaded again, it is
+    /// equal to the one printed, whatever that one holds.
+    #[test]
+    fn any_config_round_trips_through_checks_output(config in any_config()) {
+        let printed = config.to_toml();
+        let again = Config::from_toml(&printed)
+            .map_err(|e| TestCaseError::fail(format!("{e}\n{printed}")))?;
+        prop_assert_eq!(&again, &config, "{}", printed);
+    }
+}
+
 #[test]
 fn durations_that_would_overflow_the_clock_are_refused_at_boot() {
     // Both parse as durations; added to `Instant::now()` they overflow,
@@ -823,11 +1055,19 @@ fn durations_that_would_overflow_the_clock_are_refused_at_boot() {
             "sessions.idle_timeout",
             "sessions.upstream_ping",
             "server.header_read_timeout",
+            "server.keepalive_timeout",
+            "server.write_timeout",
+            "upstream.pool_idle_timeout",
         ] {
             let (section, name) = key.split_once('.').unwrap();
-            let text = format!(
-                "[upstream]\nurl = \"http://127.0.0.1:1\"\n[{section}]\n{name} = \"{value}\"\n"
-            );
+            // Inline tables, so `upstream` is written once.
+            let text = if section == "upstream" {
+                format!("upstream = {{ url = \"http://127.0.0.1:1\", {name} = \"{value}\" }}\n")
+            } else {
+                format!(
+                    "upstream = {{ url = \"http://127.0.0.1:1\" }}\n{section} = {{ {name} = \"{value}\" }}\n"
+                )
+            };
             let err = Config::from_toml(&text).expect_err(&format!("{key} = {value} was accepted"));
             assert!(err.to_string().contains(key), "{err}");
         }
@@ -853,7 +1093,8 @@ async fn the_longest_accepted_durations_serve_a_session() {
              [server]\ndrain_timeout = \"{y}\"\nheader_read_timeout = \"{y}\"\nmax_connections = {}\n\
              [sessions]\nidle_timeout = \"{y}\"\nlinger = \"{y}\"\nheartbeat = \"{y}\"\nclient_retry = \"{y}\"\nupstream_ping = \"{y}\"\n\
              [poll]\nmax_wait = \"{y}\"\n",
-            wsbridge::config::MAX_CONNECTIONS
+            // The most the open-file limit lets the loader accept.
+            wsbridge::config::fd_connection_limit()
         ),
     )
     .await;

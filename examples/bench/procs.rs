@@ -202,13 +202,14 @@ async fn ready(addr: SocketAddr) -> bool {
 
 /// The proxy configuration of the bench: limits far above the load, so
 /// nothing but the proxy's own speed shows; backpressure, so nothing is
-/// ever dropped.
+/// ever dropped. `server.max_connections` is left to its default, the most
+/// the open-file limit (raised by `probe`, inherited) holds: a larger value
+/// is refused at start.
 fn config_toml(listen: SocketAddr, backend: SocketAddr, s: ProxySettings) -> String {
     format!(
         r#"# Written by the wsbridge bench (examples/bench).
 [server]
 listen = "{listen}"
-max_connections = 100000
 drain_timeout = "2s"
 
 [upstream]
