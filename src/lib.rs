@@ -36,27 +36,29 @@
 //! (`upstream`) into the session's replay queue (`session::replay`), out
 //! through one `transport`.
 
+pub mod config;
+pub mod net;
+pub mod shutdown;
+
 mod body;
 mod bridge;
-pub mod config;
+mod client;
 mod error;
 mod forwarded;
 mod http;
-pub mod net;
+mod inject;
+mod metrics;
 mod passthrough;
 mod routing;
 mod state;
 mod transport;
+mod upstream;
+
 // Public only because some of its items are used by its own tests alone
 // (`Frame::is_empty`, `Registry::active`, `ReplayQueue::read`, ...), which
 // would be dead code in a private module; its owners trim or use them.
-mod client;
-mod inject;
-mod metrics;
 #[doc(hidden)]
 pub mod session;
-pub mod shutdown;
-mod upstream;
 
 pub use config::Config;
 pub use net::run;
