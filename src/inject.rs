@@ -56,7 +56,7 @@ use lol_html::{HandlerResult, MemorySettings, OutputSink, Selector};
 use tokio::io::AsyncRead;
 use tokio_util::io::{ReaderStream, StreamReader};
 
-use crate::error::{Body, BoxError};
+use crate::body::{Body, BoxError};
 
 /// Most memory one page's HTML parser may hold (a start tag split across
 /// chunks is buffered until it is whole). Only the first elements of a page

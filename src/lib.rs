@@ -5,38 +5,74 @@
 //! The modules, in the order a newcomer should read them:
 //!
 //! - [`config`]: raw TOML → validated [`Config`]; defaults.
-//! - [`server`]: accept loop, TLS, HTTP/1 + HTTP/2, graceful drain; [`run`].
-//! - [`h1`]: the bufferless HTTP/1.1 front end for the bridge's endpoints.
-//! - [`routing`]: a request → a bridge endpoint or pass-through; route matching.
-//! - [`error`]: the error types of each layer and the one mapping to HTTP.
-//! - [`passthrough`]: the plain reverse proxy and the WebSocket splice.
-//! - [`bridge`]: the bridge endpoints (open, send, close, health, …).
-//! - [`transport`]: one module per downstream transport (sse, stream, poll).
-//! - [`session`]: a session, its registry and its replay queue.
-//! - [`upstream`]: the task that owns one upstream WebSocket.
-//! - [`metrics`]: counters, gauges, histograms and the exposition.
-//! - [`client`]: the JavaScript client, embedded at build time.
-//! - [`inject`]: streaming injection of the client into HTML pages.
+//! - `state`: [`AppState`], what every request can reach, and why.
+//! - [`net`]: listeners, TLS and its reload, connection serving, the
+//!   HTTP/1.1 front end, the graceful drain; [`run`].
+//! - `http`: the one service: classify once, origin check and CORS,
+//!   dispatch, the one error → response mapping, the log line and metrics.
+//! - `routing`: a request → a bridge endpoint or pass-through; route matching.
+//! - `forwarded`: the connection's peer, the client address, X-Forwarded-*.
+//! - `body`: the request and response body types.
+//! - `error`: the error types of each layer.
+//! - `bridge`: the bridge endpoints, one file each (open, read, send, close, ops).
+//! - `passthrough`: the plain reverse proxy and the WebSocket splice.
+//! - `transport`: one module per downstream transport (sse, stream, poll).
+//! - `session`: a session, its registry and its replay queue.
+//! - `upstream`: the task that owns one upstream WebSocket.
+//! - `metrics`: counters, gauges, histograms and the exposition.
+//! - `client`: the JavaScript client, embedded at build time.
+//! - `inject`: streaming injection of the client into HTML pages.
 //! - [`shutdown`]: signals and the shutdown token.
 //!
+//! Dependencies run one way, top to bottom, and no module imports one
+//! above it: `net` → `http` → `bridge` | `passthrough` → `session`,
+//! `transport`, `upstream`; under them all the leaves `config`, `state`,
+//! `forwarded`, `body`, `error`, `metrics`, `routing`, `shutdown`, `client`,
+//! `inject`. (`bridge` and `passthrough` never import each other, nor
+//! `http` or `net`; `state` holds the session registry and the upstream TLS
+//! settings, and imports nothing of the front.)
+//!
 //! A message's path reads the same way: from the upstream socket
-//! ([`upstream`]) into the session's replay queue ([`session::replay`]), out
-//! through one [`transport`].
+//! (`upstream`) into the session's replay queue (`session::replay`), out
+//! through one `transport`.
 
-pub mod bridge;
-pub mod client;
 pub mod config;
-pub mod error;
-pub mod h1;
-pub mod inject;
-pub mod metrics;
-pub mod passthrough;
-pub mod routing;
-pub mod server;
-pub mod session;
+pub mod net;
 pub mod shutdown;
-pub mod transport;
-pub mod upstream;
+
+mod body;
+mod bridge;
+mod client;
+mod error;
+mod forwarded;
+mod http;
+mod inject;
+mod metrics;
+mod passthrough;
+mod routing;
+mod state;
+mod transport;
+mod upstream;
+
+// Public only because some of its items are used by its own tests alone
+// (`Frame::is_empty`, `Registry::active`, `ReplayQueue::read`, ...), which
+// would be dead code in a private module; its owners trim or use them.
+#[doc(hidden)]
+pub mod session;
 
 pub use config::Config;
-pub use server::run;
+pub use net::run;
+pub use state::AppState;
+
+/// The parsers of untrusted input, public for the property tests in
+/// `tests/fuzz.rs` and the fuzz targets; not an API.
+#[doc(hidden)]
+pub mod parsers {
+    pub use crate::bridge::{parse_open, parse_seq};
+    pub use crate::routing::{page_path, resolve};
+    pub use crate::session::replay::{Event, EventData};
+    pub use crate::transport::poll::parse_wait;
+    pub use crate::transport::{
+        parse_cursor, resume_cursor, sse, write_event_json, write_json_str,
+    };
+}

@@ -6,8 +6,9 @@ use std::sync::Arc;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use tokio::net::TcpListener;
+use wsbridge::AppState;
 use wsbridge::config::{Config, Overrides};
-use wsbridge::server::{self, Shared};
+use wsbridge::net;
 
 /// Re-exposes WebSocket backends to browsers over plain HTTP (SSE, NDJSON,
 /// long-poll) and passes all other traffic through.
@@ -94,35 +95,18 @@ async fn serve(config: Config) -> std::io::Result<()> {
         .await
         .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {listen}: {e}")))?;
     let admin = config.admin.clone();
-    let shared = Shared::new(config)?;
+    let state = AppState::new(config)?;
+    let tls = net::Tls::load(&state.config)?;
     if let Some(admin) = admin {
         let listener = TcpListener::bind(admin.listen).await.map_err(|e| {
             std::io::Error::new(e.kind(), format!("cannot listen on {}: {e}", admin.listen))
         })?;
         tracing::info!(addr = %admin.listen, "admin listener");
-        tokio::spawn(server::serve_admin(listener, Arc::clone(&shared)));
+        tokio::spawn(net::serve_admin(listener, Arc::clone(&state)));
     }
-    reload_on_sighup(Arc::clone(&shared));
-    tracing::info!(addr = %listener.local_addr()?, upstream = %shared.config.upstream.url, "listening");
-    server::serve(listener, shared, wsbridge::shutdown::terminate()).await
-}
-
-/// SIGHUP reloads the TLS certificate and key; open connections keep theirs.
-fn reload_on_sighup(shared: Arc<Shared>) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let Ok(mut hup) = signal(SignalKind::hangup()) else {
-        return;
-    };
-    tokio::spawn(async move {
-        while hup.recv().await.is_some() {
-            match shared.reload_tls() {
-                Ok(()) => tracing::info!("SIGHUP: TLS certificate reloaded"),
-                Err(e) => {
-                    tracing::error!(error = %e, "SIGHUP: TLS reload failed; keeping the old certificate")
-                }
-            }
-        }
-    });
+    net::reload_on_sighup(Arc::clone(&tls));
+    tracing::info!(addr = %listener.local_addr()?, upstream = %state.config.upstream.url, "listening");
+    net::serve_with_tls(listener, state, tls, wsbridge::shutdown::terminate()).await
 }
 
 fn init_logging(format: LogFormat) {

@@ -57,12 +57,20 @@ impl Endpoint<'_> {
     }
 }
 
+/// Whether a path is under the prefix, the bridge's (what [`classify`]
+/// answers `Some` for), without classifying it.
+pub fn is_bridge_path(prefix: &str, path: &str) -> bool {
+    // "/_bridgefoo" is the app's.
+    path.strip_prefix(prefix)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+}
+
 /// `None` means the request is outside the prefix: pass it through.
 pub fn classify<'a>(prefix: &str, path: &'a str) -> Option<Endpoint<'a>> {
-    let rest = path.strip_prefix(prefix)?;
-    if !rest.is_empty() && !rest.starts_with('/') {
-        return None; // "/_bridgefoo" is the app's
+    if !is_bridge_path(prefix, path) {
+        return None;
     }
+    let rest = &path[prefix.len()..];
     let endpoint = match rest {
         "/sessions" => Endpoint::Open,
         "/client.js" => Endpoint::ClientJs,

@@ -18,10 +18,10 @@ use http::HeaderValue;
 use proptest::prelude::*;
 use proptest::test_runner::Config as ProptestConfig;
 use wsbridge::Config;
-use wsbridge::bridge::{parse_open, parse_seq};
-use wsbridge::routing::{page_path, resolve};
-use wsbridge::session::replay::{Event, EventData};
-use wsbridge::transport::{parse_cursor, poll::parse_wait, resume_cursor, sse};
+use wsbridge::parsers::{Event, EventData};
+use wsbridge::parsers::{page_path, resolve};
+use wsbridge::parsers::{parse_cursor, parse_wait, resume_cursor, sse};
+use wsbridge::parsers::{parse_open, parse_seq};
 
 /// `n` cases per property: enough to run in a few seconds in `cargo test`.
 /// `PROPTEST_CASES=100000 cargo test --release --test fuzz` searches longer.
@@ -561,7 +561,7 @@ proptest! {
     #[test]
     fn json_events_round_trip(text in frame_text(), id in any::<u64>()) {
         let mut out = Vec::new();
-        wsbridge::transport::write_event_json(
+        wsbridge::parsers::write_event_json(
             &mut out,
             &Event { id, data: EventData::Text(Bytes::from(text.clone())) },
         );
@@ -573,7 +573,7 @@ proptest! {
     #[test]
     fn json_strings_are_escaped_exactly_as_serde_json_does(text in json_text()) {
         let mut out = b"[".to_vec();
-        wsbridge::transport::write_json_str(&mut out, text.as_bytes());
+        wsbridge::parsers::write_json_str(&mut out, text.as_bytes());
         prop_assert_eq!(
             String::from_utf8(out).unwrap(),
             format!("[{}", serde_json::to_string(&text).unwrap())

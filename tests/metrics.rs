@@ -291,16 +291,16 @@ async fn the_admin_listener_serves_health_readiness_and_metrics() {
         backend.addr
     ))
     .unwrap();
-    let shared = wsbridge::server::Shared::new(config).unwrap();
+    let shared = wsbridge::AppState::new(config).unwrap();
     let main = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let main_addr = main.local_addr().unwrap();
     let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let admin_addr = admin.local_addr().unwrap();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let served = tokio::spawn(wsbridge::server::serve(main, Arc::clone(&shared), async {
+    let served = tokio::spawn(wsbridge::net::serve(main, Arc::clone(&shared), async {
         let _ = stop_rx.await;
     }));
-    tokio::spawn(wsbridge::server::serve_admin(admin, Arc::clone(&shared)));
+    tokio::spawn(wsbridge::net::serve_admin(admin, Arc::clone(&shared)));
     let http = reqwest::Client::builder().no_proxy().build().unwrap();
     let admin_url = |p: &str| format!("http://{admin_addr}{p}");
 

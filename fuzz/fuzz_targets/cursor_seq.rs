@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use http::{HeaderMap, HeaderValue};
 use libfuzzer_sys::fuzz_target;
-use wsbridge::bridge::parse_seq;
-use wsbridge::transport::{parse_cursor, poll::parse_wait, resume_cursor};
+use wsbridge::parsers::parse_seq;
+use wsbridge::parsers::{parse_cursor, parse_wait, resume_cursor};
 
 /// Digits only, no leading zero unless "0", fits in a u64.
 fn canonical(text: &str) -> Option<u64> {

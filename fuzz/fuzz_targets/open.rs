@@ -6,8 +6,8 @@ use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
 use wsbridge::Config;
-use wsbridge::bridge::parse_open;
-use wsbridge::routing::{page_path, resolve};
+use wsbridge::parsers::parse_open;
+use wsbridge::parsers::{page_path, resolve};
 
 fn configs() -> &'static [Config; 2] {
     static CONFIGS: OnceLock<[Config; 2]> = OnceLock::new();

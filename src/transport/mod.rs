@@ -13,7 +13,8 @@ use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
 
-use crate::error::{Body, BoxError, BridgeError};
+use crate::body::{Body, BoxError};
+use crate::error::BridgeError;
 use crate::session::replay::{Event, EventData};
 
 /// Events and bytes a streaming reader takes from the queue per write: large
@@ -64,7 +65,7 @@ where
 }
 
 /// A response extension: the body is one frame, made later (a long poll's
-/// answer). The HTTP/1.1 front end ([`crate::h1`]) waits for it and writes
+/// answer). The HTTP/1.1 front end (`net::h1`) waits for it and writes
 /// the head with its `Content-Length`; hyper sends the head at once and the
 /// body chunked (HTTP/1.1) or as one DATA frame (HTTP/2).
 #[derive(Clone, Copy, Debug)]

@@ -11,7 +11,8 @@ use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
 
 use super::{WholeBody, write_event_json};
-use crate::error::{Body, BoxError, BridgeError};
+use crate::body::{Body, BoxError};
+use crate::error::BridgeError;
 use crate::session::{Batch, Reader};
 
 /// The wait when the request names none.

@@ -13,7 +13,7 @@ use futures_util::stream;
 use http::Response;
 
 use super::{STREAM_BATCH_BYTES, STREAM_BATCH_EVENTS, ends_session, write_base64, write_u64};
-use crate::error::Body;
+use crate::body::Body;
 use crate::session::replay::{Event, EventData};
 use crate::session::{Batch, Reader};
 

@@ -10,7 +10,7 @@ use futures_util::stream;
 use http::Response;
 
 use super::{STREAM_BATCH_BYTES, STREAM_BATCH_EVENTS, ends_session, write_event_json};
-use crate::error::Body;
+use crate::body::Body;
 use crate::session::{Batch, Reader};
 
 pub fn respond(reader: Reader, heartbeat: Duration) -> Response<Body> {

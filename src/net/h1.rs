@@ -36,9 +36,10 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, sleep_until};
 
-use crate::error::Body;
+use crate::body::Body;
+use crate::forwarded::ConnInfo;
 use crate::routing;
-use crate::server::{self, ConnInfo, Shared};
+use crate::state::AppState;
 use crate::transport::WholeBody;
 
 /// The most one read from the socket takes (onto the stack; the request's
@@ -48,10 +49,10 @@ const READ_CHUNK: usize = 4096;
 const MAX_HEADERS: usize = 100;
 
 /// Serves a plain TCP connection: bridge requests here, the rest by hyper.
-pub async fn serve(
+pub(super) async fn serve(
     tcp: TcpStream,
     info: ConnInfo,
-    shared: Arc<Shared>,
+    state: Arc<AppState>,
     builder: &auto::Builder<TokioExecutor>,
     watcher: Watcher,
 ) {
@@ -59,7 +60,7 @@ pub async fn serve(
         tcp,
         pending: BytesMut::new(),
         info,
-        shared,
+        state,
     };
     // Holding the watcher holds the drain open until this connection ends.
     if conn.run().await == End::Hyper {
@@ -67,14 +68,14 @@ pub async fn serve(
             tcp,
             pending,
             info,
-            shared,
+            state,
         } = conn;
         let io = TokioIo::new(Rewind {
             prefix: pending.freeze(),
             inner: tcp,
         });
         // Boxed: the idle connection's task stays the size of this loop.
-        Box::pin(server::serve_io(io, info, shared, builder, watcher)).await;
+        Box::pin(super::conn::serve_io(io, info, state, builder, watcher)).await;
     }
 }
 
@@ -92,7 +93,7 @@ struct Conn {
     /// requests unless the client sent ahead.
     pending: BytesMut,
     info: ConnInfo,
-    shared: Arc<Shared>,
+    state: Arc<AppState>,
 }
 
 /// A request head this front end takes.
@@ -123,27 +124,27 @@ impl Conn {
             let request = head
                 .request
                 .map(|()| Full::new(body).map_err(|never| match never {}).boxed());
-            let (info, shared) = (self.info, Arc::clone(&self.shared));
+            let (info, state) = (self.info, Arc::clone(&self.state));
             // Boxed: an idle connection's task holds no handler's state.
             let respond =
-                Box::pin(async move { server::handle_bridge(request, info, &shared).await });
+                Box::pin(async move { crate::http::handle_bridge(request, info, &state).await });
             // A client that leaves while its request waits (a long poll)
             // cancels it, as it would a reader.
             let response = {
                 let Conn {
                     tcp,
                     pending,
-                    shared,
+                    state,
                     ..
                 } = self;
-                let watch = watch_client(tcp, pending, shared.config.server.max_header_bytes);
+                let watch = watch_client(tcp, pending, state.config.server.max_header_bytes);
                 tokio::select! {
                     biased;
                     response = respond => response,
                     () = watch => return End::Close,
                 }
             };
-            let keep_alive = keep_alive && !self.shared.is_draining();
+            let keep_alive = keep_alive && !self.state.is_draining();
             if self.write_response(response, keep_alive).await.is_err() || !keep_alive {
                 return End::Close;
             }
@@ -153,14 +154,14 @@ impl Conn {
     /// The largest body a bridge endpoint accepts: larger ones go to hyper,
     /// and the endpoint answers 413 there.
     fn max_body(&self) -> usize {
-        let limits = &self.shared.config.limits;
+        let limits = &self.state.config.limits;
         limits.max_open_body_bytes.max(limits.max_frame_bytes)
     }
 
     /// Reads the next request head and its body; `Err` ends the loop.
     async fn next_request(&mut self) -> Result<(Head, Bytes), End> {
-        let shared = Arc::clone(&self.shared);
-        let config = &shared.config.server;
+        let state = Arc::clone(&self.state);
+        let config = &state.config.server;
         // As hyper's: the whole head within this, counted from the moment
         // the connection waits for it (so it also bounds idle keep-alive).
         let deadline = Instant::now() + config.header_read_timeout;
@@ -208,7 +209,7 @@ impl Conn {
                 Ok(_) => Ok(()),
             },
             () = sleep_until(deadline) => Err(End::Close),
-            () = self.shared.drain_started(), if idle => Err(End::Close),
+            () = self.state.drain_started(), if idle => Err(End::Close),
         }
     }
 
@@ -218,7 +219,7 @@ impl Conn {
         keep_alive: bool,
     ) -> io::Result<()> {
         let (parts, mut body) = response.into_parts();
-        let max_pending = self.shared.config.server.max_header_bytes;
+        let max_pending = self.state.config.server.max_header_bytes;
         // The whole body, when it has a length or will be one frame: then
         // the head carries its Content-Length and goes in the same write.
         // (A long poll's frame comes when it is done waiting: the client is
@@ -394,7 +395,9 @@ fn take(
         return None;
     }
     let uri = Uri::try_from(path).ok()?;
-    routing::classify(prefix, uri.path())?;
+    if !routing::is_bridge_path(prefix, uri.path()) {
+        return None;
+    }
     let mut request = Request::new(());
     *request.method_mut() = method;
     *request.uri_mut() = uri;

@@ -1,0 +1,192 @@
+//! `POST {prefix}/sessions`: check the body, reserve a slot, run the
+//! upstream handshake, start the session's upstream task, answer its links.
+
+use std::sync::Arc;
+
+use http::header::{self, HeaderMap};
+use http::{Request, Response, StatusCode};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::read_body;
+use crate::body::{Body, RequestBody, json_response};
+use crate::config::Transport;
+use crate::error::BridgeError;
+use crate::forwarded::{ConnInfo, add_forwarded};
+use crate::metrics::CloseReason;
+use crate::routing;
+use crate::session::registry::new_id;
+use crate::session::{Session, SessionLimits};
+use crate::state::AppState;
+use crate::upstream::{self, Timers};
+
+/// The body of `POST {prefix}/sessions`.
+#[derive(Debug, Deserialize)]
+pub struct OpenRequest {
+    /// What the page passed to `new WebSocket()`; see `routing::page_path`.
+    pub url: String,
+    /// Subprotocols offered, each a valid token, none repeated.
+    #[serde(default)]
+    pub protocols: Vec<String>,
+}
+
+/// Parses and checks an open request body (public for the property tests
+/// in `tests/fuzz.rs`: it reads untrusted input).
+pub fn parse_open(body: &[u8]) -> Result<OpenRequest, BridgeError> {
+    let open: OpenRequest = serde_json::from_slice(body).map_err(|e| {
+        BridgeError::bad_request(
+            "bad_request",
+            format!("body must be JSON {{\"url\": \"/path?query\", \"protocols\": [..]}}: {e}"),
+        )
+    })?;
+    for (i, p) in open.protocols.iter().enumerate() {
+        let token = !p.is_empty()
+            && p.bytes()
+                .all(|b| b.is_ascii_graphic() && !b"()<>@,;:\\\"/[]?={}".contains(&b));
+        if !token {
+            return Err(BridgeError::bad_request(
+                "bad_protocol",
+                format!("protocols[{i}] is not a valid subprotocol token"),
+            ));
+        }
+        if open.protocols[..i].contains(p) {
+            return Err(BridgeError::bad_request(
+                "bad_protocol",
+                format!("protocols[{i}] is repeated"),
+            ));
+        }
+    }
+    Ok(open)
+}
+
+pub(super) async fn open(
+    req: Request<RequestBody>,
+    conn: ConnInfo,
+    state: &Arc<AppState>,
+) -> Result<Response<Body>, BridgeError> {
+    if state.is_draining() {
+        return Err(BridgeError::Unavailable {
+            code: "draining",
+            retry_after: std::time::Duration::from_secs(1),
+        });
+    }
+    let config = &state.config;
+    let (parts, body) = req.into_parts();
+    let body = read_body(body, &parts.headers, config.limits.max_open_body_bytes).await?;
+    let open = parse_open(&body)?;
+    let pq = routing::page_path(&open.url).map_err(|e| BridgeError::bad_request("bad_url", e.0))?;
+    let target = routing::resolve(config, &pq)
+        .filter(|t| t.bridges())
+        .ok_or(BridgeError::NoRoute)?;
+
+    let client = conn.client_ip(&parts.headers, &config.security);
+    let slot = state.registry.reserve(client)?;
+
+    let headers = handshake_headers(&parts.headers, conn, state);
+    let connected = upstream::connect(
+        &target.upstream,
+        headers,
+        &open.protocols,
+        upstream::socket_config(config.limits.max_upstream_frame_bytes),
+        Some(Arc::clone(&state.upstream_tls)),
+        config.upstream.connect_timeout,
+    )
+    .await
+    .inspect_err(|e| {
+        state
+            .metrics
+            .handshake_failed(upstream::failure_status(e).as_u16());
+        tracing::warn!(error = %e, "upstream handshake failed");
+    })?;
+
+    let id = new_id();
+    let (session, handle) = Session::new(
+        id,
+        connected.protocol,
+        target,
+        client,
+        slot,
+        SessionLimits::from_config(config),
+        Arc::clone(&state.metrics),
+    );
+    state.registry.insert(Arc::clone(&session));
+    state.metrics.session_opened();
+    tracing::debug!(session = session.log_id(), "session opened");
+    let timers = Timers {
+        ping: config.sessions.upstream_ping,
+        idle: config.sessions.idle_timeout,
+        linger: config.sessions.linger,
+    };
+    tokio::spawn(upstream::run(
+        Arc::clone(&session),
+        connected.socket,
+        handle,
+        timers,
+        state.upstreams.token(),
+        Arc::clone(&state.registry),
+        Arc::clone(&state.metrics),
+    ));
+    if state.is_draining() {
+        // Shutdown began during the handshake: the drain missed this one.
+        session.close(1001, "proxy shutting down", CloseReason::Drain);
+    }
+
+    let base = format!("{}/sessions/{}", config.server.prefix, session.id);
+    let mut links = serde_json::Map::new();
+    for t in [Transport::Sse, Transport::Stream, Transport::Poll] {
+        if session.target.allows(t) {
+            links.insert(t.as_str().into(), json!(format!("{base}/{}", t.as_str())));
+        }
+    }
+    links.insert("send".into(), json!(format!("{base}/send")));
+    links.insert("close".into(), json!(base));
+    let body = json!({
+        "session": session.id,
+        "protocol": session.protocol,
+        "heartbeat_ms": u64::try_from(config.sessions.heartbeat.as_millis()).unwrap_or(u64::MAX),
+        "links": links,
+    });
+    Ok(json_response(StatusCode::CREATED, &body))
+}
+
+/// The headers passed on the upstream handshake: the browser's identity
+/// (Cookie, Authorization, Origin, User-Agent), X-Forwarded-*, and those
+/// named in `upstream.forward_headers`.
+fn handshake_headers(incoming: &HeaderMap, conn: ConnInfo, state: &AppState) -> HeaderMap {
+    let mut out = HeaderMap::new();
+    let fixed = [
+        header::COOKIE,
+        header::AUTHORIZATION,
+        header::ORIGIN,
+        header::USER_AGENT,
+    ];
+    for name in fixed.iter().chain(&state.config.upstream.forward_headers) {
+        for value in incoming.get_all(name) {
+            out.append(name.clone(), value.clone());
+        }
+    }
+    if let Some(xff) = incoming.get("x-forwarded-for") {
+        out.insert("x-forwarded-for", xff.clone());
+    }
+    let host = incoming.get(header::HOST).cloned();
+    add_forwarded(&mut out, conn, host.as_ref());
+    // The upstream handshake sets its own Host, for the upstream.
+    out.remove(header::HOST);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn open_body_is_checked() {
+        assert!(parse_open(br#"{"url":"/ws"}"#).is_ok());
+        assert!(parse_open(br#"{"url":"/ws","protocols":["chat.v1"]}"#).is_ok());
+        assert!(parse_open(b"").is_err());
+        assert!(parse_open(br#"{"protocols":[]}"#).is_err());
+        assert!(parse_open(br#"{"url":5}"#).is_err());
+        assert!(parse_open(br#"{"url":"/ws","protocols":["a b"]}"#).is_err());
+        assert!(parse_open(br#"{"url":"/ws","protocols":["a","a"]}"#).is_err());
+    }
+}

@@ -1,0 +1,112 @@
+//! The operational endpoints: health, readiness, metrics, the routes'
+//! transports, and the JavaScript client files.
+
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Response, StatusCode};
+use serde_json::json;
+
+use crate::body::{Body, full, json_response, status_only};
+use crate::client;
+use crate::config::Transport;
+use crate::error::BridgeError;
+use crate::metrics::SessionSnapshot;
+use crate::state::AppState;
+
+/// The admin listener's endpoints: `/healthz`, `/readyz` and `/metrics`,
+/// bare or under the prefix; anything else is not found.
+pub(crate) fn admin(path: &str, state: &AppState) -> Result<Response<Body>, BridgeError> {
+    let prefix = &state.config.server.prefix;
+    match path.strip_prefix(prefix.as_str()).unwrap_or(path) {
+        "/healthz" => Ok(healthz()),
+        "/readyz" => Ok(readyz(state)),
+        "/metrics" => Ok(metrics(state)),
+        _ => Err(BridgeError::NotFound),
+    }
+}
+
+pub(super) fn healthz() -> Response<Body> {
+    json_response(StatusCode::OK, &json!({"status": "ok"}))
+}
+
+pub(super) fn readyz(state: &AppState) -> Response<Body> {
+    if state.is_draining() {
+        json_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &json!({"error": "draining"}),
+        )
+    } else {
+        json_response(StatusCode::OK, &json!({"status": "ready"}))
+    }
+}
+
+pub(super) fn metrics(state: &AppState) -> Response<Body> {
+    let mut snapshot = SessionSnapshot::default();
+    for session in state.registry.all() {
+        if session.closed().is_some() {
+            snapshot.lingering += 1;
+        } else {
+            snapshot.count(session.reader_transport());
+        }
+        let (events, bytes) = session.replay_depth();
+        snapshot.replay_events += events;
+        snapshot.replay_bytes += bytes;
+    }
+    let mut resp = Response::new(full(state.metrics.render(&snapshot)));
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    resp
+}
+
+/// The routes and what each allows; never the upstream addresses.
+pub(super) fn transports(state: &AppState) -> Response<Body> {
+    let names = |ts: &[Transport]| ts.iter().map(|t| t.as_str()).collect::<Vec<_>>();
+    let routes: Vec<_> = if state.config.routes.is_empty() {
+        vec![json!({"path": "/", "transports": names(&Transport::ALL)})]
+    } else {
+        state
+            .config
+            .routes
+            .iter()
+            .map(|r| json!({"path": r.path, "transports": names(&r.transports)}))
+            .collect()
+    };
+    json_response(StatusCode::OK, &json!({ "routes": routes }))
+}
+
+pub(super) fn client_file(file: &client::ClientFile, headers: &HeaderMap) -> Response<Body> {
+    let fresh = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.split(',')
+                .any(|tag| tag.trim() == file.etag || tag.trim() == "*")
+        });
+    let mut resp = if fresh {
+        status_only(StatusCode::NOT_MODIFIED)
+    } else {
+        let mut r = Response::new(full(file.body.clone()));
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(file.content_type),
+        );
+        r
+    };
+    let h = resp.headers_mut();
+    if let Ok(etag) = HeaderValue::from_str(&file.etag) {
+        h.insert(header::ETAG, etag);
+    }
+    // Cacheable, but revalidated often enough that an upgrade reaches pages soon.
+    h.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("public, max-age=300"),
+    );
+    // A page on another origin may load the module.
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_ORIGIN,
+        HeaderValue::from_static("*"),
+    );
+    resp
+}

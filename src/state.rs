@@ -1,0 +1,96 @@
+//! What every request can reach: the configuration, the session registry,
+//! the metrics, the upstream clients, and the drain signal.
+//!
+//! Below the handlers and above nothing of the front: it imports config,
+//! metrics, the session registry and the upstream TLS settings only.
+
+use std::io;
+use std::sync::Arc;
+
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+use crate::metrics::{CloseReason, Metrics};
+use crate::session::registry::Registry;
+use crate::upstream;
+
+/// The pooled HTTP client of the pass-through.
+pub(crate) type UpstreamHttp = Client<hyper_rustls::HttpsConnector<HttpConnector>, Incoming>;
+
+/// The application's shared parts, one per proxy, behind an `Arc`.
+pub struct AppState {
+    /// The validated configuration; read-only for the process's life.
+    pub config: Config,
+    /// Every live and lingering session, by id: the bridge endpoints find
+    /// their session here, and the drain closes them all.
+    pub(crate) registry: Arc<Registry>,
+    /// Counters and histograms, shared with the sessions and their
+    /// upstream tasks, rendered at `/metrics`.
+    pub(crate) metrics: Arc<Metrics>,
+    /// Pooled keep-alive connections to `upstream.url` for pass-through
+    /// requests, so each request does not pay a new handshake.
+    pub(crate) upstream_http: UpstreamHttp,
+    /// TLS settings for `wss://`/`https://` upstreams, built once (the CA
+    /// file is read at boot) and shared by sessions and the splice.
+    pub(crate) upstream_tls: Arc<rustls::ClientConfig>,
+    /// Cancelled once shutdown starts: readiness fails, new sessions are
+    /// refused, idle connections close.
+    drain: CancellationToken,
+    /// One token per open upstream socket: the drain waits for their close
+    /// handshakes, not only for the browsers' connections.
+    pub(crate) upstreams: TaskTracker,
+}
+
+impl AppState {
+    pub fn new(config: Config) -> io::Result<Arc<AppState>> {
+        let upstream_tls = upstream::tls_client_config(config.upstream.ca_file.as_deref())?;
+        let upstream_http = upstream_http(&config, &upstream_tls);
+        Ok(Arc::new(AppState {
+            registry: Arc::new(Registry::new(
+                config.sessions.max_sessions,
+                config.sessions.max_sessions_per_client,
+            )),
+            metrics: Arc::new(Metrics::new()),
+            upstream_http,
+            upstream_tls,
+            drain: CancellationToken::new(),
+            upstreams: TaskTracker::new(),
+            config,
+        }))
+    }
+
+    pub(crate) fn is_draining(&self) -> bool {
+        self.drain.is_cancelled()
+    }
+
+    /// Resolves once shutdown starts.
+    pub(crate) async fn drain_started(&self) {
+        self.drain.cancelled().await;
+    }
+
+    /// Starts the drain: every session gets its close 1001, on both sides.
+    pub(crate) fn drain_sessions(&self) {
+        self.drain.cancel();
+        for session in self.registry.all() {
+            session.close(1001, "proxy shutting down", CloseReason::Drain);
+        }
+    }
+}
+
+fn upstream_http(config: &Config, tls: &rustls::ClientConfig) -> UpstreamHttp {
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_connect_timeout(Some(config.upstream.connect_timeout));
+    http.set_nodelay(true);
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls.clone())
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(http);
+    Client::builder(TokioExecutor::new()).build(connector)
+}
