@@ -1,6 +1,13 @@
-// Type declarations for the wsbridge browser client, served by the proxy as
-// `{prefix}/client.mjs` (ES module) and `{prefix}/client.js` (classic script
-// defining `globalThis.WsBridge`).
+// Type declarations for the wsbridge browser client: the npm package
+// `@wsbridge/client` (ESM and CommonJS), and the same code as the proxy serves
+// it, `{prefix}/client.mjs` (ES module) and `{prefix}/client.js` (classic
+// script defining `globalThis.WsBridge`).
+//
+// `BridgeSocket` is declared as a `WebSocket` with one more property, so it
+// goes wherever a DOM `WebSocket` is expected:
+//
+//     const ws: WebSocket = new BridgeSocket("/ws");
+//     terminal.loadAddon(new AttachAddon(new BridgeSocket("/pty")));
 
 /** A way the client can reach the upstream, in the order it tries them. */
 export type BridgeTransport = "websocket" | "sse" | "stream" | "poll";
@@ -25,75 +32,33 @@ export interface BridgeSocketOptions {
 }
 
 /** The `error` event fired when the bridge reports a gap: events `from`..`to`
- *  were dropped before this page could read them. */
+ *  were dropped before this page could read them. Narrow an `error` event
+ *  with `"from" in ev`. */
 export interface BridgeGapErrorEvent extends ErrorEvent {
   readonly from: number;
   readonly to: number;
 }
 
-export interface BridgeSocketEventMap {
-  open: Event;
-  message: MessageEvent;
-  error: Event | ErrorEvent | BridgeGapErrorEvent;
-  close: CloseEvent;
+/** A socket with the browser WebSocket API that falls back to the wsbridge
+ *  proxy's HTTP transports when a real WebSocket cannot be opened. Every
+ *  member of `WebSocket` behaves as it does there; `transport` is added. */
+export interface BridgeSocket extends WebSocket {
+  /** The transport in use once open; null before. */
+  readonly transport: BridgeTransport | null;
 }
 
-/** A socket with the browser WebSocket API that falls back to the wsbridge
- *  proxy's HTTP transports when a real WebSocket cannot be opened. */
-export declare class BridgeSocket extends EventTarget {
-  constructor(url: string | URL, protocols?: string | string[], options?: BridgeSocketOptions);
-
-  static readonly CONNECTING: 0;
-  static readonly OPEN: 1;
-  static readonly CLOSING: 2;
-  static readonly CLOSED: 3;
+export interface BridgeSocketConstructor {
+  /** `url`: ws:, wss:, http:, https: or relative to the document, as for
+   *  `new WebSocket()`. */
+  new (url: string | URL, protocols?: string | string[], options?: BridgeSocketOptions): BridgeSocket;
+  readonly prototype: BridgeSocket;
   readonly CONNECTING: 0;
   readonly OPEN: 1;
   readonly CLOSING: 2;
   readonly CLOSED: 3;
-
-  /** The absolute ws: or wss: URL. */
-  readonly url: string;
-  readonly readyState: 0 | 1 | 2 | 3;
-  /** The negotiated subprotocol, "" when none. */
-  readonly protocol: string;
-  readonly extensions: string;
-  /** Bytes given to send() and not yet acknowledged. */
-  readonly bufferedAmount: number;
-  binaryType: BinaryType;
-  /** The transport in use once open; null before. */
-  readonly transport: BridgeTransport | null;
-
-  onopen: ((this: BridgeSocket, ev: Event) => any) | null;
-  onmessage: ((this: BridgeSocket, ev: MessageEvent) => any) | null;
-  onerror: ((this: BridgeSocket, ev: Event) => any) | null;
-  onclose: ((this: BridgeSocket, ev: CloseEvent) => any) | null;
-
-  send(data: string | ArrayBufferLike | ArrayBufferView | Blob): void;
-  /** code: 1000 or 3000-4999; reason: at most 123 UTF-8 bytes. */
-  close(code?: number, reason?: string): void;
-
-  addEventListener<K extends keyof BridgeSocketEventMap>(
-    type: K,
-    listener: (this: BridgeSocket, ev: BridgeSocketEventMap[K]) => any,
-    options?: boolean | AddEventListenerOptions,
-  ): void;
-  addEventListener(
-    type: string,
-    listener: EventListenerOrEventListenerObject | null,
-    options?: boolean | AddEventListenerOptions,
-  ): void;
-  removeEventListener<K extends keyof BridgeSocketEventMap>(
-    type: K,
-    listener: (this: BridgeSocket, ev: BridgeSocketEventMap[K]) => any,
-    options?: boolean | EventListenerOptions,
-  ): void;
-  removeEventListener(
-    type: string,
-    listener: EventListenerOrEventListenerObject | null,
-    options?: boolean | EventListenerOptions,
-  ): void;
 }
+
+export declare const BridgeSocket: BridgeSocketConstructor;
 
 /** Which absolute ws:/wss: URLs the shim bridges: a URL prefix, a RegExp, or a
  *  predicate. Default: URLs on the page's own host. */
@@ -107,11 +72,11 @@ export declare function installWebSocketShim(
   options?: BridgeSocketOptions,
 ): () => void;
 
-/** The version of the proxy that served the client. */
+/** The client's version (the proxy's, for the files it serves). */
 export declare const version: string;
 
 export interface WsBridgeNamespace {
-  readonly BridgeSocket: typeof BridgeSocket;
+  readonly BridgeSocket: BridgeSocketConstructor;
   readonly installWebSocketShim: typeof installWebSocketShim;
   readonly version: string;
 }
@@ -120,6 +85,6 @@ declare const WsBridge: WsBridgeNamespace;
 export default WsBridge;
 
 declare global {
-  /** Defined by the classic script `{prefix}/client.js`. */
+  /** Defined by the classic script (`{prefix}/client.js`, `@wsbridge/client/classic`). */
   var WsBridge: WsBridgeNamespace | undefined;
 }
