@@ -10,10 +10,11 @@
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream, ToSocketAddrs};
+use std::path::Path;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use wsbridge::config::{Config, ConfigError};
+use wsbridge::config::{Config, Overrides};
 
 /// Largest response head read: the status line is all that matters.
 const MAX_HEAD: usize = 8 * 1024;
@@ -28,11 +29,20 @@ pub struct HealthArgs {
     timeout: Duration,
 }
 
-/// Runs the probe; `load` reads the configuration, only when `--url` is absent.
-pub fn main(args: &HealthArgs, load: impl FnOnce() -> Result<Config, ConfigError>) -> ExitCode {
+/// Stands in for `upstream.url` when neither a file nor `--upstream` gives
+/// one: the probe never reaches the upstream, and the listeners' defaults
+/// are what a server started the same way would use.
+const NO_UPSTREAM: &str = "http://127.0.0.1:1";
+
+/// Runs the probe; the configuration is read only when `--url` is absent.
+pub fn main(args: &HealthArgs, config: Option<&Path>, overrides: &Overrides) -> ExitCode {
+    let mut overrides = overrides.clone();
+    if config.is_none() && overrides.upstream.is_none() {
+        overrides.upstream = Some(NO_UPSTREAM.into());
+    }
     let url = match &args.url {
         Some(url) => url.clone(),
-        None => match load() {
+        None => match Config::load(config, &overrides) {
             Ok(config) => match config_url(&config) {
                 Ok(url) => url,
                 Err(e) => {

@@ -68,9 +68,7 @@ fn main() -> ExitCode {
         upstream: cli.opts.upstream.clone(),
     };
     if let Some(Command::Health(args)) = &cli.command {
-        return health::main(args, || {
-            Config::load(cli.opts.config.as_deref(), &overrides)
-        });
+        return health::main(args, cli.opts.config.as_deref(), &overrides);
     }
     let config = match Config::load(cli.opts.config.as_deref(), &overrides) {
         Ok(c) => c,

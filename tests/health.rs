@@ -18,6 +18,8 @@ async fn health(args: &[&str]) -> (i32, String) {
         .arg("health")
         .args(args)
         .env_remove("WSBRIDGE_CONFIG")
+        .env_remove("WSBRIDGE_LISTEN")
+        .env_remove("WSBRIDGE_UPSTREAM")
         .stdin(Stdio::null())
         .output()
         .await
@@ -147,5 +149,18 @@ async fn the_url_comes_from_the_config() {
     let broken = write("broken.toml", "[server]\nlisten = 5\n".into());
     let (code, out) = health(&["--config", &broken]).await;
     assert_eq!(code, 2, "{out}");
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flags_and_defaults_without_a_file() {
+    let backend = Backend::start().await;
+    let mut proxy = Proxy::start(&backend, "").await;
+    // No file and no --upstream: the listeners' defaults and --listen apply.
+    let (code, out) = health(&["--listen", &proxy.addr.to_string()]).await;
+    assert_eq!(code, 0, "{out}");
+    let dead = closed_port().await;
+    let (code, out) = health(&["--listen", &format!("127.0.0.1:{dead}")]).await;
+    assert_eq!(code, 1, "{out}");
     proxy.shutdown().await;
 }
