@@ -10,10 +10,21 @@ use wsbridge::AppState;
 use wsbridge::config::{Config, Overrides};
 use wsbridge::net;
 
+mod health;
+
+/// `wsbridge --version`: the crate version and the git commit it was built
+/// from (build.rs; "unknown" outside a checkout without WSBRIDGE_GIT_COMMIT).
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("WSBRIDGE_GIT_COMMIT"),
+    ")"
+);
+
 /// Re-exposes WebSocket backends to browsers over plain HTTP (SSE, NDJSON,
 /// long-poll) and passes all other traffic through.
 #[derive(Parser)]
-#[command(version, about)]
+#[command(version = VERSION, about)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -41,6 +52,8 @@ struct Opts {
 enum Command {
     /// Validate the configuration and print the effective one.
     Check,
+    /// Exit 0 if {prefix}/healthz answers 200 (admin listener if configured).
+    Health(health::HealthArgs),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -55,6 +68,9 @@ fn main() -> ExitCode {
         listen: cli.opts.listen.clone(),
         upstream: cli.opts.upstream.clone(),
     };
+    if let Some(Command::Health(args)) = &cli.command {
+        return health::main(args, cli.opts.config.as_deref(), &overrides);
+    }
     let config = match Config::load(cli.opts.config.as_deref(), &overrides) {
         Ok(c) => c,
         Err(e) => {

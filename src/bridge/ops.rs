@@ -77,27 +77,39 @@ pub(super) fn transports(state: &AppState) -> Response<Body> {
 }
 
 pub(super) fn client_file(file: &client::ClientFile, headers: &HeaderMap) -> Response<Body> {
+    // gzip or brotli by Accept-Encoding, compressed once per process; each
+    // coding has its own strong ETag.
+    let accept = headers
+        .get(header::ACCEPT_ENCODING)
+        .and_then(|v| v.to_str().ok());
+    let encoded = file.encoded(accept);
     let fresh = headers
         .get(header::IF_NONE_MATCH)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| {
             v.split(',')
-                .any(|tag| tag.trim() == file.etag || tag.trim() == "*")
+                .any(|tag| tag.trim() == encoded.etag || tag.trim() == "*")
         });
     let mut resp = if fresh {
         status_only(StatusCode::NOT_MODIFIED)
     } else {
-        let mut r = Response::new(full(file.body.clone()));
+        let mut r = Response::new(full(encoded.body));
         r.headers_mut().insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static(file.content_type),
         );
+        if let Some(coding) = encoded.content_encoding {
+            r.headers_mut()
+                .insert(header::CONTENT_ENCODING, HeaderValue::from_static(coding));
+        }
         r
     };
     let h = resp.headers_mut();
-    if let Ok(etag) = HeaderValue::from_str(&file.etag) {
+    if let Ok(etag) = HeaderValue::from_str(encoded.etag) {
         h.insert(header::ETAG, etag);
     }
+    // On every answer, 304 included, so caches keep one copy per coding.
+    h.insert(header::VARY, HeaderValue::from_static("accept-encoding"));
     // Cacheable, but revalidated often enough that an upgrade reaches pages soon.
     h.insert(
         header::CACHE_CONTROL,

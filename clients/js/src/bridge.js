@@ -2,9 +2,10 @@
 // real WebSocket where the network allows one and otherwise the wsbridge
 // proxy's HTTP transports (SSE, NDJSON stream or long-poll down, POST up).
 //
-// This file is the one source of both served forms: the proxy wraps it in an
+// This file is the one source of every form: the proxy wraps it in an
 // IIFE for client.js (defining globalThis.WsBridge) and appends `export`
-// statements for client.mjs. So it declares only top-level constants,
+// statements for client.mjs (clients/js/build.mjs does the same for the npm
+// package, and adds a CommonJS form). So it declares only top-level constants,
 // functions and classes, and never imports or exports anything itself.
 //
 // Guarantees kept across dropped HTTP connections (see PROTOCOL.md):
