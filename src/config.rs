@@ -145,6 +145,8 @@ pub struct ReplayConfig {
     pub max_bytes: usize,
     pub max_pending_bytes: usize,
     pub overflow: Overflow,
+    /// All sessions' replay queues together (lingering ones included).
+    pub max_total_bytes: usize,
 }
 
 #[derive(Clone, Debug)]
@@ -327,6 +329,7 @@ struct RawReplay {
     max_bytes: Option<RawSize>,
     max_pending_bytes: Option<RawSize>,
     overflow: Option<String>,
+    max_total_bytes: Option<RawSize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -764,6 +767,11 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             4 << 20,
         )?,
         overflow,
+        max_total_bytes: size(
+            "replay.max_total_bytes",
+            replay.max_total_bytes.as_ref(),
+            256 << 20,
+        )?,
     };
 
     let poll = PollConfig {
@@ -939,6 +947,7 @@ impl Config {
             Overflow::DropOldest => "drop-oldest",
         };
         out.push_str(&format!("overflow = {}\n", s(overflow)));
+        out.push_str(&format!("max_total_bytes = {}\n", re.max_total_bytes));
         let p = &self.poll;
         out.push_str("\n[poll]\n");
         out.push_str(&format!("max_wait = {}\n", s(&d(p.max_wait))));
