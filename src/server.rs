@@ -69,6 +69,7 @@ impl Shared {
             registry: Arc::new(Registry::new(
                 config.sessions.max_sessions,
                 config.sessions.max_sessions_per_client,
+                config.replay.max_total_bytes,
             )),
             metrics: Arc::new(Metrics::new()),
             passthrough,
