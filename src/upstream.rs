@@ -577,3 +577,245 @@ pub fn tls_client_config(
     .with_no_client_auth();
     Ok(Arc::new(config))
 }
+
+/// The loops driven through channels on tokio's paused clock: what the
+/// upstream would see on the wire, at the times it would see it.
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Overflow, Transport};
+    use crate::session::testing::{limits, session};
+    use crate::session::{Batch, SessionLimits};
+    use tokio::sync::mpsc;
+    use tokio::task::JoinHandle;
+    use tokio_util::sync::PollSender;
+    use tungstenite::error::CapacityError;
+
+    type Incoming = Result<Message, tungstenite::Error>;
+
+    const HOUR: Duration = Duration::from_secs(3600);
+
+    /// The upstream's end of an in-memory WebSocket.
+    struct Peer {
+        /// What the upstream sends the proxy.
+        send: mpsc::Sender<Incoming>,
+        /// What the proxy sent the upstream.
+        got: mpsc::Receiver<Message>,
+    }
+
+    struct Running {
+        session: Arc<Session>,
+        registry: Arc<Registry>,
+        metrics: Arc<Metrics>,
+        peer: Peer,
+        pump: JoinHandle<ReadEnd>,
+    }
+
+    fn timers(ping: Duration, idle: Duration, linger: Duration) -> Timers {
+        Timers { ping, idle, linger }
+    }
+
+    fn start_in(registry: Arc<Registry>, timers: Timers, limits: SessionLimits) -> Running {
+        let metrics = Arc::new(Metrics::new());
+        let (session, handle) = session(&registry, limits, Arc::clone(&metrics));
+        let (send, mut incoming) = mpsc::channel::<Incoming>(16);
+        let (outgoing, got) = mpsc::channel::<Message>(16);
+        let stream = futures_util::stream::poll_fn(move |cx| incoming.poll_recv(cx));
+        let sink = PollSender::new(outgoing);
+        let (s, m) = (Arc::clone(&session), Arc::clone(&metrics));
+        let pump = tokio::spawn(async move { pump(&s, stream, sink, handle, timers, &m).await.2 });
+        Running {
+            session,
+            registry,
+            metrics,
+            peer: Peer { send, got },
+            pump,
+        }
+    }
+
+    fn start(timers: Timers) -> Running {
+        start_in(
+            Arc::new(Registry::new(10, 0, 1 << 20)),
+            timers,
+            limits(1 << 20, Overflow::Backpressure),
+        )
+    }
+
+    fn close_code(message: &Message) -> Option<u16> {
+        match message {
+            Message::Close(Some(frame)) => Some(u16::from(frame.code)),
+            _ => None,
+        }
+    }
+
+    fn close(code: u16) -> Incoming {
+        Ok(Message::Close(Some(CloseFrame {
+            code: CloseCode::from(code),
+            reason: "".into(),
+        })))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_unattended_session_closes_with_1001_at_the_idle_timeout() {
+        let idle = Duration::from_secs(60);
+        let mut run = start(timers(HOUR, idle, HOUR));
+        let t0 = Instant::now();
+        // A reader attached at 50 s holds the session open...
+        sleep(Duration::from_secs(50)).await;
+        let reader = run.session.attach(Transport::Sse, 0).unwrap();
+        sleep(Duration::from_secs(100)).await;
+        assert!(
+            run.peer.got.try_recv().is_err(),
+            "closed with a reader attached"
+        );
+        assert!(run.session.closed().is_none());
+        // ...and the timeout runs from when it leaves.
+        drop(reader);
+        let left = Instant::now();
+        let message = run.peer.got.recv().await.unwrap();
+        assert_eq!(close_code(&message), Some(1001), "{message:?}");
+        assert_eq!(left.elapsed(), idle);
+        assert!(t0.elapsed() >= Duration::from_secs(150) + idle);
+        assert_eq!(run.session.closed().unwrap().code, 1001);
+        // The upstream answers: the handshake is done and the reader ends in order.
+        run.peer.send.send(close(1001)).await.unwrap();
+        drop(run.peer.send);
+        assert_eq!(run.pump.await.unwrap(), ReadEnd::Closed);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_finished_session_lingers_then_is_removed() {
+        let linger_for = Duration::from_secs(30);
+        let run = start(timers(HOUR, HOUR, linger_for));
+        run.peer.send.send(close(4000)).await.unwrap();
+        drop(run.peer.send);
+        assert_eq!(run.pump.await.unwrap(), ReadEnd::Closed);
+        assert_eq!(run.session.closed().unwrap().code, 4000);
+        let id = run.session.id.clone();
+        let (s, r) = (Arc::clone(&run.session), Arc::clone(&run.registry));
+        let lingering = tokio::spawn(async move { linger(&s, linger_for, &r).await });
+        sleep(linger_for - Duration::from_secs(1)).await;
+        assert!(
+            run.registry.get(&id).is_some(),
+            "gone before the linger ended"
+        );
+        sleep(Duration::from_secs(2)).await;
+        assert!(lingering.is_finished());
+        assert!(
+            run.registry.get(&id).is_none(),
+            "still there after the linger"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn pings_every_interval_and_a_missed_pong_is_a_dead_upstream() {
+        let every = Duration::from_secs(30);
+        let mut run = start(timers(every, HOUR, HOUR));
+        let t0 = Instant::now();
+        let first = run.peer.got.recv().await.unwrap();
+        assert!(matches!(first, Message::Ping(_)), "{first:?}");
+        assert_eq!(t0.elapsed(), every);
+        // Answered: the next ping comes, and the session lives on.
+        run.peer
+            .send
+            .send(Ok(Message::Pong(Bytes::new())))
+            .await
+            .unwrap();
+        let second = run.peer.got.recv().await.unwrap();
+        assert!(matches!(second, Message::Ping(_)), "{second:?}");
+        assert_eq!(t0.elapsed(), every * 2);
+        assert!(run.session.closed().is_none());
+        // Unanswered: at the next ping the upstream is dead (close event
+        // 1006), and it is told so with a close frame.
+        let last = run.peer.got.recv().await.unwrap();
+        assert_eq!(close_code(&last), Some(1001), "{last:?}");
+        assert_eq!(t0.elapsed(), every * 3);
+        assert_eq!(run.session.closed().unwrap().code, 1006);
+        // Nobody answers the close: the loops give up after the grace.
+        assert_eq!(run.pump.await.unwrap(), ReadEnd::Cut);
+        assert_eq!(t0.elapsed(), every * 3 + CLOSE_GRACE);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_oversized_frame_closes_with_1009() {
+        let mut run = start(timers(HOUR, HOUR, HOUR));
+        let too_big = CapacityError::MessageTooLong {
+            size: 5000,
+            max_size: 1024,
+        };
+        run.peer
+            .send
+            .send(Err(tungstenite::Error::Capacity(too_big)))
+            .await
+            .unwrap();
+        let message = run.peer.got.recv().await.unwrap();
+        assert_eq!(close_code(&message), Some(1009), "{message:?}");
+        let closed = run.session.closed().unwrap();
+        assert_eq!(
+            (closed.code, closed.reason.as_str()),
+            (1009, "message too big")
+        );
+        // The stream is out of step with the frames: the socket is cut, and
+        // shut_down discards what still arrives.
+        assert_eq!(run.pump.await.unwrap(), ReadEnd::Cut);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reader_without_budget_room_pauses_and_resumes_when_room_frees() {
+        let registry = Arc::new(Registry::new(10, 0, 100));
+        let metrics = Arc::new(Metrics::new());
+        // Another session holds 80 of the 100 bytes, undelivered.
+        let (other, _handle) = session(
+            &registry,
+            limits(1 << 20, Overflow::Backpressure),
+            Arc::clone(&metrics),
+        );
+        let _ = other.push(EventData::Text(Bytes::from(vec![b'o'; 80])));
+        let run = start_in(
+            Arc::clone(&registry),
+            timers(HOUR, HOUR, HOUR),
+            limits(1 << 20, Overflow::Backpressure),
+        );
+        let frames = [50, 10, 10, 10];
+        for (i, len) in frames.iter().enumerate() {
+            let text = format!("{i}{}", "x".repeat(len - 1));
+            run.peer.send.send(Ok(Message::text(text))).await.unwrap();
+        }
+        // The first frame has no room: it waits in the reader, and the rest
+        // wait in the socket (here, the channel).
+        sleep(Duration::from_secs(5)).await;
+        assert_eq!(run.session.replay_depth(), (0, 0));
+        assert_eq!(run.peer.send.capacity(), 16 - 3);
+        assert!(
+            run.metrics
+                .render(&Default::default())
+                .contains("wsbridge_backpressure_pauses_total 1\n")
+        );
+        // The other session's reader takes and acknowledges its event.
+        let mut other_reader = other.attach(Transport::Poll, 0).unwrap();
+        assert!(matches!(
+            other_reader.try_next(10, 1 << 20),
+            Batch::Events(_)
+        ));
+        drop(other_reader);
+        other.attach(Transport::Poll, 1).unwrap();
+        // Every frame then arrives, in order, none dropped.
+        let mut reader = run.session.attach(Transport::Poll, 0).unwrap();
+        let mut got = Vec::new();
+        while got.len() < frames.len() {
+            let Batch::Events(events) = reader.next(10, 1 << 20).await else {
+                panic!("superseded")
+            };
+            got.extend(events);
+        }
+        let ids: Vec<u64> = got.iter().map(|e| e.id).collect();
+        assert_eq!(ids, [1, 2, 3, 4]);
+        for (event, (i, len)) in got.iter().zip(frames.iter().enumerate()) {
+            let EventData::Text(text) = &event.data else {
+                panic!("{event:?}")
+            };
+            assert_eq!((text[0], text.len()), (b'0' + i as u8, *len));
+        }
+        assert!(registry.budget().used() <= 100);
+    }
+}
