@@ -10,8 +10,12 @@
 //! reader waits for [`ReplayBudget::freed`] with the frame in hand, so TCP
 //! backpressure reaches the backend. Nothing undelivered is dropped silently.
 //!
-//! One exception keeps every session able to make progress: a frame is
-//! admitted when nothing at all is held, even if it alone exceeds the budget.
+//! Two exceptions keep every session able to make progress: a frame is
+//! admitted when nothing at all is held, even if it alone exceeds the budget;
+//! and a session whose live reader has taken every event may queue one frame
+//! past it (see `Session::push`), so sessions nobody reads cannot starve one
+//! that is read. The bound is thus `max_total_bytes` plus at most one frame
+//! per session being read; with no reader attached it is exact.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 

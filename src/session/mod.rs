@@ -165,7 +165,7 @@ struct State {
     /// Bytes drawn from the budget: the queue's held bytes as of the last
     /// [`Session::account`].
     charged: usize,
-    /// The queue's `dropped()` as of the last account, for the metric.
+    /// The queue's `dropped_undelivered()` as of the last account, for the metric.
     dropped_reported: u64,
     /// The upstream reader waits for budget room: a read (which makes events
     /// sent, so sheddable) wakes it to try again.
@@ -258,7 +258,7 @@ impl Session {
             self.budget.charge(held - st.charged);
         }
         st.charged = held;
-        let dropped = st.queue.dropped();
+        let dropped = st.queue.dropped_undelivered();
         if dropped > st.dropped_reported {
             self.metrics.events_dropped(dropped - st.dropped_reported);
             st.dropped_reported = dropped;
@@ -280,7 +280,16 @@ impl Session {
         if self.limits.replay.overflow == Overflow::DropOldest {
             st.queue.shed_oldest(self.budget.shortfall(len));
             self.account(st);
-            return self.budget.try_reserve(len);
+            if self.budget.try_reserve(len) {
+                return true;
+            }
+        }
+        // A live reader that has taken everything must not wait on sessions
+        // nobody reads: its session may go one frame over the budget. So the
+        // budget is exceeded by at most one frame per session being read.
+        if st.readers > 0 && st.queue.pending_bytes() == 0 {
+            self.budget.charge(len);
+            return true;
         }
         false
     }
@@ -776,6 +785,8 @@ mod tests {
         // The next frame needs 30: the oldest sent event (50) goes.
         assert!(matches!(a.push(text(30)), Pushed::Queued { .. }));
         assert_eq!(registry.budget().used(), 70);
+        // Sent events shed from replay are no loss to the live reader: only
+        // undelivered ones count as dropped.
         let dropped = |m: &Metrics| {
             m.render(&Default::default())
                 .lines()
@@ -785,12 +796,12 @@ mod tests {
                 })
                 .unwrap()
         };
-        assert_eq!(dropped(&metrics), 1);
+        assert_eq!(dropped(&metrics), 0);
         // Backpressure never sheds an undelivered event: with only the
         // undelivered 30 and the sent 40 left, an 80 waits after shedding the 40.
         assert!(matches!(a.push(text(80)), Pushed::NoRoom(_)));
         assert_eq!(registry.budget().used(), 30);
-        assert_eq!(dropped(&metrics), 2);
+        assert_eq!(dropped(&metrics), 0);
 
         // Under drop-oldest the session's own undelivered events make room, as a gap.
         let registry = Registry::new(10, 0, 100);
@@ -812,5 +823,26 @@ mod tests {
         };
         assert_eq!(events[0].data, EventData::Gap { from: 1, to: 1 });
         assert_eq!(events.len(), 4);
+    }
+
+    #[test]
+    fn a_reader_that_took_everything_gets_one_frame_past_the_budget() {
+        let registry = Registry::new(10, 0, 100);
+        let metrics = Arc::new(Metrics::new());
+        let l = limits(1 << 20, Overflow::Backpressure);
+        let (hog, _h) = session(&registry, l, Arc::clone(&metrics));
+        let (live, _l) = session(&registry, l, Arc::clone(&metrics));
+        assert!(matches!(hog.push(text(100)), Pushed::Queued { .. }));
+        // Nobody reads the hog; without a reader, the live session waits.
+        assert!(matches!(live.push(text(10)), Pushed::NoRoom(_)));
+        let mut reader = live.attach(Transport::Poll, 0).unwrap();
+        assert!(matches!(live.push(text(10)), Pushed::Queued { .. }));
+        assert_eq!(registry.budget().used(), 110);
+        // Until its reader takes that one, the next waits.
+        assert!(matches!(live.push(text(10)), Pushed::NoRoom(_)));
+        assert!(matches!(reader.try_next(10, 1 << 20), Batch::Events(e) if e.len() == 1));
+        // The sent one is shed for the next: still one frame over, no more.
+        assert!(matches!(live.push(text(10)), Pushed::Queued { .. }));
+        assert_eq!(registry.budget().used(), 110);
     }
 }
