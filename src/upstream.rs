@@ -655,6 +655,17 @@ mod tests {
         })))
     }
 
+    #[tokio::test]
+    async fn upstream_sockets_are_connected_with_keepalive_and_nodelay() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url: Uri = format!("ws://{}/ws", listener.local_addr().unwrap())
+            .parse()
+            .unwrap();
+        let tcp = connect_tcp(&url).await.unwrap();
+        assert!(socket2::SockRef::from(&tcp).keepalive().unwrap());
+        assert!(tcp.nodelay().unwrap());
+    }
+
     #[tokio::test(start_paused = true)]
     async fn an_unattended_session_closes_with_1001_at_the_idle_timeout() {
         let idle = Duration::from_secs(60);
