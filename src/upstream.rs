@@ -695,6 +695,36 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn sends_keep_a_session_alive() {
+        let idle = Duration::from_secs(60);
+        let mut run = start(timers(HOUR, idle, HOUR));
+        // Ten minutes of a send every 45 s: never idle for 60 s.
+        for _ in 0..(600 / 45) {
+            sleep(Duration::from_secs(45)).await;
+            let s = Arc::clone(&run.session);
+            let sent =
+                tokio::spawn(
+                    async move { s.send(Frame::Text(Bytes::from_static(b"hi")), None).await },
+                );
+            let got = run.peer.got.recv().await.unwrap();
+            assert!(
+                matches!(&got, Message::Text(t) if t.as_str() == "hi"),
+                "{got:?}"
+            );
+            assert_eq!(
+                sent.await.unwrap().unwrap(),
+                crate::session::SendOutcome::Written
+            );
+        }
+        assert!(run.session.closed().is_none());
+        // Then silence: closed a whole idle timeout after the last send.
+        let last = Instant::now();
+        let message = run.peer.got.recv().await.unwrap();
+        assert_eq!(close_code(&message), Some(1001), "{message:?}");
+        assert_eq!(last.elapsed(), idle);
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn a_finished_session_lingers_then_is_removed() {
         let linger_for = Duration::from_secs(30);
         let run = start(timers(HOUR, HOUR, linger_for));
