@@ -7,6 +7,14 @@
 //! `.await`. Wake-ups go through the live reader's waker, kept in the state
 //! and woken by whoever changes what it waits for, and two `Notify`s (the
 //! upstream task), so no one polls.
+//!
+//! Memory: the queue's held bytes are drawn from the process-wide
+//! [`budget::ReplayBudget`] and kept in step with it after every queue call
+//! (`Session::account`), under the same lock; the budget's own lock-free
+//! counter is the only thing sessions share on the message path.
+//!
+//! Submodules: [`replay`] (the pure queue), [`budget`] (the process-wide
+//! byte bound), [`registry`] (id → session, and the session limits).
 
 pub mod budget;
 pub mod registry;
