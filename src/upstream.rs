@@ -27,7 +27,7 @@ use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use http::{HeaderMap, HeaderValue, StatusCode, Uri};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::time::{Instant, sleep, sleep_until, timeout, timeout_at};
+use tokio::time::{Instant, sleep_until, timeout, timeout_at};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
@@ -264,9 +264,11 @@ where
     (stream, sink, end)
 }
 
-/// Keeps a finished session readable for `linger`, then forgets it.
+/// Keeps a finished session readable for `linger` from its close event
+/// (not from the end of the close handshake), then forgets it.
 async fn linger(session: &Session, linger: Duration, registry: &Registry) {
-    sleep(linger).await;
+    let from = session.closed_at().unwrap_or_else(Instant::now);
+    sleep_until(from + linger).await;
     registry.remove(&session.id);
 }
 
@@ -588,6 +590,7 @@ mod tests {
     use crate::session::{Batch, SessionLimits};
     use tokio::sync::mpsc;
     use tokio::task::JoinHandle;
+    use tokio::time::sleep;
     use tokio_util::sync::PollSender;
     use tungstenite::error::CapacityError;
 
@@ -732,10 +735,13 @@ mod tests {
         drop(run.peer.send);
         assert_eq!(run.pump.await.unwrap(), ReadEnd::Closed);
         assert_eq!(run.session.closed().unwrap().code, 4000);
+        // The linger runs from the close event, however long the socket's
+        // shutdown then takes.
+        sleep(Duration::from_secs(10)).await;
         let id = run.session.id.clone();
         let (s, r) = (Arc::clone(&run.session), Arc::clone(&run.registry));
         let lingering = tokio::spawn(async move { linger(&s, linger_for, &r).await });
-        sleep(linger_for - Duration::from_secs(1)).await;
+        sleep(linger_for - Duration::from_secs(11)).await;
         assert!(
             run.registry.get(&id).is_some(),
             "gone before the linger ended"

@@ -150,6 +150,8 @@ struct State {
     queue: ReplayQueue,
     /// Set when the close event is queued; the session lingers from then.
     closed: Option<CloseInfo>,
+    /// When the close event was queued: the linger runs from here.
+    closed_at: Option<Instant>,
     /// The close the upstream task is to send, once the proxy ends a session.
     close_request: Option<CloseInfo>,
     /// Generation of the newest reader; older readers are superseded.
@@ -210,6 +212,7 @@ impl Session {
             state: Mutex::new(State {
                 queue: ReplayQueue::new(limits.replay),
                 closed: None,
+                closed_at: None,
                 close_request: None,
                 reader_generation: 0,
                 reader_waker: None,
@@ -358,6 +361,7 @@ impl Session {
                 code,
                 reason: reason.to_owned(),
             });
+            st.closed_at = Some(Instant::now());
             let slot = st.slot.take();
             Self::wake_reader(st);
             slot
@@ -378,6 +382,11 @@ impl Session {
 
     pub fn closed(&self) -> Option<CloseInfo> {
         self.state().closed.clone()
+    }
+
+    /// When the close event was queued, once it was.
+    pub fn closed_at(&self) -> Option<Instant> {
+        self.state().closed_at
     }
 
     /// Ends the session from the proxy's side (DELETE, idle, drain, an
