@@ -50,7 +50,7 @@ pub type UpstreamSocket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 const READ_BUFFER: usize = 4 * 1024;
 /// How long each step of a close may take: the upstream's answer to our
 /// close frame, and its FIN after that. Past it the connection is shut.
-pub const CLOSE_GRACE: Duration = Duration::from_secs(2);
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
 /// Idle time before the kernel probes an upstream connection (SO_KEEPALIVE):
 /// a backend host that vanished without FIN or RST is found even while the
 /// WebSocket pings are paused by backpressure.

@@ -27,7 +27,8 @@ struct Outcome {
 
 /// A raw WebSocket upstream on 127.0.0.1:0. Paths:
 /// - `/big?size=N`: sends one text frame of N bytes, then as `/quiet`;
-/// - `/quiet`: answers pings, and a close frame with one of its own.
+/// - `/quiet`: ignores pings (never a pong), answers a close frame with
+///   one of its own.
 ///
 /// After answering a close it ends its side first (`fin=upstream`, the
 /// default, as most servers do) or waits for the proxy's FIN
@@ -293,4 +294,21 @@ async fn drain_gets_close_1001_then_a_fin() {
     );
     assert_eq!(outcome.end, Ok(()), "{outcome:?}");
     timeout(PATIENCE, done).await.unwrap().unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn a_dead_upstream_gets_close_1001_then_a_fin() {
+    let mut upstream = RawUpstream::start().await;
+    // `/quiet` never answers pings: dead at the second one.
+    let proxy = proxy(&upstream, "[sessions]\nupstream_ping = \"100ms\"\n").await;
+    let s = proxy.open("/quiet").await;
+    let outcome = upstream.next_outcome().await;
+    assert_eq!(
+        outcome.close,
+        Some((1001, "no pong".to_owned())),
+        "{outcome:?}"
+    );
+    assert_eq!(outcome.end, Ok(()), "{outcome:?}");
+    let events = s.poll_events(0, 1).await;
+    assert!(matches!(events[..], [Ev::Close(1, 1006, _)]), "{events:?}");
 }
