@@ -179,13 +179,13 @@ impl Metrics {
         let backpressure_pauses = Counter::default();
         registry.register(
             "wsbridge_backpressure_pauses",
-            "Times an upstream reader paused because undelivered events reached replay.max_pending_bytes",
+            "Times an upstream reader paused because undelivered events reached replay.max_pending_bytes or replay.max_total_bytes had no room",
             backpressure_pauses.clone(),
         );
         let gap_events_dropped = Counter::default();
         registry.register(
             "wsbridge_events_dropped",
-            "Undelivered events dropped by overflow = drop-oldest",
+            "Undelivered events dropped by replay.overflow = drop-oldest (for the session's own limit or for replay.max_total_bytes)",
             gap_events_dropped.clone(),
         );
         let http_requests = Family::<RequestLabels, Counter>::default();

@@ -54,6 +54,7 @@ impl AppState {
             registry: Arc::new(Registry::new(
                 config.sessions.max_sessions,
                 config.sessions.max_sessions_per_client,
+                config.replay.max_total_bytes,
             )),
             metrics: Arc::new(Metrics::new()),
             upstream_http,

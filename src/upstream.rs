@@ -3,21 +3,31 @@
 //!
 //! The task runs the reader loop, which moves upstream frames into the
 //! replay queue and pauses when undelivered events reach
-//! `replay.max_pending_bytes`, so TCP backpressure reaches the backend; the
-//! writer loop, a task of its own, forwards browser frames, pings, and
-//! carries out closes. Reading and writing never wait on each other, so a
-//! backend that stops reading cannot stall delivery, and the other way round.
+//! `replay.max_pending_bytes` or the process-wide budget
+//! (`replay.max_total_bytes`) has no room, so TCP backpressure reaches the
+//! backend; the writer loop, a task of its own, forwards browser frames,
+//! pings, and carries out closes. Reading and writing never wait on each
+//! other, so a backend that stops reading cannot stall delivery, and the
+//! other way round. Both loops are generic over a `Stream`/`Sink` of
+//! messages, so the unit tests below drive them with channels on tokio's
+//! paused clock.
+//!
+//! Closes are handshakes, never resets: whoever ends the session, the proxy
+//! sends its close frame, reads (discarding) until the upstream answers or
+//! hangs up or [`CLOSE_GRACE`] ends, and only then shuts the connection
+//! down, with no unread byte left in the kernel's buffer (which would make
+//! it send RST, and the upstream see 1006 instead of our close).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::stream::{SplitSink, SplitStream};
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use http::{HeaderMap, HeaderValue, StatusCode, Uri};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::time::{Instant, sleep, sleep_until, timeout};
+use tokio::time::{Instant, sleep_until, timeout, timeout_at};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
@@ -30,7 +40,7 @@ use crate::error::UpstreamError;
 use crate::metrics::{CloseReason, Metrics};
 use crate::session::registry::Registry;
 use crate::session::replay::EventData;
-use crate::session::{Frame, Outbound, Session, UpstreamHandle};
+use crate::session::{Frame, Outbound, Pushed, Session, UpstreamHandle};
 
 pub type UpstreamSocket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
@@ -38,8 +48,15 @@ pub type UpstreamSocket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 /// defaults to 128 KiB; an idle session needs far less, and 4 KiB still
 /// takes 32 frames of 128 bytes per read under load.
 const READ_BUFFER: usize = 4 * 1024;
-/// How long a close handshake may take before the socket is dropped.
+/// How long each step of a close may take: the upstream's answer to our
+/// close frame, and its FIN after that. Past it the connection is shut.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
+/// Idle time before the kernel probes an upstream connection (SO_KEEPALIVE):
+/// a backend host that vanished without FIN or RST is found even while the
+/// WebSocket pings are paused by backpressure.
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(60);
+/// Read buffer for discarding what arrives after a close.
+const DISCARD_BUFFER: usize = 16 * 1024;
 /// A write to the upstream that takes longer than this means a dead upstream.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -71,6 +88,8 @@ pub struct Connected {
 
 /// Opens the upstream WebSocket for a session: `headers` are those to pass on
 /// (already chosen by the caller), `protocols` the page's subprotocols.
+/// `connect_timeout` bounds the whole of it: TCP connect, TLS and the
+/// WebSocket handshake.
 pub async fn connect(
     url: &Uri,
     headers: HeaderMap,
@@ -98,24 +117,15 @@ pub async fn connect(
         (Some("wss"), Some(tls)) => Some(Connector::Rustls(tls)),
         _ => Some(Connector::Plain),
     };
-    let handshake =
-        tokio_tungstenite::connect_async_tls_with_config(request, Some(config), true, connector);
+    let handshake = async {
+        let tcp = connect_tcp(url).await?;
+        tokio_tungstenite::client_async_tls_with_config(request, tcp, Some(config), connector)
+            .await
+            .map_err(handshake_error)
+    };
     let (socket, response) = match timeout(connect_timeout, handshake).await {
         Err(_) => return Err(UpstreamError::Timeout),
-        Ok(Err(tungstenite::Error::Http(resp))) => {
-            return Err(UpstreamError::Rejected(resp.status()));
-        }
-        Ok(Err(tungstenite::Error::Io(e))) => {
-            return Err(UpstreamError::Unreachable(e.to_string()));
-        }
-        Ok(Err(tungstenite::Error::Tls(e))) => {
-            return Err(UpstreamError::Unreachable(format!("tls: {e}")));
-        }
-        Ok(Err(tungstenite::Error::Url(e))) => {
-            return Err(UpstreamError::Unreachable(e.to_string()));
-        }
-        Ok(Err(e)) => return Err(UpstreamError::Protocol(e.to_string())),
-        Ok(Ok(pair)) => pair,
+        Ok(result) => result?,
     };
     let protocol = response
         .headers()
@@ -124,6 +134,44 @@ pub async fn connect(
         .unwrap_or_default()
         .to_owned();
     Ok(Connected { socket, protocol })
+}
+
+/// Connects the TCP socket of an upstream WebSocket, with TCP keepalive on.
+async fn connect_tcp(url: &Uri) -> Result<TcpStream, UpstreamError> {
+    let host = url
+        .host()
+        .ok_or_else(|| UpstreamError::Protocol("the upstream url has no host".into()))?;
+    // An IPv6 literal comes bracketed, as URLs write it.
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let port = url
+        .port_u16()
+        .unwrap_or(if url.scheme_str() == Some("wss") {
+            443
+        } else {
+            80
+        });
+    let tcp = TcpStream::connect((host, port))
+        .await
+        .map_err(|e| UpstreamError::Unreachable(e.to_string()))?;
+    // Each frame is written whole and flushed: Nagle would only delay it.
+    if let Err(e) = tcp.set_nodelay(true) {
+        tracing::debug!(error = %e, "could not set TCP_NODELAY on an upstream socket");
+    }
+    let keepalive = socket2::TcpKeepalive::new().with_time(KEEPALIVE_IDLE);
+    if let Err(e) = socket2::SockRef::from(&tcp).set_tcp_keepalive(&keepalive) {
+        tracing::debug!(error = %e, "could not set SO_KEEPALIVE on an upstream socket");
+    }
+    Ok(tcp)
+}
+
+fn handshake_error(e: tungstenite::Error) -> UpstreamError {
+    match e {
+        tungstenite::Error::Http(resp) => UpstreamError::Rejected(resp.status()),
+        tungstenite::Error::Io(e) => UpstreamError::Unreachable(e.to_string()),
+        tungstenite::Error::Tls(e) => UpstreamError::Unreachable(format!("tls: {e}")),
+        tungstenite::Error::Url(e) => UpstreamError::Unreachable(e.to_string()),
+        e => UpstreamError::Protocol(e.to_string()),
+    }
 }
 
 /// The HTTP status a failed handshake counts as in the metrics.
@@ -146,9 +194,20 @@ struct Link {
     pong_seen: AtomicBool,
 }
 
-/// Runs a session's upstream side until the session ends, then keeps it
-/// readable for `linger` and removes it from the registry. `open` is held
-/// while the upstream socket is.
+/// How the reader ended, which decides how the connection is shut.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ReadEnd {
+    /// The stream ended in order: the close handshake is done, or the
+    /// upstream hung up. Nothing more is coming.
+    Closed,
+    /// The stream was cut short (an oversized frame, a read error, the
+    /// writer gave up): bytes may still be arriving, unread.
+    Cut,
+}
+
+/// Runs a session's upstream side until the session ends, closes the
+/// connection in order, then keeps the session readable for `linger` and
+/// removes it from the registry. `open` is held while the upstream socket is.
 ///
 /// The writer runs as a task of its own, so the frequent wake-ups of the
 /// reader (every upstream frame) never poll the writer's timers and channel.
@@ -162,32 +221,95 @@ pub async fn run(
     metrics: Arc<Metrics>,
 ) {
     let (sink, stream) = socket.split();
+    let (stream, sink, end) = pump(&session, stream, sink, handle, timers, &metrics).await;
+    if let Some(sink) = sink
+        && let Ok(socket) = stream.reunite(sink)
+    {
+        shut_down(socket.into_inner(), end).await;
+    }
+    // The socket is closed: the drain need not wait for this session any
+    // longer, and it lingers.
+    drop(open);
+    linger(&session, timers.linger, &registry).await;
+}
+
+/// Runs the reader here and the writer as a task until both have ended;
+/// gives the two halves back (the sink unless the writer panicked).
+async fn pump<S, K>(
+    session: &Arc<Session>,
+    mut stream: S,
+    sink: K,
+    handle: UpstreamHandle,
+    timers: Timers,
+    metrics: &Arc<Metrics>,
+) -> (S, Option<K>, ReadEnd)
+where
+    S: Stream<Item = Result<Message, tungstenite::Error>> + Unpin,
+    K: Sink<Message> + Unpin + Send + 'static,
+    K::Error: std::fmt::Display + Send,
+{
     let link = Arc::new(Link::default());
     let writer = tokio::spawn(write_loop(
-        Arc::clone(&session),
+        Arc::clone(session),
         sink,
         handle,
         Arc::clone(&link),
         timers,
-        Arc::clone(&metrics),
+        Arc::clone(metrics),
     ));
-    read_loop(&session, stream, &link, &metrics).await;
+    let end = read_loop(session, &mut stream, &link, metrics).await;
     // The writer ends once the reader has (the link says so), at most a
     // close handshake later.
-    let _ = writer.await;
-    // Both loops are done and the socket is dropped: the drain need not
-    // wait for this session any longer, and it lingers.
-    drop(open);
-    sleep(timers.linger).await;
+    let sink = writer.await.ok();
+    (stream, sink, end)
+}
+
+/// Keeps a finished session readable for `linger` from its close event
+/// (not from the end of the close handshake), then forgets it.
+async fn linger(session: &Session, linger: Duration, registry: &Registry) {
+    let from = session.closed_at().unwrap_or_else(Instant::now);
+    sleep_until(from + linger).await;
     registry.remove(&session.id);
 }
 
-async fn read_loop(
-    session: &Session,
-    mut stream: SplitStream<UpstreamSocket>,
-    link: &Link,
-    metrics: &Metrics,
-) {
+/// Shuts an upstream connection down without a reset, within
+/// [`CLOSE_GRACE`]. After an orderly end the FIN goes first (a peer waiting
+/// for it may go at once), then what still arrives is read up to the
+/// upstream's own FIN. After a cut (the rest of an oversized frame may be
+/// on its way, and tungstenite is out of step with the frames) everything
+/// is read and discarded until the upstream, which has our close frame,
+/// hangs up; only then the FIN. Either way no unread byte is left behind.
+async fn shut_down<T>(mut io: T, end: ReadEnd)
+where
+    T: AsyncRead + AsyncWrite + Unpin,
+{
+    let deadline = Instant::now() + CLOSE_GRACE;
+    if end == ReadEnd::Closed {
+        let _ = timeout_at(deadline, io.shutdown()).await;
+        discard_until_eof(&mut io, deadline).await;
+    } else {
+        discard_until_eof(&mut io, deadline).await;
+        let _ = timeout(CLOSE_GRACE, io.shutdown()).await;
+    }
+}
+
+/// Reads and drops bytes until EOF, an error or `deadline`; true on EOF.
+async fn discard_until_eof<T: AsyncRead + Unpin>(io: &mut T, deadline: Instant) -> bool {
+    // Only on the close path, so a heap buffer of a useful size is fine.
+    let mut buf = vec![0u8; DISCARD_BUFFER];
+    loop {
+        match timeout_at(deadline, io.read(&mut buf)).await {
+            Ok(Ok(0)) => return true,
+            Ok(Ok(_)) => {}
+            Ok(Err(_)) | Err(_) => return false,
+        }
+    }
+}
+
+async fn read_loop<S>(session: &Session, stream: &mut S, link: &Link, metrics: &Metrics) -> ReadEnd
+where
+    S: Stream<Item = Result<Message, tungstenite::Error>> + Unpin,
+{
     let Link {
         ended,
         paused,
@@ -208,7 +330,7 @@ async fn read_loop(
                 tokio::select! {
                     // A reader drained some events, or the session ended.
                     _ = session.drained() => {}
-                    _ = &mut cancelled => return,
+                    _ = &mut cancelled => return ReadEnd::Cut,
                 }
                 paused.store(false, Ordering::Release);
                 continue;
@@ -218,20 +340,23 @@ async fn read_loop(
         let next = tokio::select! {
             // `next` is cancel-safe: a frame is either returned or stays buffered.
             next = stream.next() => next,
-            _ = &mut cancelled => return,
+            _ = &mut cancelled => return ReadEnd::Cut,
         };
-        match next {
+        let data = match next {
             Some(Ok(Message::Text(text))) => {
                 metrics.down.count(text.len());
-                pause = session.push(EventData::Text(Bytes::from(text)));
+                EventData::Text(Bytes::from(text))
             }
             Some(Ok(Message::Binary(data))) => {
                 metrics.down.count(data.len());
-                pause = session.push(EventData::Binary(data));
+                EventData::Binary(data)
             }
-            Some(Ok(Message::Pong(_))) => pong_seen.store(true, Ordering::Release),
+            Some(Ok(Message::Pong(_))) => {
+                pong_seen.store(true, Ordering::Release);
+                continue;
+            }
             // tungstenite answers pings itself.
-            Some(Ok(Message::Ping(_) | Message::Frame(_))) => {}
+            Some(Ok(Message::Ping(_) | Message::Frame(_))) => continue,
             Some(Ok(Message::Close(frame))) => {
                 let (code, reason) = match frame {
                     Some(f) => (u16::from(f.code), f.reason.to_string()),
@@ -239,34 +364,84 @@ async fn read_loop(
                 };
                 session.finish(code, &reason, CloseReason::Upstream);
                 // Keep reading until the stream ends so tungstenite can flush
-                // its close reply.
+                // its close reply (or, if we closed first, has the answer).
+                continue;
             }
             Some(Err(tungstenite::Error::Capacity(e))) => {
                 tracing::debug!(session = session.log_id(), error = %e, "upstream frame too large");
                 session.close(1009, "message too big", CloseReason::Error);
-                return;
+                return ReadEnd::Cut;
             }
             Some(Err(e)) => {
                 tracing::debug!(session = session.log_id(), error = %e, "upstream read failed");
                 session.finish(1006, "", CloseReason::Dead);
-                return;
+                return ReadEnd::Cut;
             }
             None => {
                 session.finish(1006, "", CloseReason::Dead);
-                return;
+                return ReadEnd::Closed;
             }
-        }
+        };
+        pause = match session.push(data) {
+            Pushed::Queued { pause } => pause,
+            Pushed::NoRoom(data) => {
+                match push_when_room(session, data, link, metrics, &mut cancelled).await {
+                    Some(pause) => pause,
+                    None => return ReadEnd::Cut,
+                }
+            }
+        };
     }
 }
 
-async fn write_loop(
+/// Pushes a frame the process-wide budget had no room for, once it has:
+/// the reader holds it meanwhile and reads nothing more, so TCP
+/// backpressure reaches the backend. `None` when the loop is stopped.
+async fn push_when_room(
+    session: &Session,
+    mut data: EventData,
+    link: &Link,
+    metrics: &Metrics,
+    cancelled: &mut (impl Future<Output = ()> + Unpin),
+) -> Option<bool> {
+    let budget = session.budget();
+    let _waiting = budget.waiting();
+    link.paused.store(true, Ordering::Release);
+    metrics.backpressure_paused();
+    let pause = loop {
+        // Enabled before trying, so a release in between is not lost.
+        let freed = budget.freed();
+        tokio::pin!(freed);
+        freed.as_mut().enable();
+        match session.push(data) {
+            Pushed::Queued { pause } => break Some(pause),
+            Pushed::NoRoom(back) => data = back,
+        }
+        tokio::select! {
+            // Another session gave bytes back.
+            _ = freed => {}
+            // This session's reader read (what it sent may now be shed),
+            // or the session ended (the frame is then let go).
+            _ = session.drained() => {}
+            _ = &mut *cancelled => break None,
+        }
+    };
+    link.paused.store(false, Ordering::Release);
+    pause
+}
+
+async fn write_loop<K>(
     session: Arc<Session>,
-    mut sink: SplitSink<UpstreamSocket, Message>,
+    mut sink: K,
     mut handle: UpstreamHandle,
     link: Arc<Link>,
     timers: Timers,
     metrics: Arc<Metrics>,
-) {
+) -> K
+where
+    K: Sink<Message> + Unpin,
+    K::Error: std::fmt::Display,
+{
     let session = &*session;
     let metrics = &*metrics;
     let Link {
@@ -287,18 +462,18 @@ async fn write_loop(
             // First, so a close the reader asked for (an oversized frame) is
             // still sent after the reader has stopped.
             request = session.close_requested() => {
-                let frame = CloseFrame { code: CloseCode::from(request.code), reason: request.reason.clone().into() };
-                let _ = timeout(CLOSE_GRACE, sink.send(Message::Close(Some(frame)))).await;
-                // Give the upstream a moment to answer the close.
+                send_close(&mut sink, request.code, &request.reason).await;
+                // The reader reads on until the upstream answers the close
+                // (the stream then ends), for at most the grace.
                 let _ = timeout(CLOSE_GRACE, ended.cancelled()).await;
-                return;
+                return sink;
             }
             // The reader saw the upstream end: nothing left to write to.
-            _ = ended.cancelled() => return,
+            _ = ended.cancelled() => return sink,
             Some(out) = handle.outbound.recv() => {
                 if !write(session, &mut sink, out, metrics).await {
                     session.finish(1006, "", CloseReason::Dead);
-                    return;
+                    return sink;
                 }
             }
             _ = ping.tick() => {
@@ -309,13 +484,17 @@ async fn write_loop(
                 if ping_outstanding && !pong_seen.load(Ordering::Acquire) {
                     tracing::debug!(session = session.log_id(), "upstream missed a pong");
                     session.finish(1006, "", CloseReason::Dead);
-                    return;
+                    // It may only be slow: tell it, as a handshake like any
+                    // other close (1006 itself never goes on the wire).
+                    send_close(&mut sink, 1001, "no pong").await;
+                    let _ = timeout(CLOSE_GRACE, ended.cancelled()).await;
+                    return sink;
                 }
                 pong_seen.store(false, Ordering::Release);
                 ping_outstanding = true;
                 if !matches!(timeout(WRITE_TIMEOUT, sink.send(Message::Ping(Bytes::new()))).await, Ok(Ok(()))) {
                     session.finish(1006, "", CloseReason::Dead);
-                    return;
+                    return sink;
                 }
             }
             _ = sleep_until(idle_at) => {
@@ -327,14 +506,25 @@ async fn write_loop(
     }
 }
 
+/// Sends a close frame, giving up after the grace (a stuck upstream).
+async fn send_close<K>(sink: &mut K, code: u16, reason: &str)
+where
+    K: Sink<Message> + Unpin,
+{
+    let frame = CloseFrame {
+        code: CloseCode::from(code),
+        reason: reason.to_owned().into(),
+    };
+    let _ = timeout(CLOSE_GRACE, sink.send(Message::Close(Some(frame)))).await;
+}
+
 /// Writes one browser frame and acknowledges it; false when the upstream is
 /// gone or stuck.
-async fn write(
-    session: &Session,
-    sink: &mut SplitSink<UpstreamSocket, Message>,
-    out: Box<Outbound>,
-    metrics: &Metrics,
-) -> bool {
+async fn write<K>(session: &Session, sink: &mut K, out: Box<Outbound>, metrics: &Metrics) -> bool
+where
+    K: Sink<Message> + Unpin,
+    K::Error: std::fmt::Display,
+{
     let len = out.frame.len();
     let message = match out.frame {
         Frame::Text(bytes) => match tungstenite::Utf8Bytes::try_from(bytes) {
@@ -388,4 +578,291 @@ pub fn tls_client_config(
     .with_root_certificates(roots)
     .with_no_client_auth();
     Ok(Arc::new(config))
+}
+
+/// The loops driven through channels on tokio's paused clock: what the
+/// upstream would see on the wire, at the times it would see it.
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Overflow, Transport};
+    use crate::session::testing::{limits, session};
+    use crate::session::{Batch, SessionLimits};
+    use tokio::sync::mpsc;
+    use tokio::task::JoinHandle;
+    use tokio::time::sleep;
+    use tokio_util::sync::PollSender;
+    use tungstenite::error::CapacityError;
+
+    type Incoming = Result<Message, tungstenite::Error>;
+
+    const HOUR: Duration = Duration::from_secs(3600);
+
+    /// The upstream's end of an in-memory WebSocket.
+    struct Peer {
+        /// What the upstream sends the proxy.
+        send: mpsc::Sender<Incoming>,
+        /// What the proxy sent the upstream.
+        got: mpsc::Receiver<Message>,
+    }
+
+    struct Running {
+        session: Arc<Session>,
+        registry: Arc<Registry>,
+        metrics: Arc<Metrics>,
+        peer: Peer,
+        pump: JoinHandle<ReadEnd>,
+    }
+
+    fn timers(ping: Duration, idle: Duration, linger: Duration) -> Timers {
+        Timers { ping, idle, linger }
+    }
+
+    fn start_in(registry: Arc<Registry>, timers: Timers, limits: SessionLimits) -> Running {
+        let metrics = Arc::new(Metrics::new());
+        let (session, handle) = session(&registry, limits, Arc::clone(&metrics));
+        let (send, mut incoming) = mpsc::channel::<Incoming>(16);
+        let (outgoing, got) = mpsc::channel::<Message>(16);
+        let stream = futures_util::stream::poll_fn(move |cx| incoming.poll_recv(cx));
+        let sink = PollSender::new(outgoing);
+        let (s, m) = (Arc::clone(&session), Arc::clone(&metrics));
+        let pump = tokio::spawn(async move { pump(&s, stream, sink, handle, timers, &m).await.2 });
+        Running {
+            session,
+            registry,
+            metrics,
+            peer: Peer { send, got },
+            pump,
+        }
+    }
+
+    fn start(timers: Timers) -> Running {
+        start_in(
+            Arc::new(Registry::new(10, 0, 1 << 20)),
+            timers,
+            limits(1 << 20, Overflow::Backpressure),
+        )
+    }
+
+    fn close_code(message: &Message) -> Option<u16> {
+        match message {
+            Message::Close(Some(frame)) => Some(u16::from(frame.code)),
+            _ => None,
+        }
+    }
+
+    fn close(code: u16) -> Incoming {
+        Ok(Message::Close(Some(CloseFrame {
+            code: CloseCode::from(code),
+            reason: "".into(),
+        })))
+    }
+
+    #[tokio::test]
+    async fn upstream_sockets_are_connected_with_keepalive_and_nodelay() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url: Uri = format!("ws://{}/ws", listener.local_addr().unwrap())
+            .parse()
+            .unwrap();
+        let tcp = connect_tcp(&url).await.unwrap();
+        assert!(socket2::SockRef::from(&tcp).keepalive().unwrap());
+        assert!(tcp.nodelay().unwrap());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_unattended_session_closes_with_1001_at_the_idle_timeout() {
+        let idle = Duration::from_secs(60);
+        let mut run = start(timers(HOUR, idle, HOUR));
+        let t0 = Instant::now();
+        // A reader attached at 50 s holds the session open...
+        sleep(Duration::from_secs(50)).await;
+        let reader = run.session.attach(Transport::Sse, 0).unwrap();
+        sleep(Duration::from_secs(100)).await;
+        assert!(
+            run.peer.got.try_recv().is_err(),
+            "closed with a reader attached"
+        );
+        assert!(run.session.closed().is_none());
+        // ...and the timeout runs from when it leaves.
+        drop(reader);
+        let left = Instant::now();
+        let message = run.peer.got.recv().await.unwrap();
+        assert_eq!(close_code(&message), Some(1001), "{message:?}");
+        assert_eq!(left.elapsed(), idle);
+        assert!(t0.elapsed() >= Duration::from_secs(150) + idle);
+        assert_eq!(run.session.closed().unwrap().code, 1001);
+        // The upstream answers: the handshake is done and the reader ends in order.
+        run.peer.send.send(close(1001)).await.unwrap();
+        drop(run.peer.send);
+        assert_eq!(run.pump.await.unwrap(), ReadEnd::Closed);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn sends_keep_a_session_alive() {
+        let idle = Duration::from_secs(60);
+        let mut run = start(timers(HOUR, idle, HOUR));
+        // Ten minutes of a send every 45 s: never idle for 60 s.
+        for _ in 0..(600 / 45) {
+            sleep(Duration::from_secs(45)).await;
+            let s = Arc::clone(&run.session);
+            let sent =
+                tokio::spawn(
+                    async move { s.send(Frame::Text(Bytes::from_static(b"hi")), None).await },
+                );
+            let got = run.peer.got.recv().await.unwrap();
+            assert!(
+                matches!(&got, Message::Text(t) if t.as_str() == "hi"),
+                "{got:?}"
+            );
+            assert_eq!(
+                sent.await.unwrap().unwrap(),
+                crate::session::SendOutcome::Written
+            );
+        }
+        assert!(run.session.closed().is_none());
+        // Then silence: closed a whole idle timeout after the last send.
+        let last = Instant::now();
+        let message = run.peer.got.recv().await.unwrap();
+        assert_eq!(close_code(&message), Some(1001), "{message:?}");
+        assert_eq!(last.elapsed(), idle);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_finished_session_lingers_then_is_removed() {
+        let linger_for = Duration::from_secs(30);
+        let run = start(timers(HOUR, HOUR, linger_for));
+        run.peer.send.send(close(4000)).await.unwrap();
+        drop(run.peer.send);
+        assert_eq!(run.pump.await.unwrap(), ReadEnd::Closed);
+        assert_eq!(run.session.closed().unwrap().code, 4000);
+        // The linger runs from the close event, however long the socket's
+        // shutdown then takes.
+        sleep(Duration::from_secs(10)).await;
+        let id = run.session.id.clone();
+        let (s, r) = (Arc::clone(&run.session), Arc::clone(&run.registry));
+        let lingering = tokio::spawn(async move { linger(&s, linger_for, &r).await });
+        sleep(linger_for - Duration::from_secs(11)).await;
+        assert!(
+            run.registry.get(&id).is_some(),
+            "gone before the linger ended"
+        );
+        sleep(Duration::from_secs(2)).await;
+        assert!(lingering.is_finished());
+        assert!(
+            run.registry.get(&id).is_none(),
+            "still there after the linger"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn pings_every_interval_and_a_missed_pong_is_a_dead_upstream() {
+        let every = Duration::from_secs(30);
+        let mut run = start(timers(every, HOUR, HOUR));
+        let t0 = Instant::now();
+        let first = run.peer.got.recv().await.unwrap();
+        assert!(matches!(first, Message::Ping(_)), "{first:?}");
+        assert_eq!(t0.elapsed(), every);
+        // Answered: the next ping comes, and the session lives on.
+        run.peer
+            .send
+            .send(Ok(Message::Pong(Bytes::new())))
+            .await
+            .unwrap();
+        let second = run.peer.got.recv().await.unwrap();
+        assert!(matches!(second, Message::Ping(_)), "{second:?}");
+        assert_eq!(t0.elapsed(), every * 2);
+        assert!(run.session.closed().is_none());
+        // Unanswered: at the next ping the upstream is dead (close event
+        // 1006), and it is told so with a close frame.
+        let last = run.peer.got.recv().await.unwrap();
+        assert_eq!(close_code(&last), Some(1001), "{last:?}");
+        assert_eq!(t0.elapsed(), every * 3);
+        assert_eq!(run.session.closed().unwrap().code, 1006);
+        // Nobody answers the close: the loops give up after the grace.
+        assert_eq!(run.pump.await.unwrap(), ReadEnd::Cut);
+        assert_eq!(t0.elapsed(), every * 3 + CLOSE_GRACE);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_oversized_frame_closes_with_1009() {
+        let mut run = start(timers(HOUR, HOUR, HOUR));
+        let too_big = CapacityError::MessageTooLong {
+            size: 5000,
+            max_size: 1024,
+        };
+        run.peer
+            .send
+            .send(Err(tungstenite::Error::Capacity(too_big)))
+            .await
+            .unwrap();
+        let message = run.peer.got.recv().await.unwrap();
+        assert_eq!(close_code(&message), Some(1009), "{message:?}");
+        let closed = run.session.closed().unwrap();
+        assert_eq!(
+            (closed.code, closed.reason.as_str()),
+            (1009, "message too big")
+        );
+        // The stream is out of step with the frames: the socket is cut, and
+        // shut_down discards what still arrives.
+        assert_eq!(run.pump.await.unwrap(), ReadEnd::Cut);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reader_without_budget_room_pauses_and_resumes_when_room_frees() {
+        let registry = Arc::new(Registry::new(10, 0, 100));
+        let metrics = Arc::new(Metrics::new());
+        // Another session holds 80 of the 100 bytes, undelivered.
+        let (other, _handle) = session(
+            &registry,
+            limits(1 << 20, Overflow::Backpressure),
+            Arc::clone(&metrics),
+        );
+        let _ = other.push(EventData::Text(Bytes::from(vec![b'o'; 80])));
+        let run = start_in(
+            Arc::clone(&registry),
+            timers(HOUR, HOUR, HOUR),
+            limits(1 << 20, Overflow::Backpressure),
+        );
+        let frames = [50, 10, 10, 10];
+        for (i, len) in frames.iter().enumerate() {
+            let text = format!("{i}{}", "x".repeat(len - 1));
+            run.peer.send.send(Ok(Message::text(text))).await.unwrap();
+        }
+        // The first frame has no room: it waits in the reader, and the rest
+        // wait in the socket (here, the channel).
+        sleep(Duration::from_secs(5)).await;
+        assert_eq!(run.session.replay_depth(), (0, 0));
+        assert_eq!(run.peer.send.capacity(), 16 - 3);
+        assert!(
+            run.metrics
+                .render(&Default::default())
+                .contains("wsbridge_backpressure_pauses_total 1\n")
+        );
+        // The other session's reader takes and acknowledges its event.
+        let mut other_reader = other.attach(Transport::Poll, 0).unwrap();
+        assert!(matches!(
+            other_reader.try_next(10, 1 << 20),
+            Batch::Events(_)
+        ));
+        drop(other_reader);
+        other.attach(Transport::Poll, 1).unwrap();
+        // Every frame then arrives, in order, none dropped.
+        let mut reader = run.session.attach(Transport::Poll, 0).unwrap();
+        let mut got = Vec::new();
+        while got.len() < frames.len() {
+            let Batch::Events(events) = reader.next(10, 1 << 20).await else {
+                panic!("superseded")
+            };
+            got.extend(events);
+        }
+        let ids: Vec<u64> = got.iter().map(|e| e.id).collect();
+        assert_eq!(ids, [1, 2, 3, 4]);
+        for (event, (i, len)) in got.iter().zip(frames.iter().enumerate()) {
+            let EventData::Text(text) = &event.data else {
+                panic!("{event:?}")
+            };
+            assert_eq!((text[0], text.len()), (b'0' + i as u8, *len));
+        }
+        assert!(registry.budget().used() <= 100);
+    }
 }

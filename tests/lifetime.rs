@@ -1,5 +1,8 @@
 //! Session lifetime: DELETE, upstream close, idle timeout, linger, dead
-//! upstreams, oversized frames and the drain.
+//! upstreams, oversized frames and the drain, end to end over real sockets.
+//! The timing itself (idle, linger, ping, heartbeat) is tested on tokio's
+//! paused clock in `src/upstream.rs` and `src/transport/sse.rs`; here the
+//! tests wait on what they can observe instead of sleeping.
 
 mod support;
 
@@ -63,7 +66,7 @@ async fn delete_closes_upstream_with_1000_or_the_given_code_and_is_idempotent() 
 #[tokio::test]
 async fn upstream_close_becomes_the_last_event_and_the_session_lingers_then_goes() {
     let backend = Backend::start().await;
-    let proxy = Proxy::start(&backend, "[sessions]\nlinger = \"500ms\"\n").await;
+    let proxy = Proxy::start(&backend, "[sessions]\nlinger = \"200ms\"\n").await;
     let s = proxy.open("/bye").await;
     assert_eq!(
         s.poll_events(0, 1).await,
@@ -79,8 +82,14 @@ async fn upstream_close_becomes_the_last_event_and_the_session_lingers_then_goes
         json!({"error": "session_closed", "close": {"code": 4000, "reason": "bye"}})
     );
     // Then it is gone.
-    tokio::time::sleep(Duration::from_millis(800)).await;
-    let (status, body) = s.poll(0, 0.0).await;
+    let deadline = tokio::time::Instant::now() + support::PATIENCE;
+    let (status, body) = loop {
+        let (status, body) = s.poll(0, 0.0).await;
+        if status != StatusCode::OK || tokio::time::Instant::now() > deadline {
+            break (status, body);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert_eq!(body, json!({"error": "unknown_session"}));
     assert_eq!(s.send_text("x").await.status(), StatusCode::NOT_FOUND);
@@ -101,20 +110,22 @@ async fn an_attached_reader_or_sends_keep_a_session_alive() {
     let backend = Backend::start().await;
     let proxy = Proxy::start(
         &backend,
-        "[sessions]\nidle_timeout = \"400ms\"\nheartbeat = \"100ms\"\n",
+        "[sessions]\nidle_timeout = \"300ms\"\nheartbeat = \"100ms\"\n",
     )
     .await;
     let watched = proxy.open("/echo").await;
     let mut sse = watched.sse(Some(0)).await;
     let talking = proxy.open("/echo").await;
-    for _ in 0..10 {
+    // Real sockets cannot run on a paused clock: half a second of real time,
+    // well past the timeout (the timing is tested in src/upstream.rs).
+    for _ in 0..5 {
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert_eq!(
             talking.send_text("still here").await.status(),
             StatusCode::NO_CONTENT
         );
     }
-    // A second past the timeout: both alive.
+    // Past the timeout: both alive.
     assert_eq!(
         watched.send_text("hi").await.status(),
         StatusCode::NO_CONTENT
@@ -135,12 +146,12 @@ async fn an_attached_reader_or_sends_keep_a_session_alive() {
 async fn a_deaf_upstream_is_declared_dead_with_1006() {
     let backend = Backend::start().await;
     let proxy = Proxy::start(&backend, "[sessions]\nupstream_ping = \"200ms\"\n").await;
+    // Opened first, so it goes through every ping round the deaf one does.
+    let alive = proxy.open("/echo").await;
     let s = proxy.open("/deaf").await;
     let events = s.poll_events(0, 1).await;
     assert!(matches!(events[..], [Ev::Close(1, 1006, _)]), "{events:?}");
     // An upstream that answers pings stays up.
-    let alive = proxy.open("/echo").await;
-    tokio::time::sleep(Duration::from_millis(700)).await;
     assert_eq!(alive.send_text("ok").await.status(), StatusCode::NO_CONTENT);
 }
 
@@ -168,7 +179,25 @@ async fn drain_closes_every_session_with_1001_on_both_sides() {
     let mut sse = s.sse(Some(0)).await;
     let polled = proxy.open("/echo").await;
     let waiting_poll = polled.poll_in_background(0, 20);
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Both readers attached: the drain must end them.
+    let deadline = tokio::time::Instant::now() + support::PATIENCE;
+    while !proxy
+        .http
+        .get(proxy.url("/_bridge/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+        .contains("wsbridge_sessions_active{transport=\"poll\"} 1\n")
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the poll never attached"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     let started = tokio::time::Instant::now();
     let done = proxy.begin_shutdown();
     let events = sse.take(1).await;

@@ -7,7 +7,16 @@
 //! `.await`. Wake-ups go through the live reader's waker, kept in the state
 //! and woken by whoever changes what it waits for, and two `Notify`s (the
 //! upstream task), so no one polls.
+//!
+//! Memory: the queue's held bytes are drawn from the process-wide
+//! [`budget::ReplayBudget`] and kept in step with it after every queue call
+//! (`Session::account`), under the same lock; the budget's own lock-free
+//! counter is the only thing sessions share on the message path.
+//!
+//! Submodules: [`replay`] (the pure queue), [`budget`] (the process-wide
+//! byte bound), [`registry`] (id → session, and the session limits).
 
+pub mod budget;
 pub mod registry;
 pub mod replay;
 
@@ -21,10 +30,12 @@ use std::task::{Context, Poll, Waker};
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::time::Instant;
 
+use crate::config::Overflow;
 use crate::config::{Config, Transport};
 use crate::error::BridgeError;
 use crate::metrics::{CloseReason, Metrics};
 use crate::routing::Target;
+use budget::ReplayBudget;
 use registry::Slot;
 use replay::{Event, EventData, ReplayLimits, ReplayQueue};
 
@@ -66,6 +77,17 @@ pub struct CloseInfo {
     pub reason: String,
 }
 
+/// What pushing an upstream frame did.
+#[derive(Debug)]
+pub enum Pushed {
+    /// Queued (or let go because the session is over); `pause` says the
+    /// session's own `replay.max_pending_bytes` is reached.
+    Queued { pause: bool },
+    /// The process-wide budget has no room even after the session shed what
+    /// it may: the frame comes back, to be pushed again once room frees.
+    NoRoom(EventData),
+}
+
 /// What a send did.
 #[derive(Debug, PartialEq, Eq)]
 pub enum SendOutcome {
@@ -96,6 +118,9 @@ pub struct Session {
     state: Mutex<State>,
     metrics: Arc<Metrics>,
     limits: SessionLimits,
+    /// `replay.max_total_bytes`, shared with every session: the queue's held
+    /// bytes are drawn from it until the session is dropped.
+    budget: Arc<ReplayBudget>,
 }
 
 /// The per-session numbers taken from the config once.
@@ -125,6 +150,8 @@ struct State {
     queue: ReplayQueue,
     /// Set when the close event is queued; the session lingers from then.
     closed: Option<CloseInfo>,
+    /// When the close event was queued: the linger runs from here.
+    closed_at: Option<Instant>,
     /// The close the upstream task is to send, once the proxy ends a session.
     close_request: Option<CloseInfo>,
     /// Generation of the newest reader; older readers are superseded.
@@ -145,6 +172,14 @@ struct State {
     send_tokens_at: Instant,
     /// The session's place in the registry's limits, given back on close.
     slot: Option<Slot>,
+    /// Bytes drawn from the budget: the queue's held bytes as of the last
+    /// [`Session::account`].
+    charged: usize,
+    /// The queue's `dropped_undelivered()` as of the last account, for the metric.
+    dropped_reported: u64,
+    /// The upstream reader waits for budget room: a read (which makes events
+    /// sent, so sheddable) wakes it to try again.
+    starved: bool,
 }
 
 /// The upstream task's end of a session.
@@ -164,6 +199,7 @@ impl Session {
     ) -> (Arc<Session>, UpstreamHandle) {
         let (tx, rx) = mpsc::channel(OUTBOUND_FRAMES);
         let now = Instant::now();
+        let budget = Arc::clone(slot.budget());
         let session = Session {
             id,
             protocol,
@@ -176,6 +212,7 @@ impl Session {
             state: Mutex::new(State {
                 queue: ReplayQueue::new(limits.replay),
                 closed: None,
+                closed_at: None,
                 close_request: None,
                 reader_generation: 0,
                 reader_waker: None,
@@ -186,9 +223,13 @@ impl Session {
                 send_tokens: f64::from(limits.max_sends_per_second),
                 send_tokens_at: now,
                 slot: Some(slot),
+                charged: 0,
+                dropped_reported: 0,
+                starved: false,
             }),
             metrics,
             limits,
+            budget,
         };
         (Arc::new(session), UpstreamHandle { outbound: rx })
     }
@@ -217,17 +258,77 @@ impl Session {
 
     // ---- upstream side -----------------------------------------------------
 
-    /// Queues an upstream frame as an event. Returns true when the upstream
-    /// reader must pause (backpressure).
-    pub fn push(&self, data: EventData) -> bool {
+    /// Brings the budget and the dropped-events metric in step with the
+    /// queue after it changed; under the lock, so the two never disagree
+    /// for long.
+    fn account(&self, st: &mut State) {
+        let held = st.queue.held_bytes();
+        if held < st.charged {
+            self.budget.release(st.charged - held);
+        } else if held > st.charged {
+            self.budget.charge(held - st.charged);
+        }
+        st.charged = held;
+        let dropped = st.queue.dropped_undelivered();
+        if dropped > st.dropped_reported {
+            self.metrics.events_dropped(dropped - st.dropped_reported);
+            st.dropped_reported = dropped;
+        }
+    }
+
+    /// Reserves room for `len` bytes in the process-wide budget, shedding
+    /// this session's own events to make it: sent ones first (held only for
+    /// replay), then, under drop-oldest, undelivered ones (reported as a gap).
+    fn reserve(&self, st: &mut State, len: usize) -> bool {
+        if self.budget.try_reserve(len) {
+            return true;
+        }
+        st.queue.shed_sent(self.budget.shortfall(len));
+        self.account(st);
+        if self.budget.try_reserve(len) {
+            return true;
+        }
+        if self.limits.replay.overflow == Overflow::DropOldest {
+            st.queue.shed_oldest(self.budget.shortfall(len));
+            self.account(st);
+            if self.budget.try_reserve(len) {
+                return true;
+            }
+        }
+        // A live reader that has taken everything must not wait on sessions
+        // nobody reads: its session may go one frame over the budget. So the
+        // budget is exceeded by at most one frame per session being read.
+        if st.readers > 0 && st.queue.pending_bytes() == 0 {
+            self.budget.charge(len);
+            return true;
+        }
+        false
+    }
+
+    /// Queues an upstream frame as an event, once the process-wide budget
+    /// has room for it; see [`Pushed`].
+    pub fn push(&self, data: EventData) -> Pushed {
         let mut st = self.state();
         if st.closed.is_some() {
-            return false;
+            return Pushed::Queued { pause: false };
         }
+        let len = data.data_len();
+        if !self.reserve(&mut st, len) {
+            st.starved = true;
+            return Pushed::NoRoom(data);
+        }
+        st.starved = false;
+        st.charged += len;
         st.queue.push(data);
+        self.account(&mut st);
         let pause = st.queue.must_pause();
         Self::wake_reader(st);
-        pause
+        Pushed::Queued { pause }
+    }
+
+    /// The process-wide replay budget this session draws from.
+    pub fn budget(&self) -> &ReplayBudget {
+        &self.budget
     }
 
     /// True while the upstream reader must wait for a client to drain; never
@@ -255,10 +356,12 @@ impl Session {
                 code,
                 reason: reason.to_owned(),
             });
+            self.account(&mut st);
             st.closed = Some(CloseInfo {
                 code,
                 reason: reason.to_owned(),
             });
+            st.closed_at = Some(Instant::now());
             let slot = st.slot.take();
             Self::wake_reader(st);
             slot
@@ -279,6 +382,11 @@ impl Session {
 
     pub fn closed(&self) -> Option<CloseInfo> {
         self.state().closed.clone()
+    }
+
+    /// When the close event was queued, once it was.
+    pub fn closed_at(&self) -> Option<Instant> {
+        self.state().closed_at
     }
 
     /// Ends the session from the proxy's side (DELETE, idle, drain, an
@@ -431,6 +539,11 @@ impl Session {
             // The cursor is the client's word that it has everything up to
             // it: those events need not be kept for replay.
             st.queue.ack(cursor).map_err(|_| BridgeError::BadCursor)?;
+            self.account(&mut st);
+            if st.starved {
+                // What the ack freed may be the room the upstream reader waits for.
+                self.drained.notify_one();
+            }
             if let Some(close) = &st.closed
                 && cursor == st.queue.last_id()
             {
@@ -469,6 +582,14 @@ impl Session {
     pub fn replay_depth(&self) -> (usize, usize) {
         let st = self.state();
         (st.queue.held_events(), st.queue.held_bytes())
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        // A session's events count against the budget until it is gone.
+        let st = self.state.get_mut().unwrap_or_else(|p| p.into_inner());
+        self.budget.release(st.charged);
     }
 }
 
@@ -530,6 +651,7 @@ impl Reader {
             // Not an acknowledgement: what this reader wrote may not have
             // arrived, and a reconnecting client must be able to replay it.
             let events = st.queue.read_after(self.cursor, max_events, max_bytes);
+            self.session.account(&mut st);
             if events.is_empty() {
                 if let Some(cx) = cx {
                     match &st.reader_waker {
@@ -539,7 +661,8 @@ impl Reader {
                 }
                 return Poll::Pending;
             }
-            (events, was_paused && !st.queue.must_pause())
+            // A starved upstream reader may now shed what this read sent.
+            (events, (was_paused && !st.queue.must_pause()) || st.starved)
         };
         if drained {
             self.session.drained.notify_one();
@@ -566,5 +689,177 @@ impl Drop for Reader {
             // Its waker would only keep a finished task's memory alive.
             st.reader_waker = None;
         }
+    }
+}
+
+/// Sessions without a network, for the unit tests of the session's users.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::*;
+    use crate::session::registry::{Registry, new_id};
+
+    /// Limits with roomy replay, `max_pending_bytes` and `overflow` as given.
+    pub fn limits(max_pending_bytes: usize, overflow: Overflow) -> SessionLimits {
+        SessionLimits {
+            replay: ReplayLimits {
+                max_events: 1024,
+                max_bytes: 1 << 20,
+                max_pending_bytes,
+                overflow,
+            },
+            max_outbound_bytes: 1 << 20,
+            max_sends_per_second: 0,
+        }
+    }
+
+    /// A session in `registry`, with its own metrics.
+    pub fn session(
+        registry: &Registry,
+        limits: SessionLimits,
+        metrics: Arc<Metrics>,
+    ) -> (Arc<Session>, UpstreamHandle) {
+        let client: IpAddr = "127.0.0.1".parse().unwrap();
+        let slot = registry.reserve(client).unwrap();
+        let target = Target {
+            upstream: "ws://127.0.0.1:9/ws".parse().unwrap(),
+            transports: vec![Transport::Sse, Transport::Stream, Transport::Poll],
+            sse_event_field: None,
+        };
+        let (session, handle) = Session::new(
+            new_id(),
+            String::new(),
+            target,
+            client,
+            slot,
+            limits,
+            metrics,
+        );
+        registry.insert(Arc::clone(&session));
+        (session, handle)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::{limits, session};
+    use super::*;
+    use crate::session::registry::Registry;
+
+    fn text(n: usize) -> EventData {
+        EventData::Text(Bytes::from(vec![b'x'; n]))
+    }
+
+    #[test]
+    fn sessions_share_the_budget_and_a_reader_frees_room() {
+        let registry = Registry::new(10, 0, 100);
+        let metrics = Arc::new(Metrics::new());
+        let l = limits(1 << 20, Overflow::Backpressure);
+        let (a, _ha) = session(&registry, l, Arc::clone(&metrics));
+        let (b, _hb) = session(&registry, l, Arc::clone(&metrics));
+        assert!(matches!(a.push(text(60)), Pushed::Queued { pause: false }));
+        assert!(matches!(b.push(text(30)), Pushed::Queued { pause: false }));
+        // 90 of 100 held: b's next frame has no room, and b has nothing it may shed.
+        let Pushed::NoRoom(back) = b.push(text(30)) else {
+            panic!("over the budget")
+        };
+        assert_eq!(registry.budget().used(), 90);
+        // a's reader takes its event and acknowledges it: the room is back.
+        let mut reader = a.attach(Transport::Poll, 0).unwrap();
+        assert!(matches!(reader.try_next(10, 1 << 20), Batch::Events(e) if e.len() == 1));
+        drop(reader);
+        a.attach(Transport::Poll, 1).unwrap();
+        assert_eq!(registry.budget().used(), 30);
+        assert!(matches!(b.push(back), Pushed::Queued { .. }));
+        assert_eq!(registry.budget().used(), 60);
+        // Nothing undelivered was dropped on the way.
+        assert!(
+            !metrics
+                .render(&Default::default())
+                .contains("wsbridge_events_dropped_total 1")
+        );
+        // A closed session's events count until it is gone.
+        b.finish(1000, "", CloseReason::Client);
+        registry.remove(&b.id);
+        assert_eq!(registry.budget().used(), 60);
+        drop(b);
+        assert_eq!(registry.budget().used(), 0);
+    }
+
+    #[test]
+    fn over_the_budget_a_session_sheds_its_sent_events_then_drop_oldest_its_own() {
+        let registry = Registry::new(10, 0, 100);
+        let metrics = Arc::new(Metrics::new());
+        let (a, _ha) = session(
+            &registry,
+            limits(1 << 20, Overflow::Backpressure),
+            Arc::clone(&metrics),
+        );
+        assert!(matches!(a.push(text(50)), Pushed::Queued { .. }));
+        assert!(matches!(a.push(text(40)), Pushed::Queued { .. }));
+        // Both sent (read, not acknowledged: they are held for replay).
+        let mut reader = a.attach(Transport::Poll, 0).unwrap();
+        assert!(matches!(reader.try_next(10, 1 << 20), Batch::Events(e) if e.len() == 2));
+        // The next frame needs 30: the oldest sent event (50) goes.
+        assert!(matches!(a.push(text(30)), Pushed::Queued { .. }));
+        assert_eq!(registry.budget().used(), 70);
+        // Sent events shed from replay are no loss to the live reader: only
+        // undelivered ones count as dropped.
+        let dropped = |m: &Metrics| {
+            m.render(&Default::default())
+                .lines()
+                .find_map(|l| {
+                    l.strip_prefix("wsbridge_events_dropped_total ")
+                        .map(|v| v.parse::<u64>().unwrap())
+                })
+                .unwrap()
+        };
+        assert_eq!(dropped(&metrics), 0);
+        // Backpressure never sheds an undelivered event: with only the
+        // undelivered 30 and the sent 40 left, an 80 waits after shedding the 40.
+        assert!(matches!(a.push(text(80)), Pushed::NoRoom(_)));
+        assert_eq!(registry.budget().used(), 30);
+        assert_eq!(dropped(&metrics), 0);
+
+        // Under drop-oldest the session's own undelivered events make room, as a gap.
+        let registry = Registry::new(10, 0, 100);
+        let metrics = Arc::new(Metrics::new());
+        let (d, _hd) = session(
+            &registry,
+            limits(1 << 20, Overflow::DropOldest),
+            Arc::clone(&metrics),
+        );
+        for _ in 0..3 {
+            assert!(matches!(d.push(text(30)), Pushed::Queued { .. }));
+        }
+        assert!(matches!(d.push(text(30)), Pushed::Queued { .. }));
+        assert_eq!(registry.budget().used(), 90);
+        assert_eq!(dropped(&metrics), 1);
+        let mut reader = d.attach(Transport::Poll, 0).unwrap();
+        let Batch::Events(events) = reader.try_next(10, 1 << 20) else {
+            panic!("superseded")
+        };
+        assert_eq!(events[0].data, EventData::Gap { from: 1, to: 1 });
+        assert_eq!(events.len(), 4);
+    }
+
+    #[test]
+    fn a_reader_that_took_everything_gets_one_frame_past_the_budget() {
+        let registry = Registry::new(10, 0, 100);
+        let metrics = Arc::new(Metrics::new());
+        let l = limits(1 << 20, Overflow::Backpressure);
+        let (hog, _h) = session(&registry, l, Arc::clone(&metrics));
+        let (live, _l) = session(&registry, l, Arc::clone(&metrics));
+        assert!(matches!(hog.push(text(100)), Pushed::Queued { .. }));
+        // Nobody reads the hog; without a reader, the live session waits.
+        assert!(matches!(live.push(text(10)), Pushed::NoRoom(_)));
+        let mut reader = live.attach(Transport::Poll, 0).unwrap();
+        assert!(matches!(live.push(text(10)), Pushed::Queued { .. }));
+        assert_eq!(registry.budget().used(), 110);
+        // Until its reader takes that one, the next waits.
+        assert!(matches!(live.push(text(10)), Pushed::NoRoom(_)));
+        assert!(matches!(reader.try_next(10, 1 << 20), Batch::Events(e) if e.len() == 1));
+        // The sent one is shed for the next: still one frame over, no more.
+        assert!(matches!(live.push(text(10)), Pushed::Queued { .. }));
+        assert_eq!(registry.budget().used(), 110);
     }
 }

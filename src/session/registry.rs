@@ -14,6 +14,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use dashmap::DashMap;
 
 use super::Session;
+use super::budget::ReplayBudget;
 use crate::error::BridgeError;
 
 /// Random bytes in a session id: 128 bits from the OS CSPRNG.
@@ -26,6 +27,8 @@ const RETRY_AFTER_FULL: Duration = Duration::from_secs(5);
 pub struct Registry {
     sessions: DashMap<Box<str>, Arc<Session>>,
     counts: Arc<Counts>,
+    /// `replay.max_total_bytes`, shared by every session through its slot.
+    budget: Arc<ReplayBudget>,
 }
 
 /// Open (not lingering) sessions, in all and per client address; shared with
@@ -42,6 +45,15 @@ struct Counts {
 pub struct Slot {
     counts: Arc<Counts>,
     client: IpAddr,
+    /// The replay budget the session draws from; it outlives the slot
+    /// (lingering sessions keep drawing), so the session takes a clone.
+    budget: Arc<ReplayBudget>,
+}
+
+impl Slot {
+    pub fn budget(&self) -> &Arc<ReplayBudget> {
+        &self.budget
+    }
 }
 
 impl Drop for Slot {
@@ -59,8 +71,11 @@ impl Drop for Slot {
 }
 
 impl Registry {
-    pub fn new(max_sessions: usize, max_per_client: usize) -> Self {
+    /// `max_total_bytes` is `replay.max_total_bytes`, the replay budget all
+    /// sessions share.
+    pub fn new(max_sessions: usize, max_per_client: usize, max_total_bytes: usize) -> Self {
         Registry {
+            budget: Arc::new(ReplayBudget::new(max_total_bytes)),
             sessions: DashMap::new(),
             counts: Arc::new(Counts {
                 active: AtomicUsize::new(0),
@@ -94,6 +109,7 @@ impl Registry {
         Ok(Slot {
             counts: Arc::clone(counts),
             client,
+            budget: Arc::clone(&self.budget),
         })
     }
 
@@ -116,6 +132,11 @@ impl Registry {
     /// Open sessions (lingering ones excluded).
     pub fn active(&self) -> usize {
         self.counts.active.load(Ordering::Acquire)
+    }
+
+    /// The replay budget all sessions share.
+    pub fn budget(&self) -> &Arc<ReplayBudget> {
+        &self.budget
     }
 
     /// Every session, for metrics and drain. Clones the handles so no map
@@ -155,7 +176,7 @@ mod tests {
 
     #[test]
     fn limits_global_and_per_client() {
-        let r = Registry::new(3, 2);
+        let r = Registry::new(3, 2, 1 << 20);
         let a: IpAddr = "10.0.0.1".parse().unwrap();
         let b: IpAddr = "10.0.0.2".parse().unwrap();
         let s1 = r.reserve(a).unwrap();

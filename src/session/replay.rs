@@ -95,8 +95,9 @@ pub struct ReplayQueue {
     held_bytes: usize,
     /// Data bytes of held events with id > `sent_upto`.
     pending_bytes: usize,
-    /// Events drop-oldest freed before any read returned them, for metrics:
-    /// the only events a reader can lose.
+    /// Events freed before any read returned them (drop-oldest, here or
+    /// for the process-wide budget): the only events a live reader can lose,
+    /// and what `wsbridge_events_dropped_total` counts.
     dropped_undelivered: u64,
 }
 
@@ -250,6 +251,43 @@ impl ReplayQueue {
     /// Events dropped by drop-oldest before any read returned them.
     pub fn dropped_undelivered(&self) -> u64 {
         self.dropped_undelivered
+    }
+
+    /// Frees sent events from the front until `want` data bytes are freed or
+    /// the front event is undelivered; returns the bytes freed. For the
+    /// process-wide budget (`replay.max_total_bytes`): a sent event is held
+    /// only for replay, and a reader resuming before it gets an exact gap.
+    /// Never frees an undelivered event.
+    pub fn shed_sent(&mut self, want: usize) -> usize {
+        let start = self.held_bytes;
+        while start - self.held_bytes < want
+            && self
+                .events
+                .front()
+                .is_some_and(|event| event.id <= self.sent_upto)
+        {
+            self.free_front();
+        }
+        start - self.held_bytes
+    }
+
+    /// Drop-oldest for the process-wide budget: frees from the front, sent
+    /// or not, until `want` data bytes are freed; returns the bytes freed.
+    /// Like [`ReplayQueue::push`]'s own drop-oldest, it keeps the newest
+    /// event and a close, and the reader sees what it lost as a gap.
+    pub fn shed_oldest(&mut self, want: usize) -> usize {
+        let start = self.held_bytes;
+        while start - self.held_bytes < want && self.events.len() > 1 {
+            if self
+                .events
+                .front()
+                .is_some_and(|event| matches!(event.data, EventData::Close { .. }))
+            {
+                break;
+            }
+            self.free_front();
+        }
+        start - self.held_bytes
     }
 
     /// Id the front event has, or would have: `last_id + 1` when none is held.
@@ -841,6 +879,12 @@ mod tests {
             max_events: usize,
             max_bytes: usize,
         },
+        /// The process-wide budget asks the session for room: sent events
+        /// only, or (drop-oldest) any.
+        Shed {
+            want: usize,
+            oldest: bool,
+        },
     }
 
     fn op() -> impl Strategy<Value = Op> {
@@ -861,12 +905,15 @@ mod tests {
                 max_bytes,
             },
         );
+        let shed =
+            (0..=150usize, any::<bool>()).prop_map(|(want, oldest)| Op::Shed { want, oldest });
         prop_oneof![
             6 => push,
             5 => read,
             1 => any::<Index>().prop_map(Op::Rollback),
             1 => (1..=3u64).prop_map(Op::BadCursor),
             1 => stranger,
+            1 => shed,
         ]
     }
 
@@ -1044,6 +1091,45 @@ mod tests {
             Ok(())
         }
 
+        /// A shed for the budget, checked against the model: it frees from
+        /// the front, reports what it freed, stops only when done or when
+        /// what is left may not go, and drops undelivered events only when
+        /// told it may.
+        fn shed(&mut self, want: usize, oldest: bool) -> Result<(), TestCaseError> {
+            // The session sheds the oldest only under drop-oldest.
+            let oldest = oldest && matches!(self.driver, Driver::DropOldest);
+            let (first_before, last) = self.held_range();
+            let bytes_before = self.q.held_bytes();
+            let freed = if oldest {
+                self.q.shed_oldest(want)
+            } else {
+                self.q.shed_sent(want)
+            };
+            let (first_after, _) = self.held_range();
+            prop_assert_eq!(
+                freed,
+                bytes_before - self.q.held_bytes(),
+                "freed bytes reported"
+            );
+            let freed_unsent = (first_before..first_after)
+                .filter(|&id| id > self.max_sent)
+                .count() as u64;
+            if !oldest {
+                prop_assert_eq!(freed_unsent, 0, "shed_sent freed an undelivered event");
+            }
+            self.dropped += freed_unsent;
+            if freed < want && first_after <= last {
+                let front = &self.pushed[(first_after - 1) as usize];
+                let may_go = if oldest {
+                    first_after < last && !matches!(front, EventData::Close { .. })
+                } else {
+                    first_after <= self.max_sent
+                };
+                prop_assert!(!may_go, "shed stopped short");
+            }
+            Ok(())
+        }
+
         fn rollback(&mut self, to: Index) {
             self.view.truncate(to.index(self.view.len() + 1));
             self.cursor = self.view.last().map_or(0, |event| event.id);
@@ -1214,6 +1300,7 @@ mod tests {
                     let cursor = cursor.index(last.saturating_add(1)) as u64;
                     h.fetch(cursor, max_events, max_bytes)?;
                 }
+                Op::Shed { want, oldest } => h.shed(want, oldest)?,
             }
             h.check()?;
         }

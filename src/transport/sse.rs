@@ -237,4 +237,55 @@ mod tests {
         assert!(!sse(EventData::Text("not json".into()), f).contains("event:"));
         assert!(!sse(EventData::Text(r#"{"type":"x"}"#.into()), None).contains("event:"));
     }
+
+    /// The heartbeat on tokio's paused clock: a comment every interval of
+    /// silence, counted from the last write, not from the response's start.
+    #[tokio::test(start_paused = true)]
+    async fn a_quiet_stream_gets_a_heartbeat_each_interval_of_silence() {
+        use crate::config::{Overflow, Transport};
+        use crate::metrics::Metrics;
+        use crate::session::registry::Registry;
+        use crate::session::testing::{limits, session};
+        use http_body_util::BodyExt;
+        use std::sync::Arc;
+        use tokio::time::{Instant, sleep};
+
+        let registry = Registry::new(10, 0, 1 << 20);
+        let (session, _handle) = session(
+            &registry,
+            limits(1 << 20, Overflow::Backpressure),
+            Arc::new(Metrics::new()),
+        );
+        let reader = session.attach(Transport::Sse, 0).unwrap();
+        let heartbeat = Duration::from_secs(15);
+        let mut body = respond(
+            reader,
+            Settings {
+                heartbeat,
+                retry: Duration::from_secs(1),
+                event_field: None,
+                named_heartbeat: false,
+            },
+        )
+        .into_body();
+        let mut next = async || {
+            let frame = body.frame().await.unwrap().unwrap();
+            String::from_utf8(frame.into_data().unwrap().to_vec()).unwrap()
+        };
+        let t0 = Instant::now();
+        assert_eq!(next().await, "retry: 1000\n\n");
+        assert_eq!(next().await, ": hb\n\n");
+        assert_eq!(t0.elapsed(), heartbeat);
+        // An event 5 s later goes out at once...
+        let pusher = Arc::clone(&session);
+        tokio::spawn(async move {
+            sleep(Duration::from_secs(5)).await;
+            let _ = pusher.push(EventData::Text(Bytes::from_static(b"hi")));
+        });
+        assert_eq!(next().await, "id: 1\ndata: hi\n\n");
+        assert_eq!(t0.elapsed(), heartbeat + Duration::from_secs(5));
+        // ...and the next heartbeat comes a whole interval after it.
+        assert_eq!(next().await, ": hb\n\n");
+        assert_eq!(t0.elapsed(), heartbeat * 2 + Duration::from_secs(5));
+    }
 }
