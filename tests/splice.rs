@@ -208,3 +208,139 @@ async fn spliced_sockets_hold_their_connection_slot() {
     let answer = String::from_utf8_lossy(&answer);
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
 }
+
+/// What the raw upstream of the drain test saw.
+#[derive(Debug, PartialEq)]
+struct UpstreamSaw {
+    /// The close frame the proxy sent: (masked, code, reason).
+    close: (bool, u16, String),
+    /// The proxy ended the TCP connection with a FIN (not a reset).
+    fin: bool,
+}
+
+/// Reads one whole frame from a client (masked or not): (masked, opcode,
+/// payload unmasked).
+async fn read_frame(tcp: &mut TcpStream) -> (bool, u8, Vec<u8>) {
+    let mut h = [0u8; 2];
+    tcp.read_exact(&mut h).await.unwrap();
+    let masked = h[1] & 0x80 != 0;
+    let len = match h[1] & 0x7f {
+        126 => u64::from(tcp.read_u16().await.unwrap()),
+        127 => tcp.read_u64().await.unwrap(),
+        n => u64::from(n),
+    };
+    let mut key = [0u8; 4];
+    if masked {
+        tcp.read_exact(&mut key).await.unwrap();
+    }
+    let mut payload = vec![0u8; len as usize];
+    tcp.read_exact(&mut payload).await.unwrap();
+    if masked {
+        for (i, b) in payload.iter_mut().enumerate() {
+            *b ^= key[i % 4];
+        }
+    }
+    (masked, h[0] & 0x0f, payload)
+}
+
+/// A hand-written WebSocket upstream: answers the handshake, sends half of
+/// a text frame, waits for the proxy's close (so the drain has begun while
+/// that frame is under way), sends the rest, answers the close, and reports
+/// what it saw up to the end of the TCP connection.
+async fn raw_upstream(listener: TcpListener) -> UpstreamSaw {
+    let (mut tcp, _) = listener.accept().await.unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut b = [0u8; 1];
+        tcp.read_exact(&mut b).await.unwrap();
+        head.push(b[0]);
+    }
+    let head = String::from_utf8(head).unwrap();
+    let key = head
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("sec-websocket-key")
+                .then(|| v.trim().to_owned())
+        })
+        .unwrap();
+    let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+    tcp.write_all(
+        format!(
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
+             Connection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    // A text frame "hello world", cut after "hello".
+    tcp.write_all(b"\x81\x0bhello").await.unwrap();
+    let (masked, opcode, payload) = read_frame(&mut tcp).await;
+    assert_eq!(opcode, 8, "expected a close frame, got opcode {opcode}");
+    let code = u16::from_be_bytes([payload[0], payload[1]]);
+    let reason = String::from_utf8(payload[2..].to_vec()).unwrap();
+    tcp.write_all(b" world").await.unwrap();
+    // The close answer: 1001.
+    tcp.write_all(b"\x88\x02\x03\xe9").await.unwrap();
+    let mut rest = Vec::new();
+    let fin = tokio::time::timeout(PATIENCE, tcp.read_to_end(&mut rest))
+        .await
+        .expect("the proxy ends the connection")
+        .is_ok();
+    UpstreamSaw {
+        close: (masked, code, reason),
+        fin,
+    }
+}
+
+#[tokio::test]
+async fn at_the_drain_a_splice_finishes_the_frame_then_closes_both_sides_with_1001_and_a_fin() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let raw_addr = listener.local_addr().unwrap();
+    let upstream = tokio::spawn(raw_upstream(listener));
+    let backend = Backend::start().await;
+    let mut proxy = Proxy::start(
+        &backend,
+        &format!(
+            "[server]\ndrain_timeout = \"5s\"\n\
+             [[routes]]\npath = \"/raw\"\nupstream = \"ws://{raw_addr}/raw\"\n\
+             transports = [\"websocket\"]\n"
+        ),
+    )
+    .await;
+    let (mut ws, _) = connect_async(format!("ws://{}/raw", proxy.addr))
+        .await
+        .expect("splice");
+    let done = proxy.begin_shutdown();
+
+    // The frame under way arrives whole, then the proxy's close 1001.
+    match ws.next().await {
+        Some(Ok(Message::Text(t))) => assert_eq!(t.as_str(), "hello world"),
+        other => panic!("expected the whole text frame, got {other:?}"),
+    }
+    match ws.next().await {
+        Some(Ok(Message::Close(Some(frame)))) => {
+            assert_eq!(u16::from(frame.code), 1001);
+            assert_eq!(frame.reason.as_str(), "proxy shutting down");
+        }
+        other => panic!("expected a close 1001, got {other:?}"),
+    }
+    // Our close answer goes out; then the proxy ends the connection.
+    while let Some(Ok(_)) = ws.next().await {}
+    drop(ws);
+
+    let saw = upstream.await.unwrap();
+    assert_eq!(
+        saw,
+        UpstreamSaw {
+            close: (true, 1001, "proxy shutting down".into()),
+            fin: true,
+        }
+    );
+    tokio::time::timeout(PATIENCE, done)
+        .await
+        .expect("the drain ends once the splice is closed")
+        .unwrap()
+        .unwrap();
+}
