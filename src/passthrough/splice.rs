@@ -22,7 +22,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::time::{Instant, timeout_at};
+use tokio::time::{Instant, sleep_until, timeout_at};
 
 use self::frames::{FrameTracker, shutdown_close_frame};
 use crate::body::{Body, empty};
@@ -203,14 +203,31 @@ where
     let mut close_forwarded = false;
     // The reader's peer already sent its close.
     let mut peer_closed;
+    // Closing came mid-frame: by when that frame must have ended.
+    let mut frame_deadline: Option<Instant> = None;
     loop {
         let n = tokio::select! {
-            // Between frames: stop here. Mid-frame: read on to its end.
+            // The closing arms first: once closing, stop as soon as allowed.
+            biased;
+            // Between frames: stop here.
             () = closing.cancelled(), if frames.at_boundary() => {
                 peer_closed = close_forwarded;
                 break;
             }
-            // Cancel-safe: nothing is read when the other arm wins.
+            // Mid-frame: read on to its end, for CLOSE_GRACE at most.
+            () = closing.cancelled(), if frame_deadline.is_none() => {
+                frame_deadline = Some(Instant::now() + CLOSE_GRACE);
+                continue;
+            }
+            // A frame cannot be cut, nor a close put inside it: end the
+            // connection without one.
+            () = sleep_until(frame_deadline.unwrap_or_else(Instant::now)),
+                if frame_deadline.is_some() =>
+            {
+                let _ = tokio::time::timeout(CLOSE_GRACE, writer.shutdown()).await;
+                return Ok(());
+            }
+            // Cancel-safe: nothing is read when another arm wins.
             n = reader.read(&mut buf) => n?,
         };
         if n == 0 {
