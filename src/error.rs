@@ -97,6 +97,9 @@ impl From<UpstreamError> for BridgeError {
 pub enum ProxyError {
     /// The request cannot be forwarded (its path does not make a URI).
     BadRequest,
+    /// An upgrade's path is refused as an open's `url` would be (dot
+    /// segments); the detail says why.
+    BadUrl(&'static str),
     /// An upgrade from an origin `security.allowed_origins` does not allow.
     OriginForbidden,
     /// An upgrade on a path whose route does not allow `websocket`.

@@ -11,6 +11,7 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -21,6 +22,14 @@ use crate::upstream;
 
 /// The pooled HTTP client of the pass-through.
 pub(crate) type UpstreamHttp = Client<hyper_rustls::HttpsConnector<HttpConnector>, Incoming>;
+
+tokio::task_local! {
+    /// The `server.max_connections` permit of the connection whose task is
+    /// running. A WebSocket splice outlives its connection's task (hyper
+    /// hands the upgraded socket over and the connection future ends), so
+    /// the splice takes a clone and the slot stays taken while it runs.
+    pub(crate) static CONNECTION_PERMIT: Arc<OwnedSemaphorePermit>;
+}
 
 /// The application's shared parts, one per proxy, behind an `Arc`.
 pub struct AppState {
@@ -38,9 +47,13 @@ pub struct AppState {
     /// TLS settings for `wss://`/`https://` upstreams, built once (the CA
     /// file is read at boot) and shared by sessions and the splice.
     pub(crate) upstream_tls: Arc<rustls::ClientConfig>,
-    /// Cancelled once shutdown starts: readiness fails, new sessions are
-    /// refused, idle connections close.
+    /// Cancelled once shutdown starts: readiness fails and new sessions are
+    /// refused at once, while the listener keeps serving.
     drain: CancellationToken,
+    /// Cancelled `server.drain_delay` after the drain starts: sessions and
+    /// splices get their close 1001, idle connections close. Apart from
+    /// `drain` so a load balancer sees readiness fail before anything closes.
+    closing: CancellationToken,
     /// One token per open upstream socket: the drain waits for their close
     /// handshakes, not only for the browsers' connections.
     pub(crate) upstreams: TaskTracker,
@@ -60,6 +73,7 @@ impl AppState {
             upstream_http,
             upstream_tls,
             drain: CancellationToken::new(),
+            closing: CancellationToken::new(),
             upstreams: TaskTracker::new(),
             config,
         }))
@@ -69,14 +83,27 @@ impl AppState {
         self.drain.is_cancelled()
     }
 
-    /// Resolves once shutdown starts.
-    pub(crate) async fn drain_started(&self) {
-        self.drain.cancelled().await;
+    /// Resolves once closing starts (`server.drain_delay` into the drain).
+    /// Cancel-safe.
+    pub(crate) async fn closing_started(&self) {
+        self.closing.cancelled().await;
     }
 
-    /// Starts the drain: every session gets its close 1001, on both sides.
-    pub(crate) fn drain_sessions(&self) {
+    /// The closing signal, for a task that outlives its request (a splice).
+    pub(crate) fn closing_token(&self) -> CancellationToken {
+        self.closing.clone()
+    }
+
+    /// Starts the drain: readiness fails, new sessions are refused.
+    pub(crate) fn start_drain(&self) {
         self.drain.cancel();
+    }
+
+    /// Starts closing (the drain's second step): every session gets its
+    /// close 1001 on both sides, and so does every splice.
+    pub(crate) fn start_closing(&self) {
+        self.drain.cancel();
+        self.closing.cancel();
         for session in self.registry.all() {
             session.close(1001, "proxy shutting down", CloseReason::Drain);
         }

@@ -31,6 +31,11 @@ impl From<ProxyError> for HttpError {
 pub(crate) fn error_response(e: impl Into<HttpError>) -> Response<Body> {
     match e.into() {
         HttpError::Bridge(e) => bridge(e),
+        // The same answer as an open's bad `url`.
+        HttpError::Proxy(ProxyError::BadUrl(detail)) => json_response(
+            StatusCode::BAD_REQUEST,
+            &json!({ "error": "bad_url", "detail": detail }),
+        ),
         HttpError::Proxy(e) => {
             let (status, code) = proxy(&e);
             json_response(status, &json!({ "error": code }))
@@ -41,6 +46,7 @@ pub(crate) fn error_response(e: impl Into<HttpError>) -> Response<Body> {
 fn proxy(e: &ProxyError) -> (StatusCode, &'static str) {
     match e {
         ProxyError::BadRequest => (StatusCode::BAD_REQUEST, "bad_request"),
+        ProxyError::BadUrl(_) => (StatusCode::BAD_REQUEST, "bad_url"),
         ProxyError::OriginForbidden => (StatusCode::FORBIDDEN, "origin_not_allowed"),
         ProxyError::WebsocketNotAllowed => (StatusCode::FORBIDDEN, "websocket_not_allowed"),
         ProxyError::Unreachable => (StatusCode::BAD_GATEWAY, "upstream_unreachable"),

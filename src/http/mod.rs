@@ -9,7 +9,7 @@ pub(crate) mod error;
 use std::convert::Infallible;
 use std::sync::Arc;
 
-use http::{Method, Request, Response, header};
+use http::{HeaderValue, Method, Request, Response, StatusCode, Version, header};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use tokio::time::Instant;
@@ -31,11 +31,19 @@ pub(crate) async fn handle(
     let start = Instant::now();
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
+    let http1 = req.version() <= Version::HTTP_11;
     let endpoint = routing::classify(&state.config.server.prefix, &path);
-    let resp = match endpoint {
+    let mut resp = match endpoint {
         Some(endpoint) => bridge(endpoint, req.map(BodyExt::boxed), conn, &state).await,
         None => passthrough(req, conn, &state).await,
     };
+    // While draining, every connection serves what it was sent and ends:
+    // an HTTP/1 client learns it from the response (hyper then closes).
+    // A 101 keeps its `Connection: upgrade`.
+    if http1 && state.is_draining() && resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
     observe(&state, &method, &path, endpoint, start, &resp);
     Ok(resp)
 }

@@ -209,7 +209,7 @@ impl Conn {
                 Ok(_) => Ok(()),
             },
             () = sleep_until(deadline) => Err(End::Close),
-            () = self.state.drain_started(), if idle => Err(End::Close),
+            () = self.state.closing_started(), if idle => Err(End::Close),
         }
     }
 

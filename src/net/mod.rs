@@ -1,10 +1,18 @@
 //! The listeners: the accept loop and its connection permits, the admin
 //! listener, and the graceful drain.
 //!
-//! Shutdown has one owner: the future passed to [`run`]. When it resolves,
-//! readiness turns 503, the listener closes, every session gets its close
-//! 1001, in-flight requests finish, and `run` returns within
-//! `server.drain_timeout` whatever is still open.
+//! Shutdown has one owner: the future passed to [`run`]. When it resolves
+//! the drain starts, and the main listener keeps accepting until it ends:
+//!
+//! 1. at once, readiness answers 503 and new opens `503 draining`, while
+//!    everything else is still served (HTTP/1 responses then carry
+//!    `Connection: close`);
+//! 2. `server.drain_delay` later, closing starts: every session and every
+//!    splice gets its close 1001, idle connections close, busy ones after
+//!    their response;
+//! 3. once every connection, splice and upstream socket has ended, or
+//!    `server.drain_timeout` after the signal (whichever comes first),
+//!    [`run`] returns and the listener closes.
 
 mod conn;
 mod h1;
@@ -12,22 +20,25 @@ mod tls;
 
 use std::future::Future;
 use std::io;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use http::Request;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
+use tokio::time::Instant;
+use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 pub use self::tls::{Tls, reload_on_sighup};
 use crate::config::Config;
 use crate::forwarded::ConnInfo;
-use crate::state::AppState;
+use crate::state::{AppState, CONNECTION_PERMIT};
 
 /// Pause after an accept error (e.g. out of file descriptors) so the loop
 /// does not spin while the condition lasts.
@@ -62,18 +73,76 @@ pub async fn serve_with_tls(
     tls: Arc<Tls>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
-    let graceful = GracefulShutdown::new();
-    let builder = Arc::new(conn::http_builder(&state.config));
-    let limit = Arc::new(Semaphore::new(state.config.server.max_connections));
-    tokio::pin!(shutdown);
-    loop {
-        let permit = tokio::select! {
+    let server = Server {
+        builder: Arc::new(conn::http_builder(&state.config)),
+        limit: Arc::new(Semaphore::new(state.config.server.max_connections)),
+        watchers: Watchers::new(),
+        connections: TaskTracker::new(),
+        state,
+        tls,
+    };
+    // One accept loop for the process's life: it keeps running through the
+    // drain, and ends only when `serve_with_tls` returns.
+    let accept = server.accept(&listener);
+    tokio::pin!(accept);
+    tokio::select! {
+        result = &mut accept => return result,
+        () = shutdown => {}
+    }
+    let state = &server.state;
+    let deadline = Instant::now() + state.config.server.drain_timeout;
+    tracing::info!("draining");
+    state.start_drain();
+    let drained = async {
+        tokio::time::sleep_until(deadline.min(Instant::now() + state.config.server.drain_delay))
+            .await;
+        tracing::info!("closing sessions and connections");
+        state.start_closing();
+        state.upstreams.close();
+        server.connections.close();
+        // Connections accepted from now on answer with `Connection: close`
+        // and are waited for through the tracker.
+        let graceful = server.watchers.signal();
+        tokio::join!(graceful, server.connections.wait(), state.upstreams.wait());
+    };
+    tokio::select! {
+        result = &mut accept => result?,
+        () = drained => tracing::info!("drained"),
+        () = tokio::time::sleep_until(deadline) => {
+            tracing::warn!("drain timeout: closing what is left");
+        }
+    }
+    Ok(())
+}
+
+/// What the accept loop shares with every connection it spawns.
+struct Server {
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    /// `server.max_connections`: a permit per open connection (and so per
+    /// splice, which keeps its connection's permit). The loop waits for
+    /// one before it accepts, so excess connections wait in the kernel's
+    /// accept queue instead of being refused.
+    limit: Arc<Semaphore>,
+    watchers: Watchers,
+    /// Every connection task, so the drain can wait for those it did not
+    /// signal (accepted after closing started).
+    connections: TaskTracker,
+    state: Arc<AppState>,
+    tls: Arc<Tls>,
+}
+
+impl Server {
+    /// Accepts until an error that is not about one connection; never
+    /// returns otherwise. Cancel-safe: dropping it closes nothing that was
+    /// accepted.
+    async fn accept(&self, listener: &TcpListener) -> io::Result<()> {
+        loop {
             // Closed never: the semaphore lives as long as the loop.
-            permit = Arc::clone(&limit).acquire_owned() => permit.map_err(io::Error::other)?,
-            _ = &mut shutdown => break,
-        };
-        let (tcp, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
+            let permit = Arc::clone(&self.limit)
+                .acquire_owned()
+                .await
+                .map_err(io::Error::other)?;
+            let (tcp, peer) = match listener.accept().await {
                 Ok(pair) => pair,
                 Err(e) => {
                     // EMFILE and friends: survive and retry once some close.
@@ -81,38 +150,65 @@ pub async fn serve_with_tls(
                     tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
                     continue;
                 }
-            },
-            _ = &mut shutdown => break,
-        };
-        let _ = tcp.set_nodelay(true);
-        let watcher = graceful.watcher();
-        let state = Arc::clone(&state);
-        let builder = Arc::clone(&builder);
-        let acceptor = tls.acceptor();
-        let info = ConnInfo { peer, tls: false };
-        let span = tracing::debug_span!("conn", %peer);
-        tokio::spawn(
-            async move {
+            };
+            let _ = tcp.set_nodelay(true);
+            let watcher = self.watchers.watcher();
+            let state = Arc::clone(&self.state);
+            let builder = Arc::clone(&self.builder);
+            let acceptor = self.tls.acceptor();
+            let info = ConnInfo { peer, tls: false };
+            let span = tracing::debug_span!("conn", %peer);
+            let serve = async move {
                 conn::serve_connection(tcp, info, acceptor, state, &builder, watcher).await;
-                drop(permit);
-            }
-            .instrument(span),
-        );
+            };
+            // The permit is held by the task, and reachable by a splice the
+            // connection hands its socket to.
+            let serve = CONNECTION_PERMIT.scope(Arc::new(permit), serve);
+            self.connections.spawn(serve.instrument(span));
+        }
     }
-    drop(listener);
-    tracing::info!("draining");
-    state.drain_sessions();
-    state.upstreams.close();
-    let drain_timeout = state.config.server.drain_timeout;
-    let drained = async {
-        graceful.shutdown().await;
-        state.upstreams.wait().await;
-    };
-    tokio::select! {
-        () = drained => tracing::info!("drained"),
-        _ = tokio::time::sleep(drain_timeout) => tracing::warn!("drain timeout: closing what is left"),
+}
+
+/// The graceful-shutdown watchers handed to connections. hyper-util's
+/// `GracefulShutdown` is consumed by its signal, but the listener keeps
+/// accepting after it: those later connections get a watcher of `late`,
+/// which is never signalled (their responses carry `Connection: close`, and
+/// the drain waits for them through the connection tracker).
+struct Watchers {
+    /// Signalled when closing starts; `None` after.
+    graceful: Mutex<Option<GracefulShutdown>>,
+    late: GracefulShutdown,
+}
+
+impl Watchers {
+    fn new() -> Self {
+        Watchers {
+            graceful: Mutex::new(Some(GracefulShutdown::new())),
+            late: GracefulShutdown::new(),
+        }
     }
-    Ok(())
+
+    fn watcher(&self) -> Watcher {
+        // Never poisoned: nothing panics under this lock.
+        let graceful = self.graceful.lock().unwrap_or_else(|e| e.into_inner());
+        match graceful.as_ref() {
+            Some(g) => g.watcher(),
+            None => self.late.watcher(),
+        }
+    }
+
+    /// Asks every connection watched so far to finish its request and
+    /// close; resolves when they have.
+    async fn signal(&self) {
+        let graceful = self
+            .graceful
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(g) = graceful {
+            g.shutdown().await;
+        }
+    }
 }
 
 /// The admin listener: health, readiness and metrics only, at `/healthz`,

@@ -1,8 +1,18 @@
 //! The WebSocket splice: an upgrade on a route that allows `websocket` is
-//! forwarded to the route's upstream and, after its 101, copied byte for
-//! byte both ways. (The origin check is `http`'s, before this.)
+//! forwarded to the route's upstream and, after its 101, copied both ways.
+//! (The origin check is `http`'s, before this.)
+//!
+//! The copy follows frame boundaries (headers only, see [`frames`]) so that
+//! at the drain it can stop between frames, send each side a close 1001,
+//! wait for their answers, and end both TCP connections with a FIN. A
+//! splice holds its browser connection's `server.max_connections` permit
+//! and an upstream token of the drain for as long as it runs.
 
+mod frames;
+
+use std::io;
 use std::sync::Arc;
+use std::time::Duration;
 
 use http::header::{self, HeaderValue};
 use http::uri::PathAndQuery;
@@ -10,14 +20,24 @@ use http::{Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::time::{Instant, sleep_until, timeout_at};
 
+use self::frames::{FrameTracker, shutdown_close_frame};
 use crate::body::{Body, empty};
 use crate::config::Transport;
 use crate::error::ProxyError;
 use crate::forwarded::{ConnInfo, original_host, prepare_headers, strip_hop_by_hop};
 use crate::routing;
-use crate::state::AppState;
+use crate::state::{AppState, CONNECTION_PERMIT};
+
+/// Each direction's copy buffer.
+const COPY_BUF: usize = 16 * 1024;
+
+/// At the drain, how long a splice waits for each peer to answer its close
+/// 1001 (and then for their FIN) before it drops the sockets.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
 /// Splices a WebSocket upgrade to the route's upstream when the route
 /// allows `websocket`; otherwise 403.
@@ -31,28 +51,14 @@ pub(super) async fn splice(
         .path_and_query()
         .cloned()
         .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    // The same check as an open's `url`, so that neither can walk out of a
+    // prefix route with dot segments.
+    let pq = routing::page_path(pq.as_str()).map_err(|e| ProxyError::BadUrl(e.0))?;
     let target = match routing::resolve(&state.config, &pq) {
         Some(t) if t.allows(Transport::Websocket) => t,
         _ => return Err(ProxyError::WebsocketNotAllowed),
     };
     let upstream = target.upstream;
-    let secure = upstream.scheme_str() == Some("wss");
-    let host = upstream
-        .host()
-        .unwrap_or_default()
-        .trim_matches(['[', ']'])
-        .to_owned();
-    let port = upstream.port_u16().unwrap_or(if secure { 443 } else { 80 });
-    let connect = TcpStream::connect((host.as_str(), port));
-    let tcp = match tokio::time::timeout(state.config.upstream.connect_timeout, connect).await {
-        Ok(Ok(tcp)) => tcp,
-        Ok(Err(e)) => {
-            tracing::debug!(error = %e, "websocket upstream unreachable");
-            return Err(ProxyError::Unreachable);
-        }
-        Err(_) => return Err(ProxyError::Timeout),
-    };
-    let _ = tcp.set_nodelay(true);
 
     // Forward the handshake as the browser sent it (hop-by-hop headers
     // stripped, then the upgrade restored), to the upstream's path.
@@ -69,27 +75,17 @@ pub(super) async fn splice(
     *up_req.uri_mut() = upstream_pq.parse().map_err(|_| ProxyError::BadRequest)?;
     *up_req.headers_mut() = headers;
 
-    let result = if secure {
-        let server_name = rustls::pki_types::ServerName::try_from(host.clone())
-            .map_err(|_| ProxyError::Unreachable)?;
-        let tls = tokio_rustls::TlsConnector::from(Arc::clone(&state.upstream_tls));
-        match tls.connect(server_name, tcp).await {
-            Ok(stream) => handshake(TokioIo::new(stream), up_req).await,
-            Err(e) => {
-                tracing::debug!(error = %e, "websocket upstream TLS failed");
-                return Err(ProxyError::Unreachable);
+    // The whole handshake (TCP, TLS, the upgrade's answer) is bounded, as
+    // an open's is: a silent upstream gets 504, not a held connection.
+    let connect_timeout = state.config.upstream.connect_timeout;
+    let mut up_resp =
+        match tokio::time::timeout(connect_timeout, connect(&upstream, up_req, state)).await {
+            Ok(result) => result?,
+            Err(_) => {
+                tracing::debug!("websocket upstream handshake timed out");
+                return Err(ProxyError::Timeout);
             }
-        }
-    } else {
-        handshake(TokioIo::new(tcp), up_req).await
-    };
-    let mut up_resp = match result {
-        Ok(resp) => resp,
-        Err(e) => {
-            tracing::debug!(error = %e, "websocket upstream handshake failed");
-            return Err(ProxyError::Unreachable);
-        }
-    };
+        };
     if up_resp.status() != StatusCode::SWITCHING_PROTOCOLS {
         // The upstream refused: the browser sees its answer as is.
         let (mut parts, body) = up_resp.into_parts();
@@ -104,19 +100,191 @@ pub(super) async fn splice(
     *resp.headers_mut() = up_resp.headers().clone();
     let upstream_upgrade = hyper::upgrade::on(&mut up_resp);
     let browser_upgrade = hyper::upgrade::on(&mut req);
+    // Held by the splice task: the browser connection's slot stays taken,
+    // and the drain waits for the splice's close handshakes.
+    let permit = CONNECTION_PERMIT.try_with(Arc::clone).ok();
+    let upstream_token = state.upstreams.token();
+    let closing = state.closing_token();
     tokio::spawn(async move {
+        let _slot = (permit, upstream_token);
         let (browser, upstream) = match tokio::try_join!(browser_upgrade, upstream_upgrade) {
             Ok(pair) => pair,
             Err(e) => return tracing::debug!(error = %e, "websocket upgrade failed"),
         };
-        let mut browser = TokioIo::new(browser);
-        let mut upstream = TokioIo::new(upstream);
-        match tokio::io::copy_bidirectional(&mut browser, &mut upstream).await {
-            Ok((up, down)) => tracing::debug!(up, down, "websocket splice ended"),
+        match copy(TokioIo::new(browser), TokioIo::new(upstream), &closing).await {
+            Ok(()) => tracing::debug!("websocket splice ended"),
             Err(e) => tracing::debug!(error = %e, "websocket splice ended"),
         }
     });
     Ok(resp)
+}
+
+/// Connects to the upstream (TLS for `wss`) and sends the upgrade request.
+async fn connect(
+    upstream: &http::Uri,
+    req: Request<http_body_util::Empty<bytes::Bytes>>,
+    state: &AppState,
+) -> Result<Response<Incoming>, ProxyError> {
+    let secure = upstream.scheme_str() == Some("wss");
+    let host = upstream
+        .host()
+        .unwrap_or_default()
+        .trim_matches(['[', ']'])
+        .to_owned();
+    let port = upstream.port_u16().unwrap_or(if secure { 443 } else { 80 });
+    let tcp = TcpStream::connect((host.as_str(), port))
+        .await
+        .map_err(|e| {
+            tracing::debug!(error = %e, "websocket upstream unreachable");
+            ProxyError::Unreachable
+        })?;
+    let _ = tcp.set_nodelay(true);
+    let result = if secure {
+        let server_name =
+            rustls::pki_types::ServerName::try_from(host).map_err(|_| ProxyError::Unreachable)?;
+        let tls = tokio_rustls::TlsConnector::from(Arc::clone(&state.upstream_tls));
+        let stream = tls.connect(server_name, tcp).await.map_err(|e| {
+            tracing::debug!(error = %e, "websocket upstream TLS failed");
+            ProxyError::Unreachable
+        })?;
+        handshake(TokioIo::new(stream), req).await
+    } else {
+        handshake(TokioIo::new(tcp), req).await
+    };
+    result.map_err(|e| {
+        tracing::debug!(error = %e, "websocket upstream handshake failed");
+        ProxyError::Unreachable
+    })
+}
+
+/// Copies both ways until both sides are done; at `closing` (the drain),
+/// ends the WebSocket with a close handshake on each side. An error on
+/// either side ends both: a reset browser must not leave the upstream
+/// held, nor the other way round.
+async fn copy<B, U>(
+    browser: B,
+    upstream: U,
+    closing: &tokio_util::sync::CancellationToken,
+) -> io::Result<()>
+where
+    B: AsyncRead + AsyncWrite,
+    U: AsyncRead + AsyncWrite,
+{
+    let (mut browser_rx, mut browser_tx) = tokio::io::split(browser);
+    let (mut upstream_rx, mut upstream_tx) = tokio::io::split(upstream);
+    // Browser → upstream frames are masked: so is the close injected there.
+    let up = pump(&mut browser_rx, &mut upstream_tx, true, closing);
+    let down = pump(&mut upstream_rx, &mut browser_tx, false, closing);
+    tokio::try_join!(up, down)?;
+    Ok(())
+}
+
+/// One direction of the splice. Forwards until the reader's EOF (then
+/// passes the FIN on). At `closing`, forwards up to the end of the frame
+/// under way, sends the writer's peer a close 1001 (masked when `masked`),
+/// then reads and discards until the reader's peer sent its own close (or
+/// EOF), shuts the writer down, and reads on to EOF so that no unread byte
+/// makes the kernel answer with a reset. The steps after `closing` share
+/// one [`CLOSE_GRACE`].
+async fn pump<R, W>(
+    reader: &mut R,
+    writer: &mut W,
+    masked: bool,
+    closing: &tokio_util::sync::CancellationToken,
+) -> io::Result<()>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut buf = vec![0u8; COPY_BUF];
+    let mut frames = FrameTracker::default();
+    // A close already passed this way: the writer's peer has one, and no
+    // second may follow it.
+    let mut close_forwarded = false;
+    // The reader's peer already sent its close.
+    let mut peer_closed;
+    // Closing came mid-frame: by when that frame must have ended.
+    let mut frame_deadline: Option<Instant> = None;
+    loop {
+        let n = tokio::select! {
+            // The closing arms first: once closing, stop as soon as allowed.
+            biased;
+            // Between frames: stop here.
+            () = closing.cancelled(), if frames.at_boundary() => {
+                peer_closed = close_forwarded;
+                break;
+            }
+            // Mid-frame: read on to its end, for CLOSE_GRACE at most.
+            () = closing.cancelled(), if frame_deadline.is_none() => {
+                frame_deadline = Some(Instant::now() + CLOSE_GRACE);
+                continue;
+            }
+            // A frame cannot be cut, nor a close put inside it: end the
+            // connection without one.
+            () = sleep_until(frame_deadline.unwrap_or_else(Instant::now)),
+                if frame_deadline.is_some() =>
+            {
+                let _ = tokio::time::timeout(CLOSE_GRACE, writer.shutdown()).await;
+                return Ok(());
+            }
+            // Cancel-safe: nothing is read when another arm wins.
+            n = reader.read(&mut buf) => n?,
+        };
+        if n == 0 {
+            // The reader's peer is done: pass its FIN on.
+            return writer.shutdown().await;
+        }
+        if closing.is_cancelled() {
+            let step = frames.advance(&buf[..n], true);
+            writer.write_all(&buf[..step.consumed]).await?;
+            close_forwarded |= step.close_ended;
+            if frames.at_boundary() {
+                // What came after the boundary is the start of frames not
+                // forwarded: the discard below follows them.
+                let rest = frames.advance(&buf[step.consumed..n], false);
+                peer_closed = close_forwarded || rest.close_ended;
+                break;
+            }
+        } else {
+            close_forwarded |= frames.advance(&buf[..n], false).close_ended;
+            writer.write_all(&buf[..n]).await?;
+        }
+    }
+    let deadline = Instant::now() + CLOSE_GRACE;
+    let _ = timeout_at(deadline, async {
+        if !close_forwarded {
+            let key = masked.then(mask_key);
+            writer.write_all(&shutdown_close_frame(key)).await?;
+            writer.flush().await?;
+        }
+        while !peer_closed {
+            let n = reader.read(&mut buf).await?;
+            if n == 0 {
+                break;
+            }
+            peer_closed = frames.advance(&buf[..n], false).close_ended;
+        }
+        io::Result::Ok(())
+    })
+    .await;
+    let _ = timeout_at(deadline, writer.shutdown()).await;
+    // Read to the peer's FIN, so the socket is not dropped with unread
+    // bytes (which the kernel answers with a reset).
+    let _ = timeout_at(deadline, async {
+        while reader.read(&mut buf).await? > 0 {}
+        io::Result::Ok(())
+    })
+    .await;
+    Ok(())
+}
+
+/// A fresh masking key for a frame the proxy sends upstream.
+fn mask_key() -> [u8; 4] {
+    let mut key = [0u8; 4];
+    // A failing OS generator leaves the zero key, which is still a valid
+    // frame (the key only defeats cache poisoning by browsers' scripts).
+    let _ = getrandom::fill(&mut key);
+    key
 }
 
 /// Sends the upgrade request on a fresh connection and returns the answer;
