@@ -87,9 +87,9 @@ pub struct Connected {
 }
 
 /// Opens the upstream WebSocket for a session: `headers` are those to pass on
-/// (already chosen by the caller), `protocols` the page's subprotocols.
-/// `connect_timeout` bounds the whole of it: TCP connect, TLS and the
-/// WebSocket handshake.
+/// (already chosen by the caller, `Host` included), `protocols` the page's
+/// subprotocols. `connect_timeout` bounds the whole of it: TCP connect, TLS
+/// and the WebSocket handshake.
 pub async fn connect(
     url: &Uri,
     headers: HeaderMap,
@@ -102,9 +102,9 @@ pub async fn connect(
         .to_string()
         .into_client_request()
         .map_err(|e| UpstreamError::Protocol(e.to_string()))?;
-    for (name, value) in &headers {
-        request.headers_mut().append(name, value.clone());
-    }
+    // `extend` with a map replaces: a `Host` given here wins over the one
+    // tungstenite derived from the URL (it writes only the first of several).
+    request.headers_mut().extend(headers);
     if !protocols.is_empty() {
         let list = HeaderValue::from_str(&protocols.join(", ")).map_err(|_| {
             UpstreamError::Protocol("subprotocol is not a valid header value".into())

@@ -12,7 +12,7 @@ use super::read_body;
 use crate::body::{Body, RequestBody, json_response};
 use crate::config::Transport;
 use crate::error::BridgeError;
-use crate::forwarded::{ConnInfo, add_forwarded};
+use crate::forwarded::{ConnInfo, add_forwarded, original_host};
 use crate::metrics::CloseReason;
 use crate::routing;
 use crate::session::registry::new_id;
@@ -82,7 +82,7 @@ pub(super) async fn open(
     let client = conn.client_ip(&parts.headers, &config.security);
     let slot = state.registry.reserve(client)?;
 
-    let headers = handshake_headers(&parts.headers, conn, state);
+    let headers = handshake_headers(&parts, &target.upstream, conn, state);
     let connected = upstream::connect(
         &target.upstream,
         headers,
@@ -150,9 +150,21 @@ pub(super) async fn open(
 }
 
 /// The headers passed on the upstream handshake: the browser's identity
-/// (Cookie, Authorization, Origin, User-Agent), X-Forwarded-*, and those
-/// named in `upstream.forward_headers`.
-fn handshake_headers(incoming: &HeaderMap, conn: ConnInfo, state: &AppState) -> HeaderMap {
+/// (Cookie, Authorization, Origin, User-Agent), those named in
+/// `upstream.forward_headers`, then what every upstream leg carries
+/// ([`add_forwarded`]: Host as `upstream.host` says, so the handshake names
+/// the host a spliced WebSocket would, one Cookie, X-Forwarded-*).
+///
+/// Headers that make the handshake itself (Host, Connection, Upgrade,
+/// Sec-WebSocket-*) are the proxy's to write: a `forward_headers` entry
+/// naming one is not copied.
+fn handshake_headers(
+    parts: &http::request::Parts,
+    upstream: &http::Uri,
+    conn: ConnInfo,
+    state: &AppState,
+) -> HeaderMap {
+    let incoming = &parts.headers;
     let mut out = HeaderMap::new();
     let fixed = [
         header::COOKIE,
@@ -160,7 +172,17 @@ fn handshake_headers(incoming: &HeaderMap, conn: ConnInfo, state: &AppState) -> 
         header::ORIGIN,
         header::USER_AGENT,
     ];
-    for name in fixed.iter().chain(&state.config.upstream.forward_headers) {
+    let own = |name: &header::HeaderName| {
+        *name == header::HOST
+            || *name == header::CONNECTION
+            || *name == header::UPGRADE
+            || name.as_str().starts_with("sec-websocket-")
+    };
+    for name in fixed
+        .iter()
+        .chain(&state.config.upstream.forward_headers)
+        .filter(|n| !own(n))
+    {
         for value in incoming.get_all(name) {
             out.append(name.clone(), value.clone());
         }
@@ -168,10 +190,14 @@ fn handshake_headers(incoming: &HeaderMap, conn: ConnInfo, state: &AppState) -> 
     if let Some(xff) = incoming.get("x-forwarded-for") {
         out.insert("x-forwarded-for", xff.clone());
     }
-    let host = incoming.get(header::HOST).cloned();
-    add_forwarded(&mut out, conn, host.as_ref());
-    // The upstream handshake sets its own Host, for the upstream.
-    out.remove(header::HOST);
+    let browser_host = original_host(&parts.uri, incoming);
+    add_forwarded(
+        &mut out,
+        browser_host,
+        conn,
+        state.config.upstream.host,
+        upstream,
+    );
     out
 }
 

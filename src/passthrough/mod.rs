@@ -14,9 +14,7 @@ use hyper::body::Incoming;
 
 use crate::body::Body;
 use crate::error::ProxyError;
-use crate::forwarded::{
-    ConnInfo, is_websocket_upgrade, original_host, prepare_headers, strip_hop_by_hop,
-};
+use crate::forwarded::{ConnInfo, is_websocket_upgrade, prepare_headers, strip_hop_by_hop};
 use crate::state::AppState;
 
 /// A request outside the prefix: spliced when it is a WebSocket upgrade,
@@ -49,8 +47,13 @@ async fn proxy(
     )
     .parse()
     .map_err(|_| ProxyError::BadRequest)?;
-    let host = original_host(&parts.uri, &parts.headers);
-    prepare_headers(&mut parts.headers, conn, host.as_ref());
+    prepare_headers(
+        &mut parts.headers,
+        &parts.uri,
+        conn,
+        config.upstream.host,
+        base,
+    );
     if config.client.inject {
         keep_decodable_encodings(&mut parts.headers);
     }

@@ -28,7 +28,7 @@ use self::frames::{FrameTracker, shutdown_close_frame};
 use crate::body::{Body, empty};
 use crate::config::Transport;
 use crate::error::ProxyError;
-use crate::forwarded::{ConnInfo, original_host, prepare_headers, strip_hop_by_hop};
+use crate::forwarded::{ConnInfo, prepare_headers, strip_hop_by_hop};
 use crate::routing;
 use crate::state::{AppState, CONNECTION_PERMIT};
 
@@ -63,8 +63,8 @@ pub(super) async fn splice(
     // Forward the handshake as the browser sent it (hop-by-hop headers
     // stripped, then the upgrade restored), to the upstream's path.
     let mut headers = req.headers().clone();
-    let host_header = original_host(req.uri(), &headers);
-    prepare_headers(&mut headers, conn, host_header.as_ref());
+    let policy = state.config.upstream.host;
+    prepare_headers(&mut headers, req.uri(), conn, policy, &upstream);
     headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
     let upstream_pq = upstream
