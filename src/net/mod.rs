@@ -7,7 +7,7 @@
 //! `server.drain_timeout` whatever is still open.
 
 mod conn;
-mod h1;
+pub(crate) mod h1;
 mod tls;
 
 use std::future::Future;
