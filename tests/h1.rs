@@ -378,6 +378,7 @@ async fn a_big_body_is_not_buffered_before_the_service_refuses_it() {
     let resp = conn.response().await;
     assert_eq!(resp.status, 404, "{resp:?}");
     assert_eq!(resp.json()["error"], "unknown_session");
+    assert_eq!(resp.header("x-content-type-options"), Some("nosniff"));
     // An open from a refused origin: 403 before the body.
     let mut conn = Conn::open(&proxy).await;
     conn.send(&format!(
@@ -396,6 +397,94 @@ async fn a_big_body_is_not_buffered_before_the_service_refuses_it() {
     ))
     .await;
     assert_eq!(conn.response().await.status, 403);
+}
+
+/// A client that stops reading is cut once a write makes no progress for
+/// `server.write_timeout`: its reader detaches instead of pinning the
+/// session.
+#[tokio::test]
+async fn a_reader_that_stops_reading_is_cut_by_the_write_timeout() {
+    const SIZE: usize = 12_000_000;
+    let backend = Backend::start().await;
+    let proxy = Proxy::start(
+        &backend,
+        "[server]\nwrite_timeout = \"300ms\"\nmin_send_rate = 0\n\
+         [replay]\nmax_bytes = \"32MiB\"\nmax_total_bytes = \"64MiB\"\n",
+    )
+    .await;
+    let session = proxy.open(&format!("/big?size={SIZE}")).await;
+    // A small receive window, so the frame cannot sit in kernel buffers.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut tcp = socket.connect(proxy.addr).await.unwrap();
+    tcp.write_all(get(&format!("/_bridge/sessions/{}/stream", session.id)).as_bytes())
+        .await
+        .unwrap();
+    // Stop reading for well past the write timeout.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut total = 0;
+    let mut chunk = vec![0; 65536];
+    loop {
+        match timeout(WAIT, tcp.read(&mut chunk)).await {
+            Ok(Ok(0) | Err(_)) => break,
+            Ok(Ok(n)) => total += n,
+            Err(_) => panic!("the stalled connection was never cut ({total} bytes read)"),
+        }
+    }
+    assert!(
+        total < SIZE,
+        "cut before the frame was written: {total} bytes"
+    );
+}
+
+/// A request with an `Origin` that is not UTF-8 (sent byte for byte).
+async fn with_raw_origin(proxy: &Proxy, request_line: &str, tail: &str) -> RawResponse {
+    let mut conn = Conn::open(proxy).await;
+    let mut bytes =
+        format!("{request_line}\r\nhost: test\r\norigin: https://ok.example").into_bytes();
+    bytes.extend_from_slice(b"\xff\xfe");
+    bytes.extend_from_slice(tail.as_bytes());
+    conn.tcp.write_all(&bytes).await.unwrap();
+    conn.response().await
+}
+
+#[tokio::test]
+async fn an_origin_that_is_not_utf8_fails_closed_and_is_never_reflected() {
+    let backend = Backend::start().await;
+    let listed = Proxy::start(
+        &backend,
+        "[security]\nallowed_origins = [\"https://ok.example\"]\n",
+    )
+    .await;
+    let session = listed.open("/echo").await;
+    let body = r#"{"url": "/echo"}"#;
+    let open_tail = format!(
+        "\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    // With a list: 403, on hyper's path (open) and the front end's (sse).
+    let resp = with_raw_origin(&listed, "POST /_bridge/sessions HTTP/1.1", &open_tail).await;
+    assert_eq!(resp.status, 403, "{resp:?}");
+    assert_eq!(resp.json()["error"], "origin_not_allowed");
+    let sse = format!(
+        "GET /_bridge/sessions/{}/poll?cursor=0&wait=0 HTTP/1.1",
+        session.id
+    );
+    let resp = with_raw_origin(&listed, &sse, "\r\n\r\n").await;
+    assert_eq!(resp.status, 403, "{resp:?}");
+    assert_eq!(resp.header("access-control-allow-origin"), None);
+
+    // With no list (any origin): served, but the origin is not reflected.
+    let open = Proxy::start(&backend, "").await;
+    let resp = with_raw_origin(&open, "POST /_bridge/sessions HTTP/1.1", &open_tail).await;
+    assert_eq!(resp.status, 201, "{resp:?}");
+    assert_eq!(resp.header("access-control-allow-origin"), None, "{resp:?}");
+    assert_eq!(resp.header("access-control-allow-credentials"), None);
+    let id = resp.json()["session"].as_str().unwrap().to_owned();
+    let poll = format!("GET /_bridge/sessions/{id}/poll?cursor=0&wait=0 HTTP/1.1");
+    let resp = with_raw_origin(&open, &poll, "\r\n\r\n").await;
+    assert_eq!(resp.status, 200, "{resp:?}");
+    assert_eq!(resp.header("access-control-allow-origin"), None, "{resp:?}");
 }
 
 #[tokio::test]
