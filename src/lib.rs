@@ -69,6 +69,7 @@ pub use state::AppState;
 #[doc(hidden)]
 pub mod parsers {
     pub use crate::bridge::{parse_open, parse_seq};
+    pub use crate::net::h1::{Head as H1Head, Parsed as H1Parsed, parse_head as h1_parse_head};
     pub use crate::routing::{page_path, resolve};
     pub use crate::session::replay::{Event, EventData};
     pub use crate::transport::poll::parse_wait;

@@ -65,6 +65,50 @@ pub fn is_bridge_path(prefix: &str, path: &str) -> bool {
         .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
 }
 
+/// Whether a path outside the prefix as written would be under it once
+/// read loosely: in another case, with `//`, dot segments, `\\` or
+/// percent-escapes (`/_BRIDGE/sessions/ID`, `//_bridge/...`,
+/// `/app/../_bridge/...`). Such a path may carry a session id, and is never
+/// passed through to the app (nor its id logged): it gets the bridge's 404.
+pub fn is_disguised_bridge_path(prefix: &str, path: &str) -> bool {
+    let decoded = percent_decode_lossy(path).replace('\\', "/");
+    let mut segments: Vec<&str> = Vec::new();
+    for seg in decoded.split('/') {
+        match seg {
+            "" | "." => {}
+            ".." => {
+                segments.pop();
+            }
+            seg => segments.push(seg),
+        }
+    }
+    let normal = format!("/{}", segments.join("/")).to_ascii_lowercase();
+    is_bridge_path(&prefix.to_ascii_lowercase(), &normal)
+}
+
+/// `%XX` decoded, bytes that are not UTF-8 replaced; for the check above only.
+fn percent_decode_lossy(path: &str) -> String {
+    let bytes = path.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        if bytes[i] == b'%'
+            && let (Some(h), Some(l)) = (
+                bytes.get(i + 1).copied().and_then(hex),
+                bytes.get(i + 2).copied().and_then(hex),
+            )
+        {
+            out.push((h * 16 + l) as u8);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// `None` means the request is outside the prefix: pass it through.
 pub fn classify<'a>(prefix: &str, path: &'a str) -> Option<Endpoint<'a>> {
     if !is_bridge_path(prefix, path) {
@@ -267,6 +311,45 @@ mod tests {
         );
         assert_eq!(classify(p, "/_bridge"), Some(Endpoint::NotFound));
         assert_eq!(classify(p, "/_bridge/zzz"), Some(Endpoint::NotFound));
+        // Non-canonical forms under the prefix: no endpoint, never an id.
+        for odd in [
+            "/_bridge//sessions/abc/sse",
+            "/_bridge/sessions/abc/sse/",
+            "/_bridge/sessions/abc/./sse",
+            "/_bridge/sessions/x/../abc/sse",
+        ] {
+            assert_eq!(classify(p, odd), Some(Endpoint::NotFound), "{odd}");
+        }
+    }
+
+    #[test]
+    fn disguised_bridge_paths_are_seen() {
+        let p = "/_bridge";
+        for disguised in [
+            "/_BRIDGE/sessions/abc",
+            "/_Bridge/sessions/abc/sse",
+            "//_bridge/sessions/abc/sse",
+            "/./_bridge/sessions/abc",
+            "/app/../_bridge/sessions/abc",
+            "/%5Fbridge/sessions/abc",
+            "/%5fBRIDGE",
+            "/app/..\\_bridge/sessions/abc",
+            "/app/%2e%2e/_bridge/sessions/abc",
+        ] {
+            assert_eq!(classify(p, disguised), None, "{disguised}");
+            assert!(is_disguised_bridge_path(p, disguised), "{disguised}");
+        }
+        for app in [
+            "/",
+            "/app",
+            "/_bridgefoo",
+            "/_BRIDGEFOO/x",
+            "/app/_bridge",
+            "/%zz",
+            "/%",
+        ] {
+            assert!(!is_disguised_bridge_path(p, app), "{app}");
+        }
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Property tests over every parser of what a client (or an operator's
 //! config file) sends: the open body and its `url`, route matching, the
 //! cursor, `Last-Event-ID`, `Bridge-Seq`, `wait`, the SSE and JSON event
-//! encoders, and the config loader. None may panic on any input, and each
+//! encoders, the HTTP/1.1 front end's head parser, and the config loader. None may panic on any input, and each
 //! keeps its contract (the upstream host never changes, no dot segment gets
 //! through, every text frame crosses SSE byte-exact, ...).
 //!
@@ -19,6 +19,7 @@ use proptest::prelude::*;
 use proptest::test_runner::Config as ProptestConfig;
 use wsbridge::Config;
 use wsbridge::parsers::{Event, EventData};
+use wsbridge::parsers::{H1Parsed, h1_parse_head};
 use wsbridge::parsers::{page_path, resolve};
 use wsbridge::parsers::{parse_cursor, parse_wait, resume_cursor, sse};
 use wsbridge::parsers::{parse_open, parse_seq};
@@ -1111,4 +1112,79 @@ async fn the_longest_accepted_durations_serve_a_session() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
+}
+
+// ---- the HTTP/1.1 front end's head parser ------------------------------------------
+// (As fuzz/fuzz_targets/h1_head.rs. That it frames as hyper does is
+// tests/h1.rs's differential test, against a real hyper server.)
+
+/// Bytes that look like a request head, with the parts parsers disagree on.
+fn head_bytes() -> impl Strategy<Value = Vec<u8>> {
+    let line = prop_oneof![
+        Just(b"host: a".to_vec()),
+        Just(b" folded".to_vec()),
+        Just(b"content-length: 3".to_vec()),
+        Just(b"transfer-encoding: chunked".to_vec()),
+        Just(b"connection: close".to_vec()),
+        Just(b"upgrade: websocket".to_vec()),
+        Just(b"expect: 100-continue".to_vec()),
+        proptest::collection::vec(any::<u8>(), 0..16),
+        "[a-z-]{1,8}: [ -~]{0,10}".prop_map(String::into_bytes),
+    ];
+    let start = prop_oneof![
+        Just(b"GET /_bridge/sessions/abc/sse HTTP/1.1".to_vec()),
+        Just(b"GET /_bridge/healthz?x=1 HTTP/1.1".to_vec()),
+        Just(b"GET /_bridge HTTP/1.1".to_vec()),
+        Just(b"GET /app HTTP/1.1".to_vec()),
+        Just(b"POST /_bridge/sessions HTTP/1.1".to_vec()),
+        Just(b"GET /_bridge/healthz HTTP/1.0".to_vec()),
+        proptest::collection::vec(any::<u8>(), 0..40),
+    ];
+    let eol = prop_oneof![Just(&b"\r\n"[..]), Just(&b"\n"[..])];
+    (
+        start,
+        proptest::collection::vec(line, 0..6),
+        eol,
+        proptest::collection::vec(any::<u8>(), 0..20),
+    )
+        .prop_map(|(start, lines, eol, tail)| {
+            let mut out = start;
+            out.extend_from_slice(eol);
+            for l in lines {
+                out.extend_from_slice(&l);
+                out.extend_from_slice(eol);
+            }
+            out.extend_from_slice(eol);
+            out.extend_from_slice(&tail);
+            out
+        })
+}
+
+proptest! {
+    #![proptest_config(cases(2000))]
+
+    #[test]
+    fn the_h1_head_parser_takes_only_whole_bodyless_bridge_gets(
+        data in prop_oneof![head_bytes(), proptest::collection::vec(any::<u8>(), 0..300)],
+    ) {
+        let H1Parsed::Ours(head) = h1_parse_head(&data, "/_bridge") else { return Ok(()) };
+        prop_assert!(head.len > 0 && head.len <= data.len());
+        prop_assert!(data[..head.len].ends_with(b"\n"));
+        let req = &head.request;
+        prop_assert_eq!(req.method(), http::Method::GET);
+        let path = req.uri().path();
+        prop_assert!(path == "/_bridge" || path.starts_with("/_bridge/"), "{:?}", path);
+        for name in ["content-length", "transfer-encoding", "upgrade", "expect"] {
+            prop_assert!(!req.headers().contains_key(name), "{} in a taken head", name);
+        }
+        // Framed by the head alone.
+        match h1_parse_head(&data[..head.len], "/_bridge") {
+            H1Parsed::Ours(again) => {
+                prop_assert_eq!(again.len, head.len);
+                prop_assert_eq!(again.request.headers(), req.headers());
+            }
+            other => prop_assert!(false, "{:?} without what follows the head", other),
+        }
+        prop_assert!(matches!(h1_parse_head(&data[..head.len - 1], "/_bridge"), H1Parsed::Partial));
+    }
 }

@@ -145,3 +145,93 @@ async fn no_secrets_even_at_debug_level() {
     );
     assert_no_secrets(&stderr, &id);
 }
+
+/// One request sent byte for byte (an HTTP client would normalise the
+/// path), on a connection of its own: the status and body.
+async fn raw_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(
+        format!("GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut out))
+        .await
+        .expect("an answer, then the close")
+        .unwrap();
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let status = text[9..12].parse().unwrap();
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// The odd spellings of a session's paths: none is an endpoint, and none
+/// may log or forward the id whole.
+fn non_canonical(id: &str) -> Vec<String> {
+    vec![
+        format!("/_bridge//sessions/{id}/sse"),
+        format!("/_bridge/sessions/{id}/sse/"),
+        format!("/_bridge/sessions/{id}/./sse"),
+        format!("/_bridge/sessions/x/../{id}/poll"),
+        format!("/_BRIDGE/sessions/{id}"),
+        format!("/_Bridge/sessions/{id}/sse"),
+        format!("//_bridge/sessions/{id}/sse"),
+        format!("/app/../_bridge/sessions/{id}/sse"),
+        format!("/%5Fbridge/sessions/{id}/sse"),
+    ]
+}
+
+#[tokio::test]
+async fn non_canonical_bridge_paths_never_log_a_whole_session_id() {
+    let backend = Backend::start().await;
+    let mut proxy = ProxyProcess::start_with(&backend, "", &["--log-format", "json"], &[]).await;
+    let id = proxy.open("/echo").await.id;
+    for path in non_canonical(&id) {
+        let (status, body) = raw_get(proxy.addr, &path).await;
+        assert_eq!(status, 404, "{path}: {body}");
+        assert!(body.contains(r#""error":"not_found""#), "{path}: {body}");
+    }
+    proxy.signal("TERM");
+    proxy
+        .wait_exit(Instant::now() + Duration::from_secs(10))
+        .await
+        .expect("wsbridge exits after SIGTERM");
+    let stderr = proxy.stderr();
+    let logged = stderr
+        .lines()
+        .filter(|l| l.contains(r#""status":404"#))
+        .count();
+    assert_eq!(logged, non_canonical(&id).len(), "one line each:\n{stderr}");
+    assert_no_secrets(&stderr, &id);
+}
+
+#[tokio::test]
+async fn non_canonical_bridge_paths_are_never_passed_through() {
+    use std::sync::{Arc, Mutex};
+    let paths = Arc::new(Mutex::new(Vec::<String>::new()));
+    let seen = Arc::clone(&paths);
+    let app = support::HttpBackend::start(move |req| {
+        seen.lock().unwrap().push(req.uri().to_string());
+        async { http::Response::new(support::body("app")) }
+    })
+    .await;
+    let proxy = support::Proxy::start_toml(&app.config("")).await;
+    let id = "AbCdEfGhIjKlMnOpQrStUv";
+    for path in non_canonical(id) {
+        let (status, body) = raw_get(proxy.addr, &path).await;
+        assert_eq!(status, 404, "{path}: {body}");
+    }
+    // The app's own paths still reach it (and are recorded).
+    assert_eq!(raw_get(proxy.addr, "/app/page").await.0, 200);
+    let forwarded = paths.lock().unwrap().clone();
+    assert_eq!(
+        forwarded,
+        ["/app/page"],
+        "only the app's path was forwarded"
+    );
+}

@@ -7,6 +7,8 @@
 //!   Paced publishers start at a random phase within one interval, so
 //!   sessions do not fire in lockstep.
 //! - `/echo`: every text or binary frame goes back as it came.
+//! - `/plain`: not a WebSocket: a plain HTTP/1.1 `200 ok`, on a keep-alive
+//!   connection, for the pass-through requests of the `reuse` scenario.
 //!
 //! It prints `LISTEN <addr>` once bound. Publishing waits for a `go` line on
 //! stdin, so the bench can attach every client first; end of stdin (the
@@ -119,8 +121,17 @@ enum Route {
     Publish(Publish),
 }
 
-async fn connection(tcp: TcpStream, go: watch::Receiver<bool>, n: u64) {
+async fn connection(mut tcp: TcpStream, go: watch::Receiver<bool>, n: u64) {
     let _ = tcp.set_nodelay(true);
+    // Plain HTTP requests (pass-through) are answered here, one after
+    // another, until one is an upgrade.
+    loop {
+        match plain_request(&mut tcp).await {
+            Some(true) => continue,
+            Some(false) => break,
+            None => return,
+        }
+    }
     let mut route = None;
     // The callback's type is tungstenite's; its error is the refusal response.
     #[allow(clippy::result_large_err)]
@@ -152,6 +163,36 @@ async fn connection(tcp: TcpStream, go: watch::Receiver<bool>, n: u64) {
         Some(Route::Echo) => echo(ws).await,
         Some(Route::Publish(p)) => publish(ws, p, go, n).await,
         None => {}
+    }
+}
+
+/// Looks at the next request head without taking it: a `GET /plain` is
+/// read and answered (`Some(true)`); anything else is left for the
+/// WebSocket handshake (`Some(false)`). `None`: the peer went away.
+async fn plain_request(tcp: &mut TcpStream) -> Option<bool> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut head = [0u8; 2048];
+    loop {
+        let n = tcp.peek(&mut head).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        if !head[..n.min(11)].starts_with(&b"GET /plain "[..n.min(11)]) {
+            return Some(false);
+        }
+        if let Some(end) = head[..n].windows(4).position(|w| w == b"\r\n\r\n") {
+            let mut taken = vec![0; end + 4];
+            tcp.read_exact(&mut taken).await.ok()?;
+            tcp.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                .await
+                .ok()?;
+            return Some(true);
+        }
+        if n == head.len() {
+            return Some(false);
+        }
+        // Part of a head: wait for more.
+        tokio::time::sleep(Duration::from_millis(1)).await;
     }
 }
 

@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! cargo run --release --example bench -- --scenario all     # every scenario (~7 min)
-//! cargo run --release --example bench -- --scenario light   # or throughput, echo, many, cpu
+//! cargo run --release --example bench -- --scenario light   # or throughput, echo, many, reuse, cpu
 //! cargo run --release --example bench -- --smoke            # correctness only, for CI (~15 s)
 //! ```
 //!
@@ -29,7 +29,7 @@
 //! - `probe`: /proc readings (CPU ticks, RSS, socket memory), rlimits, machine.
 //! - `clients`: one client per transport, each checking what it receives.
 //! - `fleet`: many clients at once, their counters and histograms.
-//! - `scenarios`: light, throughput, echo, many, smoke.
+//! - `scenarios`: light, throughput, echo, many, reuse, smoke.
 //! - `report`: tables, JSON lines and the targets of issue 6.
 
 mod backend;
@@ -114,6 +114,8 @@ enum Which {
     Throughput,
     Echo,
     Many,
+    /// Held SSE sessions on connections shared with pass-through requests.
+    Reuse,
     /// The proxy's CPU per delivered message, from the throughput run.
     Cpu,
 }
@@ -222,6 +224,11 @@ async fn bench(cli: Cli) -> Result<ExitCode> {
             let many = scenarios::many::run(&ctx).await;
             ctx.out.table(&many);
             tables.push(many);
+        }
+        if matches!(w, Which::All | Which::Reuse) {
+            let reuse = scenarios::reuse::run(&ctx).await;
+            ctx.out.table(&reuse);
+            tables.push(reuse);
         }
         ctx.out.table(&report::targets(&tables));
     }

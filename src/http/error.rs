@@ -1,6 +1,8 @@
 //! The one place an error of any layer becomes an HTTP response: a status,
 //! a short JSON `{"error": "<code>", ...}` and, where it helps the client,
-//! `Retry-After` or `Allow`. The detail stays in the log.
+//! `Retry-After` or `Allow`, and `X-Content-Type-Options: nosniff` so that
+//! no browser reads an error body as anything but JSON. The detail stays in
+//! the log.
 
 use http::{HeaderValue, Response, StatusCode, header};
 use serde_json::{Value, json};
@@ -29,7 +31,7 @@ impl From<ProxyError> for HttpError {
 
 /// The response for an error.
 pub(crate) fn error_response(e: impl Into<HttpError>) -> Response<Body> {
-    match e.into() {
+    let mut resp = match e.into() {
         HttpError::Bridge(e) => bridge(e),
         // The same answer as an open's bad `url`.
         HttpError::Proxy(ProxyError::BadUrl(detail)) => json_response(
@@ -40,7 +42,12 @@ pub(crate) fn error_response(e: impl Into<HttpError>) -> Response<Body> {
             let (status, code) = proxy(&e);
             json_response(status, &json!({ "error": code }))
         }
-    }
+    };
+    resp.headers_mut().insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    resp
 }
 
 fn proxy(e: &ProxyError) -> (StatusCode, &'static str) {
@@ -138,5 +145,24 @@ fn upstream_rejection_status(s: StatusCode) -> StatusCode {
         s
     } else {
         StatusCode::BAD_GATEWAY
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_error_body_is_nosniff_json() {
+        for resp in [
+            error_response(BridgeError::NotFound),
+            error_response(BridgeError::OriginForbidden),
+            error_response(ProxyError::Unreachable),
+            error_response(ProxyError::BadRequest),
+        ] {
+            let h = resp.headers();
+            assert_eq!(h[header::X_CONTENT_TYPE_OPTIONS], "nosniff", "{resp:?}");
+            assert_eq!(h[header::CONTENT_TYPE], "application/json");
+        }
     }
 }

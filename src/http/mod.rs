@@ -32,7 +32,11 @@ pub(crate) async fn handle(
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
     let http1 = req.version() <= Version::HTTP_11;
-    let endpoint = routing::classify(&state.config.server.prefix, &path);
+    let prefix = &state.config.server.prefix;
+    // A path under the prefix only once read loosely (`/_BRIDGE/..`,
+    // `//_bridge/..`) is not the app's: it may carry a session id.
+    let endpoint = routing::classify(prefix, &path)
+        .or_else(|| routing::is_disguised_bridge_path(prefix, &path).then_some(Endpoint::NotFound));
     let mut resp = match endpoint {
         Some(endpoint) => bridge(endpoint, req.map(BodyExt::boxed), conn, &state).await,
         None => passthrough(req, conn, &state).await,
@@ -140,9 +144,24 @@ fn log_path(endpoint: Option<Endpoint<'_>>, path: &str) -> String {
             | Endpoint::Send(id)
             | Endpoint::Session(id),
         ) => path.replacen(id, &format!("{}…", crate::session::log_id(id)), 1),
+        // Under the prefix but no endpoint (`/_bridge//sessions/ID/sse`,
+        // `/_BRIDGE/sessions/ID`): an id could be in any segment, so each
+        // is cut to an id's logged length.
+        Some(Endpoint::NotFound) => path
+            .split('/')
+            .map(|seg| match seg.char_indices().nth(LOGGED_SEGMENT) {
+                Some((end, _)) => format!("{}…", &seg[..end]),
+                None => seg.to_owned(),
+            })
+            .collect::<Vec<_>>()
+            .join("/"),
         _ => path.to_owned(),
     }
 }
+
+/// The most of one segment of an unknown bridge path that is logged: as
+/// much of a session id as `session::log_id` shows.
+const LOGGED_SEGMENT: usize = 6;
 
 #[cfg(test)]
 mod tests {
@@ -154,5 +173,15 @@ mod tests {
         let p = log("/_bridge/sessions/AbCdEfGhIjKlMnOpQrStUv/sse");
         assert_eq!(p, "/_bridge/sessions/AbCdEf…/sse");
         assert_eq!(log("/app/page"), "/app/page");
+        let id = "AbCdEfGhIjKlMnOpQrStUv";
+        for odd in [
+            format!("/_bridge//sessions/{id}/sse"),
+            format!("/_bridge/sessions/{id}/sse/"),
+            format!("/_bridge/sessions/{id}/./sse"),
+        ] {
+            let logged = log_path(routing::classify("/_bridge", &odd), &odd);
+            assert!(!logged.contains(id), "{odd} logged as {logged}");
+            assert!(logged.contains("AbCdEf…"), "{logged}");
+        }
     }
 }

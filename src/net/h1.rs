@@ -1,42 +1,56 @@
-//! HTTP/1.1 for the bridge's own endpoints on plain TCP, without hyper's
+//! HTTP/1.1 for the bridge's bodyless `GET`s (the readers: sse, stream,
+//! poll; and healthz, client.js and the like) on plain TCP, without hyper's
 //! per-connection buffers.
 //!
-//! hyper keeps an 8 KiB read buffer and an 8 KiB write buffer for every
-//! HTTP/1 connection for as long as it is open, and a held session keeps its
-//! reader's connection open: those buffers were most of a session's memory.
-//! This front end reads a request head into a buffer that exists only while
-//! bytes arrive, answers the bridge's requests itself, and writes response
-//! bodies straight to the socket (`Content-Length`, or chunked with one
-//! vectored write per frame), so a connection carrying an idle SSE stream
-//! holds no buffer at all.
+//! hyper 1.x keeps an 8 KiB read buffer and an 8 KiB write buffer for every
+//! HTTP/1 connection for as long as it is open (`max_buf_size` cannot go
+//! below 8 KiB and the write buffer is allocated at 8 KiB whatever the write
+//! strategy), and a held session keeps its reader's connection open: those
+//! buffers were most of a session's memory (33.8 KiB per held SSE session
+//! with hyper, 14.8 KiB here; see docs/operations.md). This front end reads
+//! a request head into a buffer that exists only while bytes arrive,
+//! answers the request itself, and writes the body straight to the socket
+//! (`Content-Length`, or chunked with one vectored write per frame), so a
+//! connection carrying an idle SSE stream holds no buffer at all.
 //!
-//! It takes only what it fully understands: HTTP/1.1 `GET`, `POST`, `DELETE`
-//! or `OPTIONS` to a path under the prefix, with no body or a
-//! `Content-Length` one within the bridge's limits, without `Upgrade`,
-//! `Expect` or `Transfer-Encoding`. Anything else (the app's paths, HTTP/1.0,
-//! HTTP/2 prior knowledge, `HEAD`, a malformed or oversized head) goes to
-//! hyper together with every byte read so far, and hyper serves the rest of
-//! the connection as it would have from its first byte, errors included.
+//! It takes only what it fully understands: an HTTP/1.1 `GET` to a path
+//! under the prefix, with no `Content-Length`, `Transfer-Encoding`,
+//! `Upgrade` or `Expect`. So it never reads a request body: an open or a
+//! send goes to hyper, whose handler reads the body only once the endpoint,
+//! the origin and the session are known. Anything else (the app's paths,
+//! `POST`, `DELETE`, `OPTIONS`, `HEAD`, HTTP/1.0, HTTP/2 prior knowledge, a
+//! malformed or oversized head) goes to hyper together with every byte read
+//! so far, and hyper serves the rest of the connection as it would have from
+//! its first byte, errors included. `tests/h1.rs` checks, against a real
+//! hyper server, that every request taken here is framed as hyper frames it.
+//!
+//! Each phase is bounded: the first head within `server.header_read_timeout`
+//! of the accept; between requests, `server.keepalive_timeout` for the next
+//! one to start, then `server.header_read_timeout` from its first byte for
+//! the head; each write of a response within the allowance
+//! max(`server.write_timeout`, len / `server.min_send_rate`), so a client
+//! that stops reading is cut and its reader detaches.
 
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Method, Request, Response, Uri, Version};
-use http_body_util::{BodyExt, Full};
+use http_body_util::{BodyExt, Empty};
 use hyper::body::Body as _;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::Watcher;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
-use tokio::time::{Instant, sleep_until};
+use tokio::time::{Instant, sleep_until, timeout};
 
 use crate::body::Body;
+use crate::config::ServerConfig;
 use crate::forwarded::ConnInfo;
 use crate::routing;
 use crate::state::AppState;
@@ -47,8 +61,11 @@ use crate::transport::WholeBody;
 const READ_CHUNK: usize = 4096;
 /// Header lines a request may have (hyper's default limit too).
 const MAX_HEADERS: usize = 100;
+/// The longest request target hyper takes (it answers 414 past it).
+const MAX_URI_LEN: usize = (u16::MAX - 1) as usize;
 
-/// Serves a plain TCP connection: bridge requests here, the rest by hyper.
+/// Serves a plain TCP connection: bodyless bridge `GET`s here, the rest by
+/// hyper.
 pub(super) async fn serve(
     tcp: TcpStream,
     info: ConnInfo,
@@ -63,26 +80,29 @@ pub(super) async fn serve(
         state,
     };
     // Holding the watcher holds the drain open until this connection ends.
-    if conn.run().await == End::Hyper {
-        let Conn {
-            tcp,
-            pending,
-            info,
-            state,
-        } = conn;
-        let io = TokioIo::new(Rewind {
-            prefix: pending.freeze(),
-            inner: tcp,
-        });
-        // Boxed: the idle connection's task stays the size of this loop.
-        Box::pin(super::conn::serve_io(io, info, state, builder, watcher)).await;
+    match conn.run().await {
+        End::Hyper => {
+            let Conn {
+                tcp,
+                pending,
+                info,
+                state,
+            } = conn;
+            let io = TokioIo::new(Rewind::new(pending.freeze(), tcp));
+            // Boxed: the idle connection's task stays the size of this loop.
+            Box::pin(super::conn::serve_io(io, info, state, builder, watcher)).await;
+        }
+        End::Close(why) => tracing::debug!(reason = why, "connection ended"),
+        End::Failed(e) => tracing::debug!(error = %e, "connection ended with an error"),
     }
 }
 
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug)]
 enum End {
-    /// Close the connection.
-    Close,
+    /// Close the connection, for the reason named (logged at debug).
+    Close(&'static str),
+    /// Close the connection after an I/O error (logged at debug).
+    Failed(io::Error),
     /// Give the connection to hyper, with the bytes read so far.
     Hyper,
 }
@@ -96,34 +116,45 @@ struct Conn {
     state: Arc<AppState>,
 }
 
-/// A request head this front end takes.
-struct Head {
-    request: Request<()>,
-    /// Bytes of the head, up to and including the blank line.
-    len: usize,
-    body_len: usize,
-    keep_alive: bool,
+/// A request head this front end takes (public, hidden, for the fuzz
+/// target and the differential test against hyper).
+#[derive(Debug)]
+pub struct Head {
+    pub request: Request<()>,
+    /// Bytes of the head, up to and including the blank line: where the
+    /// request ends, as it has no body.
+    pub len: usize,
+    /// Whether the connection may stay open after the response.
+    pub keep_alive: bool,
 }
 
+/// What the front end makes of the bytes at the start of a request.
 // Only ever returned and matched at once, never stored.
 #[allow(clippy::large_enum_variant)]
-enum Parsed {
+#[derive(Debug)]
+pub enum Parsed {
+    /// Not a whole head yet.
     Partial,
+    /// A request this front end serves.
     Ours(Head),
+    /// Everything from here goes to hyper, untouched.
     NotOurs,
 }
 
 impl Conn {
     async fn run(&mut self) -> End {
+        // The first head is due within the header read timeout of the
+        // accept, as on hyper's path (`conn::serve_io`).
+        let mut first = Some(Instant::now() + self.state.config.server.header_read_timeout);
         loop {
-            let (head, body) = match self.next_request().await {
-                Ok(pair) => pair,
+            let head = match self.next_request(first.take()).await {
+                Ok(head) => head,
                 Err(end) => return end,
             };
             let keep_alive = head.keep_alive;
             let request = head
                 .request
-                .map(|()| Full::new(body).map_err(|never| match never {}).boxed());
+                .map(|()| Empty::new().map_err(|never| match never {}).boxed());
             let (info, state) = (self.info, Arc::clone(&self.state));
             // Boxed: an idle connection's task holds no handler's state.
             let respond =
@@ -141,33 +172,35 @@ impl Conn {
                 tokio::select! {
                     biased;
                     response = respond => response,
-                    () = watch => return End::Close,
+                    () = watch => return End::Close("client left during the request"),
                 }
             };
             let keep_alive = keep_alive && !self.state.is_draining();
-            if self.write_response(response, keep_alive).await.is_err() || !keep_alive {
-                return End::Close;
+            if let Err(end) = self.write_response(response, keep_alive).await {
+                return end;
+            }
+            if !keep_alive {
+                return End::Close("not keep-alive");
             }
         }
     }
 
-    /// The largest body a bridge endpoint accepts: larger ones go to hyper,
-    /// and the endpoint answers 413 there.
-    fn max_body(&self) -> usize {
-        let limits = &self.state.config.limits;
-        limits.max_open_body_bytes.max(limits.max_frame_bytes)
-    }
-
-    /// Reads the next request head and its body; `Err` ends the loop.
-    async fn next_request(&mut self) -> Result<(Head, Bytes), End> {
+    /// Reads the next request head. `first` is the deadline of a
+    /// connection's first head; later ones wait up to the keep-alive timeout
+    /// for a first byte, then the header read timeout for the rest.
+    async fn next_request(&mut self, first: Option<Instant>) -> Result<Head, End> {
         let state = Arc::clone(&self.state);
         let config = &state.config.server;
-        // As hyper's: the whole head within this, counted from the moment
-        // the connection waits for it (so it also bounds idle keep-alive).
-        let deadline = Instant::now() + config.header_read_timeout;
+        let mut deadline = match first {
+            Some(deadline) => deadline,
+            None if self.pending.is_empty() => Instant::now() + config.keepalive_timeout,
+            // Sent ahead (pipelined): the head has begun.
+            None => Instant::now() + config.header_read_timeout,
+        };
+        let mut started = first.is_some() || !self.pending.is_empty();
         let head = loop {
             if !self.pending.is_empty() {
-                match parse_head(&self.pending, &config.prefix, self.max_body()) {
+                match parse_head(&self.pending, &config.prefix) {
                     Parsed::Ours(head) => break head,
                     Parsed::NotOurs => return Err(End::Hyper),
                     // hyper answers an oversized head (431).
@@ -178,24 +211,18 @@ impl Conn {
                 }
             }
             self.read_more(deadline).await?;
+            if !started {
+                started = true;
+                deadline = Instant::now() + config.header_read_timeout;
+            }
         };
-        let end = head.len + head.body_len;
-        while self.pending.len() < end {
-            self.read_more(deadline).await?;
-        }
         self.pending.advance(head.len);
-        let body = if head.body_len == 0 {
-            Bytes::new()
-        } else {
-            self.pending.split_to(head.body_len).freeze()
-        };
         if self.pending.is_empty() {
-            // Free the buffer the request came in (the body, if any, keeps
-            // it until the handler is done with it): a stream or a long
-            // poll may hold this connection for long.
+            // Free the buffer the request came in: a stream or a long poll
+            // may hold this connection for long.
             self.pending = BytesMut::new();
         }
-        Ok((head, body))
+        Ok(head)
     }
 
     /// Reads more of a request before `deadline`. Ends the connection at
@@ -205,11 +232,28 @@ impl Conn {
         let idle = self.pending.is_empty();
         tokio::select! {
             read = read_some(&self.tcp, &mut self.pending) => match read {
-                Ok(0) | Err(_) => Err(End::Close),
+                Ok(0) => Err(End::Close("end of stream")),
+                Err(e) => Err(End::Failed(e)),
                 Ok(_) => Ok(()),
             },
-            () = sleep_until(deadline) => Err(End::Close),
-            () = self.state.closing_started(), if idle => Err(End::Close),
+            () = sleep_until(deadline) => Err(End::Close(if idle {
+                "idle: keep-alive timeout"
+            } else {
+                "request head not read within the header read timeout"
+            })),
+            () = self.state.closing_started(), if idle => Err(End::Close("draining")),
+        }
+    }
+
+    /// Writes `buf` whole, within its allowance.
+    async fn write(&mut self, buf: &mut impl Buf) -> Result<(), End> {
+        let allowance = write_allowance(&self.state.config.server, buf.remaining());
+        match timeout(allowance, self.tcp.write_all_buf(buf)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(End::Failed(e)),
+            Err(_) => Err(End::Close(
+                "response write timed out: the client does not read",
+            )),
         }
     }
 
@@ -217,7 +261,7 @@ impl Conn {
         &mut self,
         response: Response<Body>,
         keep_alive: bool,
-    ) -> io::Result<()> {
+    ) -> Result<(), End> {
         let (parts, mut body) = response.into_parts();
         let max_pending = self.state.config.server.max_header_bytes;
         // The whole body, when it has a length or will be one frame: then
@@ -234,10 +278,10 @@ impl Conn {
             tokio::select! {
                 biased;
                 collected = (&mut body).collect() => {
-                    Some(collected.map_err(io::Error::other)?.to_bytes())
+                    Some(collected.map_err(|e| End::Failed(io::Error::other(e)))?.to_bytes())
                 }
                 () = watch_client(tcp, pending, max_pending) => {
-                    return Err(io::ErrorKind::ConnectionAborted.into());
+                    return Err(End::Close("client left before the response"));
                 }
             }
         } else {
@@ -276,10 +320,9 @@ impl Conn {
         head.extend_from_slice(b"\r\n");
 
         if let Some(data) = whole {
-            let mut out = head.as_slice().chain(data);
-            return self.tcp.write_all_buf(&mut out).await;
+            return self.write(&mut head.as_slice().chain(data)).await;
         }
-        self.tcp.write_all(&head).await?;
+        self.write(&mut head.as_slice()).await?;
         drop(head);
         loop {
             let next = {
@@ -292,10 +335,10 @@ impl Conn {
             };
             match next {
                 // The client left: dropping the body detaches its reader.
-                None => return Err(io::ErrorKind::ConnectionAborted.into()),
+                None => return Err(End::Close("client left during the response")),
                 Some(None) => break,
                 // Cut without the last chunk, so the client sees an error.
-                Some(Some(Err(e))) => return Err(io::Error::other(e)),
+                Some(Some(Err(e))) => return Err(End::Failed(io::Error::other(e))),
                 Some(Some(Ok(frame))) => {
                     let Ok(data) = frame.into_data() else {
                         continue; // trailers: none are sent
@@ -305,12 +348,23 @@ impl Conn {
                     }
                     let size = ChunkSize::new(data.len());
                     let mut out = size.as_bytes().chain(data).chain(&b"\r\n"[..]);
-                    self.tcp.write_all_buf(&mut out).await?;
+                    self.write(&mut out).await?;
                 }
             }
         }
-        self.tcp.write_all(b"0\r\n\r\n").await
+        self.write(&mut &b"0\r\n\r\n"[..]).await
     }
+}
+
+/// The time a write of `len` bytes may take: max(`write_timeout`,
+/// `len` / `min_send_rate`); `write_timeout` alone when the rate is 0.
+// merge: use net::timeout::write_allowance
+fn write_allowance(server: &ServerConfig, len: usize) -> Duration {
+    if server.min_send_rate == 0 {
+        return server.write_timeout;
+    }
+    let by_rate = Duration::from_secs_f64(len as f64 / server.min_send_rate as f64);
+    server.write_timeout.max(by_rate)
 }
 
 /// Headers that frame the message: this front end writes its own.
@@ -353,8 +407,8 @@ async fn watch_client(tcp: &TcpStream, pending: &mut BytesMut, max_pending: usiz
 }
 
 /// Parses a request head from the start of `buf` and decides whether this
-/// front end takes it.
-fn parse_head(buf: &[u8], prefix: &str, max_body: usize) -> Parsed {
+/// front end takes it (public, hidden: `wsbridge::parsers::h1_parse_head`).
+pub fn parse_head(buf: &[u8], prefix: &str) -> Parsed {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
     let len = match req.parse(buf) {
@@ -362,36 +416,24 @@ fn parse_head(buf: &[u8], prefix: &str, max_body: usize) -> Parsed {
         Ok(httparse::Status::Partial) => return Parsed::Partial,
         Err(_) => return Parsed::NotOurs,
     };
-    match take(&req, prefix, max_body) {
-        Some((request, body_len, keep_alive)) => Parsed::Ours(Head {
+    match take(&req, prefix) {
+        Some((request, keep_alive)) => Parsed::Ours(Head {
             request,
             len,
-            body_len,
             keep_alive,
         }),
         None => Parsed::NotOurs,
     }
 }
 
-/// The request, if this front end takes it: with its body length and
-/// whether the connection may stay open after it.
-fn take(
-    req: &httparse::Request<'_, '_>,
-    prefix: &str,
-    max_body: usize,
-) -> Option<(Request<()>, usize, bool)> {
-    if req.version != Some(1) {
+/// The request, if this front end takes it, and whether the connection may
+/// stay open after it.
+fn take(req: &httparse::Request<'_, '_>, prefix: &str) -> Option<(Request<()>, bool)> {
+    if req.version != Some(1) || req.method != Some("GET") {
         return None;
     }
-    let method = match req.method? {
-        "GET" => Method::GET,
-        "POST" => Method::POST,
-        "DELETE" => Method::DELETE,
-        "OPTIONS" => Method::OPTIONS,
-        _ => return None,
-    };
     let path = req.path?;
-    if !path.starts_with('/') {
+    if !path.starts_with('/') || path.len() > MAX_URI_LEN {
         return None;
     }
     let uri = Uri::try_from(path).ok()?;
@@ -399,41 +441,35 @@ fn take(
         return None;
     }
     let mut request = Request::new(());
-    *request.method_mut() = method;
+    *request.method_mut() = Method::GET;
     *request.uri_mut() = uri;
     *request.version_mut() = Version::HTTP_11;
-    let mut body_len = 0;
     let mut keep_alive = true;
     let headers = request.headers_mut();
     headers.reserve(req.headers.len());
     for h in req.headers.iter() {
         let name = HeaderName::from_bytes(h.name.as_bytes()).ok()?;
         let value = HeaderValue::from_bytes(h.value).ok()?;
-        if name == header::TRANSFER_ENCODING || name == header::UPGRADE || name == header::EXPECT {
+        // Anything that gives the request a body or changes what follows
+        // its head is hyper's to frame.
+        if name == header::CONTENT_LENGTH
+            || name == header::TRANSFER_ENCODING
+            || name == header::UPGRADE
+            || name == header::EXPECT
+        {
             return None;
         }
-        if name == header::CONTENT_LENGTH {
-            let text = value.to_str().ok()?;
-            if headers.contains_key(header::CONTENT_LENGTH)
-                || text.is_empty()
-                || !text.bytes().all(|b| b.is_ascii_digit())
-            {
-                return None;
-            }
-            body_len = text.parse::<usize>().ok().filter(|n| *n <= max_body)?;
-        }
-        if name == header::CONNECTION {
-            let text = value.to_str().ok()?;
-            if text
-                .split(',')
-                .any(|t| t.trim().eq_ignore_ascii_case("close"))
-            {
-                keep_alive = false;
-            }
+        if name == header::CONNECTION
+            && value
+                .as_bytes()
+                .split(|b| *b == b',')
+                .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"))
+        {
+            keep_alive = false;
         }
         headers.append(name, value);
     }
-    Some((request, body_len, keep_alive))
+    Some((request, keep_alive))
 }
 
 /// A chunk's size line: hex digits and CRLF.
@@ -465,29 +501,46 @@ impl ChunkSize {
 }
 
 /// The socket, with the bytes this front end already read put back in
-/// front, for hyper.
-struct Rewind {
-    prefix: Bytes,
-    inner: TcpStream,
+/// front, for hyper. The replayed bytes are freed once consumed (as
+/// hyper-util's `common/rewind.rs`): a connection handed over with a
+/// pipelined request does not keep its buffer for life.
+struct Rewind<I> {
+    prefix: Option<Bytes>,
+    inner: I,
 }
 
-impl AsyncRead for Rewind {
+impl<I> Rewind<I> {
+    fn new(prefix: Bytes, inner: I) -> Rewind<I> {
+        let prefix = (!prefix.is_empty()).then_some(prefix);
+        Rewind { prefix, inner }
+    }
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for Rewind<I> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        if !self.prefix.is_empty() {
-            let n = self.prefix.len().min(buf.remaining());
-            buf.put_slice(&self.prefix[..n]);
-            self.prefix.advance(n);
+        if let Some(mut prefix) = self.prefix.take() {
+            if buf.remaining() == 0 {
+                self.prefix = Some(prefix);
+                return Poll::Ready(Ok(()));
+            }
+            let n = prefix.len().min(buf.remaining());
+            buf.put_slice(&prefix[..n]);
+            prefix.advance(n);
+            // Kept only while some is left: the last byte frees it.
+            if !prefix.is_empty() {
+                self.prefix = Some(prefix);
+            }
             return Poll::Ready(Ok(()));
         }
         Pin::new(&mut self.inner).poll_read(cx, buf)
     }
 }
 
-impl AsyncWrite for Rewind {
+impl<I: AsyncWrite + Unpin> AsyncWrite for Rewind<I> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -520,26 +573,28 @@ impl AsyncWrite for Rewind {
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;
+    use tokio::io::AsyncReadExt;
 
     use super::*;
 
-    fn parse(text: &str) -> Option<(Request<()>, usize, bool)> {
+    fn parse(text: &str) -> Option<(Request<()>, bool)> {
         let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let mut req = httparse::Request::new(&mut headers);
         assert!(req.parse(text.as_bytes()).unwrap().is_complete());
-        take(&req, "/_bridge", 1024)
+        take(&req, "/_bridge")
     }
 
     #[test]
-    fn takes_bridge_requests_only() {
-        let (req, len, keep) =
-            parse("POST /_bridge/sessions HTTP/1.1\r\nHost: x\r\nContent-Length: 12\r\n\r\n")
+    fn takes_bodyless_bridge_gets_only() {
+        let (req, keep) =
+            parse("GET /_bridge/sessions/abc/sse?plain=1 HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        assert_eq!(
+            (req.method(), req.uri().query(), keep),
+            (&Method::GET, Some("plain=1"), true)
+        );
+        let (_, keep) =
+            parse("GET /_bridge/healthz HTTP/1.1\r\nConnection: keep-alive, Close\r\n\r\n")
                 .unwrap();
-        assert_eq!((req.method(), len, keep), (&Method::POST, 12, true));
-        let (req, _, keep) =
-            parse("GET /_bridge/sessions/abc/sse?plain=1 HTTP/1.1\r\nConnection: keep-alive, Close\r\n\r\n")
-                .unwrap();
-        assert_eq!(req.uri().query(), Some("plain=1"));
         assert!(!keep);
         for not_ours in [
             "GET /index.html HTTP/1.1\r\n\r\n",
@@ -547,39 +602,73 @@ mod tests {
             "GET /_bridge/healthz HTTP/1.0\r\n\r\n",
             "HEAD /_bridge/client.js HTTP/1.1\r\n\r\n",
             "PUT /_bridge/sessions HTTP/1.1\r\n\r\n",
+            // Anything with a body, and the methods that are not readers.
+            "POST /_bridge/sessions HTTP/1.1\r\nContent-Length: 2\r\n\r\n",
+            "POST /_bridge/sessions/abc/send HTTP/1.1\r\n\r\n",
+            "DELETE /_bridge/sessions/abc HTTP/1.1\r\n\r\n",
+            "OPTIONS /_bridge/sessions HTTP/1.1\r\n\r\n",
+            "GET /_bridge/healthz HTTP/1.1\r\nContent-Length: 0\r\n\r\n",
+            "GET /_bridge/healthz HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "GET /_bridge/healthz HTTP/1.1\r\nExpect: 100-continue\r\n\r\n",
             "GET http://x/_bridge/healthz HTTP/1.1\r\n\r\n",
-            "POST /_bridge/sessions HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
-            "POST /_bridge/sessions HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n",
             "GET /_bridge/sessions/a/sse HTTP/1.1\r\nUpgrade: websocket\r\n\r\n",
-            "POST /_bridge/sessions HTTP/1.1\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\n",
-            "POST /_bridge/sessions HTTP/1.1\r\nContent-Length: +2\r\n\r\n",
-            "POST /_bridge/sessions HTTP/1.1\r\nContent-Length: 1025\r\n\r\n",
         ] {
             assert!(parse(not_ours).is_none(), "{not_ours:?}");
         }
     }
 
-    /// A request this front end must take: method, path under the prefix,
-    /// header lines (none that frame or upgrade), body length.
-    fn bridge_request() -> impl Strategy<Value = (String, String, Vec<(String, String)>, usize)> {
-        let method = prop_oneof![Just("GET"), Just("POST"), Just("DELETE"), Just("OPTIONS")];
-        let path = "(/sessions(/[A-Za-z0-9_-]{1,22}(/(sse|stream|poll|send))?)?|/healthz|/client\\.js)(\\?[a-z]{1,5}=[a-z0-9%]{0,8})?";
-        let header = ("x-[a-z]{1,12}", "[ -~]{0,40}").prop_map(|(n, v)| (n, v.trim().to_owned()));
-        (
-            method,
-            path,
-            proptest::collection::vec(header, 0..8),
-            0usize..2048,
-        )
-            .prop_map(|(m, p, h, b)| (m.to_owned(), format!("/_bridge{p}"), h, b))
+    #[test]
+    fn write_allowance_grows_with_the_length_past_the_timeout() {
+        let mut server = crate::Config::from_toml("[upstream]\nurl = \"http://a:1\"\n")
+            .unwrap()
+            .server;
+        server.write_timeout = Duration::from_secs(10);
+        server.min_send_rate = 1000;
+        assert_eq!(write_allowance(&server, 10), Duration::from_secs(10));
+        assert_eq!(write_allowance(&server, 50_000), Duration::from_secs(50));
+        server.min_send_rate = 0;
+        assert_eq!(write_allowance(&server, 50_000), Duration::from_secs(10));
     }
 
-    fn render(method: &str, path: &str, headers: &[(String, String)], body: usize) -> String {
-        let mut text = format!("{method} {path} HTTP/1.1\r\nhost: test\r\n");
+    #[tokio::test]
+    async fn rewind_replays_the_prefix_then_frees_it() {
+        let (mut client, server) = tokio::io::duplex(64);
+        let mut rewind = Rewind::new(Bytes::from_static(b"GET / HTTP/1.1\r\n"), server);
+        client.write_all(b"host: x\r\n\r\n").await.unwrap();
+        drop(client);
+        let mut first = [0; 4];
+        rewind.read_exact(&mut first).await.unwrap();
+        assert_eq!(&first, b"GET ");
+        assert!(rewind.prefix.is_some(), "kept while some is left");
+        let mut rest = Vec::new();
+        rewind.read_to_end(&mut rest).await.unwrap();
+        assert_eq!(
+            rest, b"/ HTTP/1.1\r\nhost: x\r\n\r\n",
+            "untouched, in order"
+        );
+        assert!(rewind.prefix.is_none(), "freed once consumed");
+        assert!(
+            Rewind::new(Bytes::new(), tokio::io::empty())
+                .prefix
+                .is_none()
+        );
+    }
+
+    /// A request this front end must take: a path under the prefix and
+    /// header lines (none that frame or upgrade).
+    fn bridge_request() -> impl Strategy<Value = (String, Vec<(String, String)>)> {
+        let path = "(/sessions(/[A-Za-z0-9_-]{1,22}(/(sse|stream|poll|send))?)?|/healthz|/client\\.js)(\\?[a-z]{1,5}=[a-z0-9%]{0,8})?";
+        let header = ("x-[a-z]{1,12}", "[ -~]{0,40}").prop_map(|(n, v)| (n, v.trim().to_owned()));
+        (path, proptest::collection::vec(header, 0..8))
+            .prop_map(|(p, h)| (format!("/_bridge{p}"), h))
+    }
+
+    fn render(path: &str, headers: &[(String, String)]) -> String {
+        let mut text = format!("GET {path} HTTP/1.1\r\nhost: test\r\n");
         for (n, v) in headers {
             text.push_str(&format!("{n}: {v}\r\n"));
         }
-        text.push_str(&format!("content-length: {body}\r\n\r\n"));
+        text.push_str("\r\n");
         text
     }
 
@@ -588,35 +677,34 @@ mod tests {
 
         #[test]
         fn any_bytes_parse_without_panic(bytes in proptest::collection::vec(any::<u8>(), 0..600)) {
-            let _ = parse_head(&bytes, "/_bridge", 1024);
+            let _ = parse_head(&bytes, "/_bridge");
         }
 
         #[test]
-        fn bridge_requests_are_taken_whole_and_only_whole(
-            (method, path, headers, body) in bridge_request(),
-            framing in prop_oneof![Just("transfer-encoding"), Just("upgrade"), Just("expect")],
+        fn bridge_gets_are_taken_whole_and_only_whole(
+            (path, headers) in bridge_request(),
+            framing in prop_oneof![
+                Just("transfer-encoding"), Just("content-length"), Just("upgrade"), Just("expect"),
+            ],
         ) {
-            let text = render(&method, &path, &headers, body);
-            match parse_head(text.as_bytes(), "/_bridge", 1024) {
-                Parsed::Ours(head) if body <= 1024 => {
+            let text = render(&path, &headers);
+            match parse_head(text.as_bytes(), "/_bridge") {
+                Parsed::Ours(head) => {
                     prop_assert_eq!(head.len, text.len());
-                    prop_assert_eq!(head.body_len, body);
-                    prop_assert_eq!(head.request.method().as_str(), method.as_str());
                     prop_assert_eq!(head.request.uri().to_string(), path.as_str());
-                    prop_assert_eq!(head.request.headers().len(), headers.len() + 2);
+                    prop_assert_eq!(head.request.headers().len(), headers.len() + 1);
                 }
-                Parsed::NotOurs if body > 1024 => {}
                 _ => prop_assert!(false, "{text:?}"),
             }
             // Every proper prefix is partial: nothing is taken early.
             for cut in [0, text.len() / 2, text.len() - 1] {
-                prop_assert!(matches!(parse_head(&text.as_bytes()[..cut], "/_bridge", 1024), Parsed::Partial));
+                prop_assert!(matches!(parse_head(&text.as_bytes()[..cut], "/_bridge"), Parsed::Partial));
             }
             // A header that frames or upgrades the message leaves it to hyper.
             let mut with = headers.clone();
-            with.push((framing.to_owned(), "x".to_owned()));
-            let text = render(&method, &path, &with, body.min(1024));
-            prop_assert!(matches!(parse_head(text.as_bytes(), "/_bridge", 1024), Parsed::NotOurs));
+            with.push((framing.to_owned(), "0".to_owned()));
+            let text = render(&path, &with);
+            prop_assert!(matches!(parse_head(text.as_bytes(), "/_bridge"), Parsed::NotOurs));
         }
     }
 

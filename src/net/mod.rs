@@ -15,7 +15,7 @@
 //!    [`run`] returns and the listener closes.
 
 mod conn;
-mod h1;
+pub(crate) mod h1;
 mod tls;
 
 use std::future::Future;

@@ -201,6 +201,18 @@ impl JsonEvent<'_> {
     }
 }
 
+/// Which connection an SSE reader is held on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Conns {
+    /// A connection of its own, whose only request is the reader.
+    Own,
+    /// The open's connection (the other scenarios' way).
+    Shared,
+    /// A connection that first carried a pass-through GET, the open and
+    /// another bridge request, as a browser's or an ingress pool's would.
+    Reused,
+}
+
 /// An open session, any transport.
 pub struct Session {
     down: Down,
@@ -281,6 +293,48 @@ impl Session {
         };
         Ok(Session {
             down,
+            up: None,
+            send_link: Some((proxy, links.send)),
+        })
+    }
+
+    /// Opens an SSE session whose reader's connection is used as `conns`
+    /// says: the `reuse` scenario's three ways a browser may hold it.
+    pub async fn open_sse(proxy: SocketAddr, path: &str, conns: Conns) -> Result<Session> {
+        let mut conn = HttpConn::connect(proxy).await?;
+        if conns == Conns::Reused {
+            // A page's pass-through request first, on the same connection.
+            let (status, body) = collect(conn.request(Method::GET, "/plain", None).await?).await?;
+            if status != ::http::StatusCode::OK {
+                fail!("pass-through: {status} {}", String::from_utf8_lossy(&body));
+            }
+        }
+        let body = serde_json::json!({ "url": path }).to_string();
+        let resp = conn
+            .request(
+                Method::POST,
+                &format!("{PREFIX}/sessions"),
+                Some((body.into(), "application/json")),
+            )
+            .await?;
+        let (status, body) = collect(resp).await?;
+        if status != ::http::StatusCode::CREATED {
+            fail!("open: {status} {}", String::from_utf8_lossy(&body));
+        }
+        let links = serde_json::from_slice::<Opened>(&body)?.links;
+        if conns == Conns::Reused {
+            let resp = conn
+                .request(Method::GET, &format!("{PREFIX}/transports"), None)
+                .await?;
+            collect(resp).await?;
+        }
+        let reader = match conns {
+            // The open's connection closes; the reader gets one of its own.
+            Conns::Own => HttpConn::connect(proxy).await?,
+            Conns::Shared | Conns::Reused => conn,
+        };
+        Ok(Session {
+            down: Down::Sse(sse::Reader::attach(reader, &links.sse).await?),
             up: None,
             send_link: Some((proxy, links.send)),
         })

@@ -5,6 +5,7 @@
 pub mod echo;
 pub mod light;
 pub mod many;
+pub mod reuse;
 pub mod smoke;
 pub mod throughput;
 
