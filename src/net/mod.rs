@@ -8,6 +8,7 @@
 
 mod conn;
 mod h1;
+mod timeout;
 mod tls;
 
 use std::future::Future;
