@@ -482,3 +482,54 @@ async fn idle_pool_connections_expire() {
     .await
     .expect("an idle pool connection never expired");
 }
+
+/// Over HTTP/2 a reader that stops reading stalls its stream by flow
+/// control, where no write ever blocks: the stream's untaken frame is cut
+/// after its write allowance all the same, and the session ends by idle.
+#[tokio::test]
+async fn a_stalled_http2_reader_is_cut_and_its_session_ends_by_idle() {
+    let backend = Backend::start().await;
+    let proxy = Proxy::start(
+        &backend,
+        "[server]\nwrite_timeout = \"1s\"\nmin_send_rate = \"0\"\n\
+         [sessions]\nidle_timeout = \"1s\"\n",
+    )
+    .await;
+    let session = proxy.open("/flood?n=1000000&size=4096").await;
+    let tcp = TcpStream::connect(proxy.addr).await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .initial_stream_window_size(65_535)
+        .handshake(TokioIo::new(tcp))
+        .await
+        .unwrap();
+    let conn = tokio::spawn(conn);
+    let req = Request::get(proxy.url(&format!("/_bridge/sessions/{}/sse", session.id)))
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let resp = send.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    // Held, never read: the stream's window closes at 64 KiB.
+    let _held = resp.into_body();
+    timeout(CAP, async {
+        loop {
+            let text = proxy
+                .http
+                .get(proxy.url("/_bridge/metrics"))
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            if metric(&text, "wsbridge_sessions_closed_total{reason=\"idle\"}") >= 1.0 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await
+    .expect("the stalled HTTP/2 reader pinned its session: it never ended by idle");
+    let _ = timeout(CAP, conn)
+        .await
+        .expect("the stalled HTTP/2 connection was never closed");
+}

@@ -132,7 +132,7 @@ pub(super) async fn serve_io<I>(
     let server = &state.config.server;
     let (header_read_timeout, keepalive_timeout) =
         (server.header_read_timeout, server.keepalive_timeout);
-    let activity = Arc::new(Activity::default());
+    let activity = Arc::new(Activity::new(server));
     // hyper's IO, under the write bound: hyper-util's adapter both ways, so
     // the bound is written once against tokio's traits.
     let io = TokioIo::new(WriteDeadline::new(
@@ -172,6 +172,8 @@ pub(super) async fn serve_io<I>(
             since = Instant::now();
         }
         let deadline = match phase {
+            // HTTP/2 streams are checked for a flow-control stall.
+            Phase::Busy if activity.is_h2() => Some(Instant::now() + activity.stall_check_every()),
             Phase::Busy => None,
             // The first head, from accept (bytes or not).
             _ if first_request => Some(accepted + header_read_timeout),
@@ -186,6 +188,13 @@ pub(super) async fn serve_io<I>(
             // close for an idle HTTP/1 connection. Bounded in turn, by the
             // head timeout, should the peer not let the connection end.
             () = sleep_until_some(deadline), if !shutting_down => {
+                if phase == Phase::Busy {
+                    if activity.stalled_stream() {
+                        tracing::debug!("an HTTP/2 client stopped reading a stream: closing");
+                        break Ok(());
+                    }
+                    continue;
+                }
                 tracing::debug!(?phase, h2 = activity.is_h2(), "connection idle past its bound: closing");
                 conn.as_mut().graceful_shutdown();
                 if tokio::time::timeout(header_read_timeout, &mut conn).await.is_err() {

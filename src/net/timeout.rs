@@ -3,7 +3,9 @@
 //!
 //! - a write that cannot progress is cut ([`write_allowance`]): a client
 //!   that stops reading fails its connection, so its reader detaches and the
-//!   session's `idle_timeout` runs;
+//!   session's `idle_timeout` runs. Over HTTP/2 flow control stalls the
+//!   stream before any write blocks, so each response also records when
+//!   hyper must take its next frame ([`Owed`]);
 //! - [`Activity`] tells the connection's task whether a request is in
 //!   flight and whether bytes arrived since the last one ended, so idle
 //!   keep-alive (`server.keepalive_timeout`) and a request head
@@ -17,7 +19,8 @@
 use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Mutex, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -25,7 +28,7 @@ use bytes::Bytes;
 use hyper::body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::Notify;
-use tokio::time::Sleep;
+use tokio::time::{Instant, Sleep};
 
 use crate::config::ServerConfig;
 
@@ -52,7 +55,6 @@ fn allowance(write_timeout: Duration, min_send_rate: usize, len: usize) -> Durat
 
 /// What a connection's task watches to choose its deadline; shared by the
 /// IO (bytes read), the service (requests in flight) and the task.
-#[derive(Default)]
 pub(super) struct Activity {
     /// Requests whose responses hyper has not finished with (their body
     /// guards are alive): while any is, the connection is not idle.
@@ -65,7 +67,21 @@ pub(super) struct Activity {
     h2: AtomicBool,
     /// Woken on every change above, so the task recomputes its deadline.
     changed: Notify,
+    /// HTTP/2 only: each open response's debt (see [`Owed`]). Flow control
+    /// stalls a stream whose reader stopped without ever blocking a write,
+    /// so the IO's bound never sees it; the task checks these instead.
+    streams: Mutex<Vec<Weak<Owed>>>,
+    /// The origin of [`Owed`]'s times.
+    epoch: Instant,
+    write_timeout: Duration,
+    min_send_rate: usize,
 }
+
+/// When hyper must have taken the next frame of a response it was given
+/// one of, in milliseconds from [`Activity::epoch`]; 0 while the body owes
+/// hyper (it waits for events) rather than the other way round.
+#[derive(Default)]
+pub(super) struct Owed(AtomicU64);
 
 /// What the connection is doing, for its deadline.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -80,6 +96,48 @@ pub(super) enum Phase {
 }
 
 impl Activity {
+    pub(super) fn new(server: &ServerConfig) -> Activity {
+        Activity {
+            in_flight: AtomicUsize::new(0),
+            read_since_idle: AtomicBool::new(false),
+            h2: AtomicBool::new(false),
+            changed: Notify::new(),
+            streams: Mutex::new(Vec::new()),
+            epoch: Instant::now(),
+            write_timeout: server.write_timeout,
+            min_send_rate: server.min_send_rate,
+        }
+    }
+
+    /// How often a busy HTTP/2 connection's streams are checked for a
+    /// stall: a stall is cut at most this late.
+    pub(super) fn stall_check_every(&self) -> Duration {
+        (self.write_timeout / 2).max(Duration::from_millis(50))
+    }
+
+    /// Whether an HTTP/2 stream has not taken its next frame within the
+    /// allowance of the last one: its reader stopped, and flow control holds
+    /// the response (and the session's reader) where no write blocks.
+    pub(super) fn stalled_stream(&self) -> bool {
+        let now = self.millis();
+        let mut streams = self.streams.lock().expect("never held across a panic");
+        streams.retain(|s| s.strong_count() > 0);
+        streams.iter().filter_map(Weak::upgrade).any(|owed| {
+            let due = owed.0.load(Ordering::Acquire);
+            due != 0 && due <= now
+        })
+    }
+
+    fn millis(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn owed_until(&self, len: usize) -> u64 {
+        let allowed = allowance(self.write_timeout, self.min_send_rate, len);
+        let allowed = u64::try_from(allowed.as_millis()).unwrap_or(u64::MAX);
+        self.millis().saturating_add(allowed).max(1)
+    }
+
     pub(super) fn phase(&self) -> Phase {
         if self.in_flight.load(Ordering::Acquire) > 0 {
             Phase::Busy
@@ -104,12 +162,20 @@ impl Activity {
 
     /// A request arrived: the connection is busy until the guard is dropped.
     pub(super) fn start_request(self: &Arc<Self>, h2: bool) -> InFlight {
-        if h2 {
+        let owed = h2.then(|| {
             self.h2.store(true, Ordering::Relaxed);
-        }
+            let owed = Arc::new(Owed::default());
+            let mut streams = self.streams.lock().expect("never held across a panic");
+            streams.retain(|s| s.strong_count() > 0);
+            streams.push(Arc::downgrade(&owed));
+            owed
+        });
         self.in_flight.fetch_add(1, Ordering::AcqRel);
         self.changed.notify_one();
-        InFlight(Arc::clone(self))
+        InFlight {
+            activity: Arc::clone(self),
+            owed,
+        }
     }
 
     fn bytes_read(&self) {
@@ -121,14 +187,19 @@ impl Activity {
 
 /// Holds its connection busy; lives in the response body, so hyper drops it
 /// once it has written the last byte (or given the body up).
-pub(super) struct InFlight(Arc<Activity>);
+pub(super) struct InFlight {
+    activity: Arc<Activity>,
+    /// HTTP/2: this response's debt, checked by the connection's task.
+    owed: Option<Arc<Owed>>,
+}
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        if self.0.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+        let activity = &self.activity;
+        if activity.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
             // The next head is timed from now, as idle keep-alive first.
-            self.0.read_since_idle.store(false, Ordering::Release);
-            self.0.changed.notify_one();
+            activity.read_since_idle.store(false, Ordering::Release);
+            activity.changed.notify_one();
         }
     }
 }
@@ -136,15 +207,12 @@ impl Drop for InFlight {
 /// A response body holding its connection busy.
 pub(super) struct Tracked<B> {
     inner: B,
-    _in_flight: InFlight,
+    in_flight: InFlight,
 }
 
 impl<B> Tracked<B> {
     pub(super) fn new(inner: B, in_flight: InFlight) -> Tracked<B> {
-        Tracked {
-            inner,
-            _in_flight: in_flight,
-        }
+        Tracked { inner, in_flight }
     }
 }
 
@@ -156,7 +224,19 @@ impl<B: Body<Data = Bytes> + Unpin> Body for Tracked<B> {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        if let Some(owed) = &this.in_flight.owed {
+            // hyper asks again only once the stream has room for more.
+            let due = match &polled {
+                Poll::Ready(Some(Ok(frame))) => frame
+                    .data_ref()
+                    .map_or(0, |data| this.in_flight.activity.owed_until(data.len())),
+                _ => 0,
+            };
+            owed.0.store(due, Ordering::Release);
+        }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
@@ -210,7 +290,7 @@ impl<I> WriteDeadline<I> {
             return polled;
         }
         if !self.armed {
-            let deadline = tokio::time::Instant::now() + self.allowance(len);
+            let deadline = Instant::now() + self.allowance(len);
             match &mut self.sleep {
                 Some(sleep) => sleep.as_mut().reset(deadline),
                 None => self.sleep = Some(Box::pin(tokio::time::sleep_until(deadline))),
