@@ -157,28 +157,17 @@ pub(super) async fn serve_io<I>(
         .into_owned();
     tokio::pin!(conn);
     let accepted = Instant::now();
-    let mut first_request = true;
-    // When the current phase began, for its deadline.
-    let mut phase = Phase::Idle;
-    let mut since = accepted;
     let mut shutting_down = false;
     let result = loop {
-        let now_phase = activity.phase();
-        if now_phase != phase {
-            if phase == Phase::Busy {
-                first_request = false;
-            }
-            phase = now_phase;
-            since = Instant::now();
-        }
+        let phase = activity.phase();
         let deadline = match phase {
             // HTTP/2 streams are checked for a flow-control stall.
             Phase::Busy if activity.is_h2() => Some(Instant::now() + activity.stall_check_every()),
             Phase::Busy => None,
             // The first head, from accept (bytes or not).
-            _ if first_request => Some(accepted + header_read_timeout),
-            Phase::Idle => Some(since + keepalive_timeout),
-            Phase::Head => Some(since + header_read_timeout),
+            _ if !activity.had_request() => Some(accepted + header_read_timeout),
+            Phase::Idle => Some(activity.idle_since() + keepalive_timeout),
+            Phase::Head => Some(activity.head_since() + header_read_timeout),
         };
         tokio::select! {
             result = &mut conn => break result,

@@ -65,6 +65,14 @@ pub(super) struct Activity {
     /// Whether the connection speaks HTTP/2 (seen on its first request):
     /// idle then means no open stream, and closing is a GOAWAY.
     h2: AtomicBool,
+    /// Requests started on this connection: none yet means the first head
+    /// is still due, timed from accept.
+    started: AtomicU64,
+    /// When the connection last went idle and when a new head's first
+    /// bytes came, in milliseconds from `epoch`: kept here, not by the
+    /// task, which may see a short request's whole life as one wake-up.
+    idle_since: AtomicU64,
+    head_since: AtomicU64,
     /// Woken on every change above, so the task recomputes its deadline.
     changed: Notify,
     /// HTTP/2 only: each open response's debt (see [`Owed`]). Flow control
@@ -101,6 +109,9 @@ impl Activity {
             in_flight: AtomicUsize::new(0),
             read_since_idle: AtomicBool::new(false),
             h2: AtomicBool::new(false),
+            started: AtomicU64::new(0),
+            idle_since: AtomicU64::new(0),
+            head_since: AtomicU64::new(0),
             changed: Notify::new(),
             streams: Mutex::new(Vec::new()),
             epoch: Instant::now(),
@@ -150,6 +161,25 @@ impl Activity {
         }
     }
 
+    /// Whether a request has started on this connection.
+    pub(super) fn had_request(&self) -> bool {
+        self.started.load(Ordering::Acquire) > 0
+    }
+
+    /// When the connection last went idle.
+    pub(super) fn idle_since(&self) -> Instant {
+        self.at(self.idle_since.load(Ordering::Acquire))
+    }
+
+    /// When the first bytes of the head now arriving came.
+    pub(super) fn head_since(&self) -> Instant {
+        self.at(self.head_since.load(Ordering::Acquire))
+    }
+
+    fn at(&self, millis: u64) -> Instant {
+        self.epoch + Duration::from_millis(millis)
+    }
+
     pub(super) fn is_h2(&self) -> bool {
         self.h2.load(Ordering::Relaxed)
     }
@@ -170,6 +200,7 @@ impl Activity {
             streams.push(Arc::downgrade(&owed));
             owed
         });
+        self.started.fetch_add(1, Ordering::AcqRel);
         self.in_flight.fetch_add(1, Ordering::AcqRel);
         self.changed.notify_one();
         InFlight {
@@ -179,6 +210,9 @@ impl Activity {
     }
 
     fn bytes_read(&self) {
+        if !self.read_since_idle.load(Ordering::Acquire) {
+            self.head_since.store(self.millis(), Ordering::Release);
+        }
         if !self.read_since_idle.swap(true, Ordering::AcqRel) {
             self.changed.notify_one();
         }
@@ -198,6 +232,9 @@ impl Drop for InFlight {
         let activity = &self.activity;
         if activity.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
             // The next head is timed from now, as idle keep-alive first.
+            activity
+                .idle_since
+                .store(activity.millis(), Ordering::Release);
             activity.read_since_idle.store(false, Ordering::Release);
             activity.changed.notify_one();
         }
