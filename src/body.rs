@@ -1,5 +1,9 @@
 //! The body types of requests and responses, and small constructors for them.
 
+mod deadline;
+
+pub use self::deadline::{BodyError, Deadline};
+
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
 use http_body_util::combinators::{BoxBody, UnsyncBoxBody};
@@ -10,10 +14,13 @@ use serde_json::Value;
 pub type Body = UnsyncBoxBody<Bytes, BoxError>;
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// The body type of requests to the bridge's own endpoints, which come from
-/// hyper or from the HTTP/1.1 front end (whose bodies cannot fail). A
-/// concrete error type: with a boxed one, rustc cannot prove the handlers'
-/// futures `Send`.
-pub type RequestBody = BoxBody<Bytes, hyper::Error>;
+/// hyper (under their [`Deadline`]) or from the HTTP/1.1 front end (whose
+/// bodies cannot fail). A concrete error type: with a boxed one, rustc
+/// cannot prove the handlers' futures `Send`.
+pub type RequestBody = BoxBody<Bytes, BodyError>;
+/// A request body as hyper reads it, under its deadline: what the service
+/// gets and the pass-through forwards.
+pub type Inbound = Deadline<hyper::body::Incoming>;
 
 pub fn full(bytes: impl Into<Bytes>) -> Body {
     Full::new(bytes.into())

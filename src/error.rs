@@ -58,6 +58,9 @@ pub enum BridgeError {
     PayloadTooLarge {
         limit: usize,
     },
+    /// 408: the request body did not arrive within `server.body_timeout`
+    /// (plus what `server.min_recv_rate` earned).
+    BodyTimeout,
     /// 429: too much waiting for the upstream, or the send rate limit.
     TooManyRequests {
         code: &'static str,
@@ -108,4 +111,9 @@ pub enum ProxyError {
     Unreachable,
     /// The upstream took longer than its connect or response timeout.
     Timeout,
+    /// The request body did not arrive in time: the upstream request was
+    /// abandoned.
+    BodyTimeout,
+    /// The request body broke its framing (a malformed chunk).
+    BadBody,
 }

@@ -6,22 +6,23 @@
 
 use std::io;
 use std::sync::Arc;
+use std::time::Duration;
 
-use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::body::Inbound;
 use crate::config::Config;
 use crate::metrics::{CloseReason, Metrics};
 use crate::session::registry::Registry;
 use crate::upstream;
 
 /// The pooled HTTP client of the pass-through.
-pub(crate) type UpstreamHttp = Client<hyper_rustls::HttpsConnector<HttpConnector>, Incoming>;
+pub(crate) type UpstreamHttp = Client<hyper_rustls::HttpsConnector<HttpConnector>, Inbound>;
 
 tokio::task_local! {
     /// The `server.max_connections` permit of the connection whose task is
@@ -110,15 +111,26 @@ impl AppState {
     }
 }
 
+/// TCP keepalive on pass-through pool connections: the first probe after
+/// this much silence.
+const UPSTREAM_TCP_KEEPALIVE: Duration = Duration::from_secs(60);
+
 fn upstream_http(config: &Config, tls: &rustls::ClientConfig) -> UpstreamHttp {
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_connect_timeout(Some(config.upstream.connect_timeout));
     http.set_nodelay(true);
+    // A pooled connection whose upstream vanished is found, not kept.
+    http.set_keepalive(Some(UPSTREAM_TCP_KEEPALIVE));
     let connector = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(tls.clone())
         .https_or_http()
         .enable_http1()
         .wrap_connector(http);
-    Client::builder(TokioExecutor::new()).build(connector)
+    Client::builder(TokioExecutor::new())
+        // Idle pool connections expire; the timer is what makes the pool
+        // check (without one, hyper-util never reaps them).
+        .pool_idle_timeout(config.upstream.pool_idle_timeout)
+        .pool_timer(TokioTimer::new())
+        .build(connector)
 }

@@ -17,7 +17,7 @@ use http::header::{self, HeaderMap};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 
-use crate::body::{Body, RequestBody, status_only};
+use crate::body::{Body, BodyError, RequestBody, status_only};
 use crate::client;
 use crate::config::Transport;
 use crate::error::BridgeError;
@@ -110,6 +110,9 @@ async fn read_body(
         Ok(collected) => Ok(collected.to_bytes()),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => {
             Err(BridgeError::PayloadTooLarge { limit })
+        }
+        Err(e) if matches!(e.downcast_ref(), Some(BodyError::Timeout)) => {
+            Err(BridgeError::BodyTimeout)
         }
         Err(e) => Err(BridgeError::bad_request(
             "bad_body",

@@ -58,6 +58,8 @@ fn proxy(e: &ProxyError) -> (StatusCode, &'static str) {
         ProxyError::WebsocketNotAllowed => (StatusCode::FORBIDDEN, "websocket_not_allowed"),
         ProxyError::Unreachable => (StatusCode::BAD_GATEWAY, "upstream_unreachable"),
         ProxyError::Timeout => (StatusCode::GATEWAY_TIMEOUT, "upstream_timeout"),
+        ProxyError::BodyTimeout => (StatusCode::REQUEST_TIMEOUT, "body_timeout"),
+        ProxyError::BadBody => (StatusCode::BAD_REQUEST, "bad_body"),
     }
 }
 
@@ -72,6 +74,7 @@ fn bridge_status(e: &BridgeError) -> StatusCode {
         BridgeError::BadRequest { .. } | BridgeError::BadCursor => StatusCode::BAD_REQUEST,
         BridgeError::OriginForbidden => StatusCode::FORBIDDEN,
         BridgeError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+        BridgeError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
         BridgeError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
         BridgeError::SeqAhead { .. } => StatusCode::CONFLICT,
         BridgeError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
@@ -103,6 +106,7 @@ fn bridge(e: BridgeError) -> Response<Body> {
         BridgeError::PayloadTooLarge { limit } => {
             json!({"error": "payload_too_large", "limit": limit})
         }
+        BridgeError::BodyTimeout => json!({"error": "body_timeout"}),
         BridgeError::TooManyRequests { code, retry_after } => {
             retry = Some(retry_after);
             json!({"error": code})

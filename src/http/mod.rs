@@ -15,7 +15,7 @@ use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use self::error::error_response;
-use crate::body::{Body, RequestBody};
+use crate::body::{Body, Deadline, Inbound, RequestBody};
 use crate::error::{BridgeError, ProxyError};
 use crate::forwarded::{ConnInfo, is_websocket_upgrade};
 use crate::routing::{self, Endpoint};
@@ -29,6 +29,8 @@ pub(crate) async fn handle(
     state: Arc<AppState>,
 ) -> Result<Response<Body>, Infallible> {
     let start = Instant::now();
+    // Every body hyper reads has a deadline, bridge and pass-through alike.
+    let req = req.map(|body| Deadline::new(body, &state.config.server));
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
     let http1 = req.version() <= Version::HTTP_11;
@@ -96,7 +98,7 @@ async fn bridge(
     resp
 }
 
-async fn passthrough(req: Request<Incoming>, conn: ConnInfo, state: &AppState) -> Response<Body> {
+async fn passthrough(req: Request<Inbound>, conn: ConnInfo, state: &AppState) -> Response<Body> {
     if is_websocket_upgrade(req.headers())
         && !cors::origin_allowed(req.headers(), &state.config.security)
     {

@@ -35,7 +35,7 @@ use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderName, HeaderValue};
@@ -49,8 +49,8 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, sleep_until, timeout};
 
+use super::timeout::write_allowance;
 use crate::body::Body;
-use crate::config::ServerConfig;
 use crate::forwarded::ConnInfo;
 use crate::routing;
 use crate::state::AppState;
@@ -356,17 +356,6 @@ impl Conn {
     }
 }
 
-/// The time a write of `len` bytes may take: max(`write_timeout`,
-/// `len` / `min_send_rate`); `write_timeout` alone when the rate is 0.
-// merge: use net::timeout::write_allowance
-fn write_allowance(server: &ServerConfig, len: usize) -> Duration {
-    if server.min_send_rate == 0 {
-        return server.write_timeout;
-    }
-    let by_rate = Duration::from_secs_f64(len as f64 / server.min_send_rate as f64);
-    server.write_timeout.max(by_rate)
-}
-
 /// Headers that frame the message: this front end writes its own.
 fn is_framing(name: &HeaderName) -> bool {
     name == header::CONTENT_LENGTH
@@ -572,6 +561,8 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Rewind<I> {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use proptest::prelude::*;
     use tokio::io::AsyncReadExt;
 

@@ -16,6 +16,7 @@
 
 mod conn;
 pub(crate) mod h1;
+mod timeout;
 mod tls;
 
 use std::future::Future;
@@ -43,6 +44,12 @@ use crate::state::{AppState, CONNECTION_PERMIT};
 /// Pause after an accept error (e.g. out of file descriptors) so the loop
 /// does not spin while the condition lasts.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
+
+/// The admin listener's own connection budget, apart from
+/// `server.max_connections`: probes and scrapes keep answering while the
+/// main listener is full, and a flood of admin connections cannot take the
+/// descriptors the main one counts on (`config`'s reserve covers these).
+const ADMIN_MAX_CONNECTIONS: usize = 64;
 
 /// Serves on a bound listener until `shutdown` resolves, then drains.
 pub async fn run(
@@ -215,7 +222,12 @@ impl Watchers {
 /// `/readyz`, `/metrics` (and under the prefix). It keeps answering during
 /// the drain, so probes see readiness fail while sessions close.
 pub async fn serve_admin(listener: TcpListener, state: Arc<AppState>) {
+    let limit = Arc::new(Semaphore::new(ADMIN_MAX_CONNECTIONS));
     loop {
+        // Closed never: the semaphore lives as long as the loop.
+        let Ok(permit) = Arc::clone(&limit).acquire_owned().await else {
+            return;
+        };
         let (tcp, peer) = match listener.accept().await {
             Ok(pair) => pair,
             Err(e) => {
@@ -237,6 +249,7 @@ pub async fn serve_admin(listener: TcpListener, state: Arc<AppState>) {
             if let Err(e) = conn.await {
                 tracing::debug!(%peer, error = %e, "admin connection ended with an error");
             }
+            drop(permit);
         });
     }
 }

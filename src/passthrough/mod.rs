@@ -6,33 +6,33 @@ mod splice;
 
 use std::error::Error as _;
 
+use crate::body::{Body, BodyError, Deadline, Inbound};
+use crate::error::ProxyError;
+use crate::forwarded::{ConnInfo, is_websocket_upgrade, prepare_headers, strip_hop_by_hop};
+use crate::state::AppState;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::uri::Uri;
 use http::{Request, Response, Version};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
-
-use crate::body::Body;
-use crate::error::ProxyError;
-use crate::forwarded::{ConnInfo, is_websocket_upgrade, prepare_headers, strip_hop_by_hop};
-use crate::state::AppState;
 
 /// A request outside the prefix: spliced when it is a WebSocket upgrade,
 /// proxied otherwise. The upstream's own answers, errors included, go to
 /// the browser as they are; `Err` is for what failed before one came.
 pub(crate) async fn handle(
-    req: Request<Incoming>,
+    req: Request<Inbound>,
     conn: ConnInfo,
     state: &AppState,
 ) -> Result<Response<Body>, ProxyError> {
     if is_websocket_upgrade(req.headers()) {
-        return splice::splice(req, conn, state).await;
+        // An upgrade's body is empty: the splice takes the request as hyper
+        // gave it.
+        return splice::splice(req.map(Deadline::into_inner), conn, state).await;
     }
     proxy(req, conn, state).await
 }
 
 async fn proxy(
-    req: Request<Incoming>,
+    req: Request<Inbound>,
     conn: ConnInfo,
     state: &AppState,
 ) -> Result<Response<Body>, ProxyError> {
@@ -86,8 +86,18 @@ async fn proxy(
     Ok(resp)
 }
 
-/// Connect timeouts are 504, everything else (refused, reset, TLS) 502.
+/// A request body that failed is the client's doing: 408 when it was too
+/// slow, 400 when its framing broke. Connect timeouts are 504, everything
+/// else (refused, reset, TLS) 502.
 fn upstream_failure(e: &hyper_util::client::legacy::Error) -> ProxyError {
+    match BodyError::find(e) {
+        Some(BodyError::Timeout) => return ProxyError::BodyTimeout,
+        Some(BodyError::Read(read)) => {
+            tracing::debug!(error = %read, "request body unreadable: upstream request abandoned");
+            return ProxyError::BadBody;
+        }
+        None => {}
+    }
     let mut source = e.source();
     while let Some(s) = source {
         if let Some(io) = s.downcast_ref::<std::io::Error>()
