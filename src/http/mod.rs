@@ -60,7 +60,7 @@ pub(crate) async fn handle_bridge(
 
 /// The admin listener's requests: health, readiness and metrics only.
 pub(crate) fn admin<B>(req: &Request<B>, state: &AppState) -> Response<Body> {
-    bridge::admin(req.uri().path(), state).unwrap_or_else(error_response)
+    bridge::admin(req.uri().path(), req.headers(), state).unwrap_or_else(error_response)
 }
 
 async fn bridge(

@@ -91,10 +91,11 @@ pub async fn serve_with_tls(
         let acceptor = tls.acceptor();
         let info = ConnInfo { peer, tls: false };
         let span = tracing::debug_span!("conn", %peer);
+        let open = state.metrics.connection_opened();
         tokio::spawn(
             async move {
                 conn::serve_connection(tcp, info, acceptor, state, &builder, watcher).await;
-                drop(permit);
+                drop((permit, open));
             }
             .instrument(span),
         );

@@ -104,7 +104,10 @@ pub(super) async fn splice(
     *resp.headers_mut() = up_resp.headers().clone();
     let upstream_upgrade = hyper::upgrade::on(&mut up_resp);
     let browser_upgrade = hyper::upgrade::on(&mut req);
+    let open = state.metrics.splice_opened();
     tokio::spawn(async move {
+        // Counted from the 101 until both legs are done.
+        let _open = open;
         let (browser, upstream) = match tokio::try_join!(browser_upgrade, upstream_upgrade) {
             Ok(pair) => pair,
             Err(e) => return tracing::debug!(error = %e, "websocket upgrade failed"),
