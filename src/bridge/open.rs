@@ -150,8 +150,8 @@ pub(super) async fn open(
 }
 
 /// The headers passed on the upstream handshake: the browser's identity
-/// (Cookie, Authorization, Origin, User-Agent), X-Forwarded-*, and those
-/// named in `upstream.forward_headers`.
+/// (Cookie, Authorization, Origin, User-Agent), X-Forwarded-*, the request
+/// id and trace context, and those named in `upstream.forward_headers`.
 fn handshake_headers(incoming: &HeaderMap, conn: ConnInfo, state: &AppState) -> HeaderMap {
     let mut out = HeaderMap::new();
     let fixed = [
@@ -168,6 +168,7 @@ fn handshake_headers(incoming: &HeaderMap, conn: ConnInfo, state: &AppState) -> 
     if let Some(xff) = incoming.get("x-forwarded-for") {
         out.insert("x-forwarded-for", xff.clone());
     }
+    crate::trace::propagate(incoming, &mut out);
     let host = incoming.get(header::HOST).cloned();
     add_forwarded(&mut out, conn, host.as_ref());
     // The upstream handshake sets its own Host, for the upstream.
