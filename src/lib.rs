@@ -12,6 +12,8 @@
 //!   dispatch, the one error → response mapping, the log line and metrics.
 //! - `routing`: a request → a bridge endpoint or pass-through; route matching.
 //! - `forwarded`: the connection's peer, the client address, X-Forwarded-*.
+//! - `trace`: request ids and W3C trace context, checked on arrival and
+//!   carried upstream.
 //! - `body`: the request and response body types.
 //! - `error`: the error types of each layer.
 //! - `bridge`: the bridge endpoints, one file each (open, read, send, close, ops).
@@ -27,7 +29,7 @@
 //! Dependencies run one way, top to bottom, and no module imports one
 //! above it: `net` → `http` → `bridge` | `passthrough` → `session`,
 //! `transport`, `upstream`; under them all the leaves `config`, `state`,
-//! `forwarded`, `body`, `error`, `metrics`, `routing`, `shutdown`, `client`,
+//! `forwarded`, `trace`, `body`, `error`, `metrics`, `routing`, `shutdown`, `client`,
 //! `inject`. (`bridge` and `passthrough` never import each other, nor
 //! `http` or `net`; `state` holds the session registry and the upstream TLS
 //! settings, and imports nothing of the front.)
@@ -51,6 +53,7 @@ mod metrics;
 mod passthrough;
 mod routing;
 mod state;
+mod trace;
 mod transport;
 mod upstream;
 

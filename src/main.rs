@@ -125,14 +125,48 @@ async fn serve(config: Config) -> std::io::Result<()> {
     net::serve_with_tls(listener, state, tls, wsbridge::shutdown::terminate()).await
 }
 
+/// Crates whose debug and trace output holds what must never reach a log:
+/// tungstenite prints frames (payloads) and handshake requests (cookies,
+/// `Authorization`, the query), hyper and h2 print headers, rustls
+/// prints handshake details. They are capped at `info` whatever
+/// `WSBRIDGE_LOG` says, even a directive naming them.
+const CAPPED_TARGETS: [&str; 7] = [
+    "tungstenite",
+    "tokio_tungstenite",
+    "h2",
+    "hyper",
+    "hyper_util",
+    "rustls",
+    "tokio_rustls",
+];
+
 fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("WSBRIDGE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().flatten_event(true).init(),
-    }
+    use std::io::IsTerminal;
+    use tracing_subscriber::filter::{FilterExt, LevelFilter, Targets};
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::{EnvFilter, Layer, fmt};
+
+    let wanted = EnvFilter::try_from_env("WSBRIDGE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let cap = CAPPED_TARGETS.iter().fold(
+        Targets::new().with_default(LevelFilter::TRACE),
+        |t, name| t.with_target(*name, LevelFilter::INFO),
+    );
+    let filter = wanted.and(cap);
+    let layer = match format {
+        // Colours only for a person at a terminal, never into a file or a
+        // log pipeline.
+        LogFormat::Text => fmt::layer()
+            .with_writer(std::io::stderr)
+            .with_ansi(std::io::stderr().is_terminal())
+            .with_filter(filter)
+            .boxed(),
+        LogFormat::Json => fmt::layer()
+            .json()
+            .flatten_event(true)
+            .with_writer(std::io::stderr)
+            .with_filter(filter)
+            .boxed(),
+    };
+    tracing_subscriber::registry().with(layer).init();
 }

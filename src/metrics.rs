@@ -1,6 +1,13 @@
-//! Prometheus metrics: the counters the contract names, plus replay depth
-//! and request latency. Counters on the message path are resolved to their
-//! label set once, so counting an event is one atomic add.
+//! Prometheus metrics: the counters the contract names, plus replay depth,
+//! request latency, open connections and splices, build and process
+//! metrics. Counters on the message path are resolved to their label set
+//! once, so counting an event is one atomic add.
+//!
+//! The exposition is OpenMetrics text (what `prometheus-client` encodes)
+//! for a scraper that asks for it, else the Prometheus text format 0.0.4
+//! (see [`Format`]); each is served with its own content type.
+
+mod process;
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -80,6 +87,30 @@ struct RequestLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildLabels {
+    version: &'static str,
+    commit: &'static str,
+}
+
+/// The git commit the binary was built from, when the build said (a
+/// `build.rs` sets `WSBRIDGE_GIT_COMMIT`).
+pub const GIT_COMMIT: &str = match option_env!("WSBRIDGE_GIT_COMMIT") {
+    Some(c) => c,
+    None => "unknown",
+};
+
+/// A gauge held one higher for as long as this lives (an open connection,
+/// a splice): the count cannot drift when a task ends by any path.
+#[must_use = "the gauge goes back down when this is dropped"]
+pub struct Held(Gauge);
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct EndpointLabel {
     endpoint: &'static str,
 }
@@ -115,6 +146,8 @@ pub struct Metrics {
     replay_events: Gauge,
     replay_bytes: Gauge,
     sessions_lingering: Gauge,
+    connections_open: Gauge,
+    splices_open: Gauge,
 }
 
 impl Default for Metrics {
@@ -220,6 +253,31 @@ impl Metrics {
             "Closed sessions whose events are still readable",
             sessions_lingering.clone(),
         );
+        let connections_open = Gauge::default();
+        registry.register(
+            "wsbridge_connections_open",
+            "HTTP connections open on the main listener (HTTP/1 and HTTP/2, TLS or not); a spliced WebSocket moves to wsbridge_websocket_splices_open",
+            connections_open.clone(),
+        );
+        let splices_open = Gauge::default();
+        registry.register(
+            "wsbridge_websocket_splices_open",
+            "Spliced WebSockets (pass-through upgrades) open",
+            splices_open.clone(),
+        );
+        let build_info = Family::<BuildLabels, Gauge>::default();
+        registry.register(
+            "wsbridge_build_info",
+            "Always 1; the labels say which build runs",
+            build_info.clone(),
+        );
+        build_info
+            .get_or_create(&BuildLabels {
+                version: env!("CARGO_PKG_VERSION"),
+                commit: GIT_COMMIT,
+            })
+            .set(1);
+        registry.register_collector(Box::new(process::ProcessCollector));
         Metrics {
             registry: Mutex::new(registry),
             sessions_active,
@@ -235,7 +293,21 @@ impl Metrics {
             replay_events,
             replay_bytes,
             sessions_lingering,
+            connections_open,
+            splices_open,
         }
+    }
+
+    /// Counts a client connection on the main listener until the guard drops.
+    pub fn connection_opened(&self) -> Held {
+        self.connections_open.inc();
+        Held(self.connections_open.clone())
+    }
+
+    /// Counts a spliced WebSocket until the guard drops.
+    pub fn splice_opened(&self) -> Held {
+        self.splices_open.inc();
+        Held(self.splices_open.clone())
     }
 
     pub fn session_opened(&self) {
@@ -282,9 +354,10 @@ impl Metrics {
             .observe(elapsed.as_secs_f64());
     }
 
-    /// Renders the exposition, after setting the gauges computed from the
-    /// sessions themselves (cheaper than keeping them exact on every event).
-    pub fn render(&self, snapshot: &SessionSnapshot) -> String {
+    /// Renders the exposition in `format`, after setting the gauges computed
+    /// from the sessions themselves (cheaper than keeping them exact on
+    /// every event).
+    pub fn render(&self, snapshot: &SessionSnapshot, format: Format) -> String {
         let labels = ["none", "sse", "stream", "poll"];
         for (label, n) in labels.iter().zip(snapshot.by_transport) {
             self.sessions_active
@@ -298,8 +371,87 @@ impl Metrics {
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
-        out
+        drop(registry);
+        match format {
+            Format::OpenMetrics => out,
+            Format::Prometheus => to_prometheus_text(&out),
+        }
     }
+}
+
+/// The two text formats a scraper may get.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// OpenMetrics 1.0 text, for a scraper whose `Accept` names it (as
+    /// Prometheus' own does).
+    OpenMetrics,
+    /// The Prometheus text format 0.0.4: for everyone else (curl,
+    /// `promtool check metrics`, older agents).
+    Prometheus,
+}
+
+impl Format {
+    /// The format an `Accept` header asks for: OpenMetrics when it names
+    /// `application/openmetrics-text` with a non-zero weight.
+    pub fn negotiate(accept: Option<&str>) -> Format {
+        let wants_openmetrics = accept.is_some_and(|accept| {
+            accept.split(',').any(|range| {
+                let mut params = range.split(';').map(str::trim);
+                let media = params.next().unwrap_or("");
+                media.eq_ignore_ascii_case("application/openmetrics-text")
+                    && !params.any(|p| {
+                        p.strip_prefix("q=")
+                            .and_then(|q| q.parse::<f32>().ok())
+                            .is_some_and(|q| q <= 0.0)
+                    })
+            })
+        });
+        if wants_openmetrics {
+            Format::OpenMetrics
+        } else {
+            Format::Prometheus
+        }
+    }
+
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Format::OpenMetrics => "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            Format::Prometheus => "text/plain; version=0.0.4; charset=utf-8",
+        }
+    }
+}
+
+/// OpenMetrics text → Prometheus text 0.0.4. They differ, for what we
+/// expose, in three ways: a counter's family is named with its `_total`
+/// in 0.0.4 (OpenMetrics names it without), `# UNIT` lines and the
+/// `# EOF` terminator do not exist there, and `unknown`/`info` types are
+/// `untyped`/`gauge`. Samples and label escaping are the same.
+fn to_prometheus_text(open: &str) -> String {
+    let mut out = String::with_capacity(open.len());
+    let mut help: Option<(&str, &str)> = None;
+    for line in open.lines() {
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            help = rest.split_once(' ').or(Some((rest, "")));
+        } else if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').unwrap_or((rest, "unknown"));
+            let (family, kind) = match kind {
+                "counter" => (format!("{name}_total"), "counter"),
+                "info" => (format!("{name}_info"), "gauge"),
+                "gauge" | "histogram" | "summary" => (name.to_owned(), kind),
+                _ => (name.to_owned(), "untyped"),
+            };
+            if let Some((_, text)) = help.take().filter(|(n, _)| *n == name) {
+                out.push_str(&format!("# HELP {family} {text}\n"));
+            }
+            out.push_str(&format!("# TYPE {family} {kind}\n"));
+        } else if line.starts_with("# UNIT ") || line == "# EOF" {
+            continue;
+        } else {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out
 }
 
 /// Session-derived gauge values, gathered at scrape time.
@@ -321,5 +473,66 @@ impl SessionSnapshot {
             Some(Transport::Poll) => 3,
         };
         self.by_transport[i] += 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accept_picks_the_format() {
+        let prometheus = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+        assert_eq!(Format::negotiate(Some(prometheus)), Format::OpenMetrics);
+        assert_eq!(Format::negotiate(None), Format::Prometheus);
+        assert_eq!(Format::negotiate(Some("*/*")), Format::Prometheus);
+        assert_eq!(Format::negotiate(Some("text/plain")), Format::Prometheus);
+        assert_eq!(
+            Format::negotiate(Some("application/openmetrics-text; q=0")),
+            Format::Prometheus
+        );
+    }
+
+    #[test]
+    fn openmetrics_becomes_prometheus_text() {
+        let open = "# HELP a_events Frames.\n# TYPE a_events counter\na_events_total{d=\"up\"} 3\n\
+                    # HELP a_depth Depth.\n# TYPE a_depth gauge\n# UNIT a_depth bytes\na_depth 5\n# EOF\n";
+        assert_eq!(
+            to_prometheus_text(open),
+            "# HELP a_events_total Frames.\n# TYPE a_events_total counter\na_events_total{d=\"up\"} 3\n\
+             # HELP a_depth Depth.\n# TYPE a_depth gauge\na_depth 5\n"
+        );
+    }
+
+    #[test]
+    fn both_formats_render() {
+        let m = Metrics::new();
+        let snapshot = SessionSnapshot::default();
+        let open = m.render(&snapshot, Format::OpenMetrics);
+        assert!(open.ends_with("# EOF\n"), "{open}");
+        assert!(open.contains("# TYPE wsbridge_sessions_opened counter"));
+        let text = m.render(&snapshot, Format::Prometheus);
+        assert!(!text.contains("# EOF"));
+        assert!(text.contains("# TYPE wsbridge_sessions_opened_total counter"));
+        assert!(text.contains(&format!(
+            "wsbridge_build_info{{version=\"{}\",commit=\"{GIT_COMMIT}\"}} 1",
+            env!("CARGO_PKG_VERSION")
+        )));
+        assert!(text.contains("# TYPE process_cpu_seconds_total counter"));
+    }
+
+    #[test]
+    fn held_gauges_go_back_down() {
+        let m = Metrics::new();
+        let a = m.connection_opened();
+        let b = m.connection_opened();
+        let s = m.splice_opened();
+        assert_eq!(m.connections_open.get(), 2);
+        assert_eq!(m.splices_open.get(), 1);
+        drop((a, s));
+        assert_eq!(m.connections_open.get(), 1);
+        assert_eq!(m.splices_open.get(), 0);
+        drop(b);
+        assert_eq!(m.connections_open.get(), 0);
     }
 }

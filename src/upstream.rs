@@ -835,7 +835,7 @@ mod tests {
         assert_eq!(run.peer.send.capacity(), 16 - 3);
         assert!(
             run.metrics
-                .render(&Default::default())
+                .render(&Default::default(), crate::metrics::Format::Prometheus)
                 .contains("wsbridge_backpressure_pauses_total 1\n")
         );
         // The other session's reader takes and acknowledges its event.

@@ -64,7 +64,9 @@ pub(crate) async fn dispatch(
         Endpoint::ClientMjs if is_get => Ok(ops::client_file(client::module(), req.headers())),
         Endpoint::Healthz if is_get => Ok(ops::healthz()),
         Endpoint::Readyz if is_get => Ok(ops::readyz(state)),
-        Endpoint::Metrics if is_get => Ok(ops::metrics(state)),
+        // With `admin.metrics_on_main = false` they live on the admin listener only.
+        Endpoint::Metrics if !state.config.metrics_on_main() => Err(BridgeError::NotFound),
+        Endpoint::Metrics if is_get => Ok(ops::metrics(state, req.headers())),
         Endpoint::Transports if is_get => Ok(ops::transports(state)),
         Endpoint::ClientJs
         | Endpoint::ClientMjs

@@ -163,7 +163,8 @@ pub(super) async fn open(
 }
 
 /// The headers passed on the upstream handshake: the browser's identity
-/// (Cookie, Authorization, Origin, User-Agent), those named in
+/// (Cookie, Authorization, Origin, User-Agent), the request id and trace
+/// context, those named in
 /// `upstream.forward_headers`, then what every upstream leg carries
 /// ([`add_forwarded`]: Host as `upstream.host` says, so the handshake names
 /// the host a spliced WebSocket would, one Cookie, X-Forwarded-*).
@@ -203,6 +204,7 @@ fn handshake_headers(
     if let Some(xff) = incoming.get("x-forwarded-for") {
         out.insert("x-forwarded-for", xff.clone());
     }
+    crate::trace::propagate(incoming, &mut out);
     let browser_host = original_host(&parts.uri, incoming);
     add_forwarded(
         &mut out,

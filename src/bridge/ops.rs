@@ -9,17 +9,22 @@ use crate::body::{Body, full, json_response, status_only};
 use crate::client;
 use crate::config::Transport;
 use crate::error::BridgeError;
-use crate::metrics::SessionSnapshot;
+use crate::metrics::{Format, SessionSnapshot};
 use crate::state::AppState;
 
 /// The admin listener's endpoints: `/healthz`, `/readyz` and `/metrics`,
 /// bare or under the prefix; anything else is not found.
-pub(crate) fn admin(path: &str, state: &AppState) -> Result<Response<Body>, BridgeError> {
+/// Metrics are always served here, whatever `admin.metrics_on_main` says.
+pub(crate) fn admin(
+    path: &str,
+    headers: &HeaderMap,
+    state: &AppState,
+) -> Result<Response<Body>, BridgeError> {
     let prefix = &state.config.server.prefix;
     match path.strip_prefix(prefix.as_str()).unwrap_or(path) {
         "/healthz" => Ok(healthz()),
         "/readyz" => Ok(readyz(state)),
-        "/metrics" => Ok(metrics(state)),
+        "/metrics" => Ok(metrics(state, headers)),
         _ => Err(BridgeError::NotFound),
     }
 }
@@ -39,7 +44,10 @@ pub(super) fn readyz(state: &AppState) -> Response<Body> {
     }
 }
 
-pub(super) fn metrics(state: &AppState) -> Response<Body> {
+/// The exposition, in the format the scraper's `Accept` asks for, with
+/// that format's content type.
+pub(super) fn metrics(state: &AppState, headers: &HeaderMap) -> Response<Body> {
+    let format = Format::negotiate(headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()));
     let mut snapshot = SessionSnapshot::default();
     for session in state.registry.all() {
         if session.closed().is_some() {
@@ -51,12 +59,14 @@ pub(super) fn metrics(state: &AppState) -> Response<Body> {
         snapshot.replay_events += events;
         snapshot.replay_bytes += bytes;
     }
-    let mut resp = Response::new(full(state.metrics.render(&snapshot)));
+    let mut resp = Response::new(full(state.metrics.render(&snapshot, format)));
     let h = resp.headers_mut();
     h.insert(
         header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        HeaderValue::from_static(format.content_type()),
     );
+    // The negotiated format depends on Accept: a cache must not mix them.
+    h.insert(header::VARY, HeaderValue::from_static("accept"));
     resp
 }
 

@@ -10,8 +10,9 @@ use crate::config::SecurityConfig;
 use crate::routing::Endpoint;
 
 /// Headers a cross-origin page may send on bridge requests.
-const CORS_ALLOW_HEADERS: &str = "content-type, bridge-seq, last-event-id, authorization";
-const CORS_EXPOSE_HEADERS: &str = "x-realtime-transport, retry-after";
+const CORS_ALLOW_HEADERS: &str =
+    "content-type, bridge-seq, last-event-id, authorization, traceparent, tracestate, x-request-id";
+const CORS_EXPOSE_HEADERS: &str = "x-realtime-transport, retry-after, x-request-id";
 
 /// Whether the request's `Origin` (none counts as same-origin) is allowed.
 /// One that is not UTF-8 can match no configured origin, so it fails

@@ -1,8 +1,9 @@
 //! The one HTTP service, for every request hyper or the HTTP/1.1 front end
 //! reads: classify the path once, check the origin, dispatch to the bridge
 //! or the pass-through, turn an error into its response, set the shared
-//! headers, and write one log line and the request metrics.
+//! headers, and write one access line and the request metrics.
 
+mod access;
 mod cors;
 pub(crate) mod error;
 
@@ -12,8 +13,8 @@ use std::sync::Arc;
 use http::{HeaderValue, Method, Request, Response, StatusCode, Version, header};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use tokio::time::Instant;
 
+use self::access::Arrival;
 use self::error::error_response;
 use crate::body::{Body, Deadline, Inbound, RequestBody};
 use crate::error::{BridgeError, ProxyError};
@@ -24,15 +25,14 @@ use crate::{bridge, passthrough};
 
 /// Every request hyper serves.
 pub(crate) async fn handle(
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
     conn: ConnInfo,
     state: Arc<AppState>,
 ) -> Result<Response<Body>, Infallible> {
-    let start = Instant::now();
+    let arrival = Arrival::new(&mut req, conn, &state);
     // Every body hyper reads has a deadline, bridge and pass-through alike.
     let req = req.map(|body| Deadline::new(body, &state.config.server));
-    let method = req.method().clone();
-    let path = req.uri().path().to_owned();
+    let path = arrival.path.clone();
     let http1 = req.version() <= Version::HTTP_11;
     let prefix = &state.config.server.prefix;
     // A path under the prefix only once read loosely (`/_BRIDGE/..`,
@@ -50,31 +50,28 @@ pub(crate) async fn handle(
         resp.headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
-    observe(&state, &method, &path, endpoint, start, &resp);
-    Ok(resp)
+    Ok(observe(&state, arrival, endpoint, resp))
 }
 
 /// A request the HTTP/1.1 front end read itself: always under the prefix.
 pub(crate) async fn handle_bridge(
-    req: Request<RequestBody>,
+    mut req: Request<RequestBody>,
     conn: ConnInfo,
     state: &Arc<AppState>,
 ) -> Response<Body> {
-    let start = Instant::now();
-    let method = req.method().clone();
-    let path = req.uri().path().to_owned();
+    let arrival = Arrival::new(&mut req, conn, state);
+    let path = arrival.path.clone();
     let endpoint = routing::classify(&state.config.server.prefix, &path);
     let resp = match endpoint {
         Some(endpoint) => bridge(endpoint, req, conn, state).await,
         None => error_response(BridgeError::NotFound),
     };
-    observe(state, &method, &path, endpoint, start, &resp);
-    resp
+    observe(state, arrival, endpoint, resp)
 }
 
 /// The admin listener's requests: health, readiness and metrics only.
 pub(crate) fn admin<B>(req: &Request<B>, state: &AppState) -> Response<Body> {
-    bridge::admin(req.uri().path(), state).unwrap_or_else(error_response)
+    bridge::admin(req.uri().path(), req.headers(), state).unwrap_or_else(error_response)
 }
 
 async fn bridge(
@@ -109,16 +106,15 @@ async fn passthrough(req: Request<Inbound>, conn: ConnInfo, state: &AppState) ->
         .unwrap_or_else(error_response)
 }
 
-/// One log line and the request metrics.
+/// The request metrics (at the response head), the request id echoed, and
+/// the access line (once the body is done: see `access`).
 fn observe(
     state: &AppState,
-    method: &Method,
-    path: &str,
+    arrival: Arrival,
     endpoint: Option<Endpoint<'_>>,
-    start: Instant,
-    resp: &Response<Body>,
-) {
-    let elapsed = start.elapsed();
+    resp: Response<Body>,
+) -> Response<Body> {
+    let elapsed = arrival.start.elapsed();
     let status = resp.status().as_u16();
     let name = match endpoint {
         Some(endpoint) => endpoint.name(),
@@ -126,13 +122,8 @@ fn observe(
         None => "passthrough",
     };
     state.metrics.request(name, status, elapsed);
-    tracing::info!(
-        method = %method,
-        path = %log_path(endpoint, path),
-        status,
-        ms = elapsed.as_secs_f64() * 1000.0,
-        "request"
-    );
+    let path = log_path(endpoint, &arrival.path);
+    arrival.respond(path, name, resp)
 }
 
 /// The path as it may be logged: never the query (tokens live there) and

@@ -165,8 +165,10 @@ impl Server {
             let acceptor = self.tls.acceptor();
             let info = ConnInfo { peer, tls: false };
             let span = tracing::debug_span!("conn", %peer);
+            let open = state.metrics.connection_opened();
             let serve = async move {
                 conn::serve_connection(tcp, info, acceptor, state, &builder, watcher).await;
+                drop(open);
             };
             // The permit is held by the task, and reachable by a splice the
             // connection hands its socket to.

@@ -101,12 +101,14 @@ pub(super) async fn splice(
     let upstream_upgrade = hyper::upgrade::on(&mut up_resp);
     let browser_upgrade = hyper::upgrade::on(&mut req);
     // Held by the splice task: the browser connection's slot stays taken,
-    // and the drain waits for the splice's close handshakes.
+    // the drain waits for the splice's close handshakes, and the splice
+    // gauge counts it from the 101 until both legs are done.
     let permit = CONNECTION_PERMIT.try_with(Arc::clone).ok();
     let upstream_token = state.upstreams.token();
     let closing = state.closing_token();
+    let open = state.metrics.splice_opened();
     tokio::spawn(async move {
-        let _slot = (permit, upstream_token);
+        let _slot = (permit, upstream_token, open);
         let (browser, upstream) = match tokio::try_join!(browser_upgrade, upstream_upgrade) {
             Ok(pair) => pair,
             Err(e) => return tracing::debug!(error = %e, "websocket upgrade failed"),

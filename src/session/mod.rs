@@ -21,7 +21,7 @@ pub mod registry;
 pub mod replay;
 
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -121,6 +121,11 @@ pub struct Session {
     /// `replay.max_total_bytes`, shared with every session: the queue's held
     /// bytes are drawn from it until the session is dropped.
     budget: Arc<ReplayBudget>,
+    /// When the upstream handshake finished, for the session-end log line.
+    opened: Instant,
+    /// Frames written upstream, for the session-end log line (the down
+    /// count is the state's, kept under the lock it already takes).
+    events_up: AtomicU64,
 }
 
 /// The per-session numbers taken from the config once.
@@ -167,6 +172,8 @@ struct State {
     last_activity: Instant,
     /// The highest `Bridge-Seq` forwarded.
     last_seq: u64,
+    /// Upstream frames queued as events, for the session-end log line.
+    events_down: u64,
     /// Token bucket for `sessions.max_sends_per_second`.
     send_tokens: f64,
     send_tokens_at: Instant,
@@ -220,6 +227,7 @@ impl Session {
                 readers: 0,
                 last_activity: now,
                 last_seq: 0,
+                events_down: 0,
                 send_tokens: f64::from(limits.max_sends_per_second),
                 send_tokens_at: now,
                 slot: Some(slot),
@@ -230,6 +238,8 @@ impl Session {
             metrics,
             limits,
             budget,
+            opened: now,
+            events_up: AtomicU64::new(0),
         };
         (Arc::new(session), UpstreamHandle { outbound: rx })
     }
@@ -321,6 +331,7 @@ impl Session {
         st.charged += len;
         st.queue.push(data);
         self.account(&mut st);
+        st.events_down += 1;
         let pause = st.queue.must_pause();
         Self::wake_reader(st);
         Pushed::Queued { pause }
@@ -347,7 +358,7 @@ impl Session {
     /// gives back its slot. Only the first call does anything; it returns
     /// whether this call was it.
     pub fn finish(&self, code: u16, reason: &str, why: CloseReason) -> bool {
-        let slot = {
+        let (slot, events_down) = {
             let mut st = self.state();
             if st.closed.is_some() {
                 return false;
@@ -363,17 +374,25 @@ impl Session {
             });
             st.closed_at = Some(Instant::now());
             let slot = st.slot.take();
+            let events_down = st.events_down;
             Self::wake_reader(st);
-            slot
+            (slot, events_down)
         };
         drop(slot);
         self.metrics.session_closed(why);
-        tracing::debug!(
+        // One line per session, at its end (fields in docs/operations.md).
+        // Never the close reason's text: it comes from the upstream or the
+        // page and may hold anything; the code and the class say enough.
+        tracing::info!(
+            target: "wsbridge::session",
+            owner = "local",
             session = self.log_id(),
-            code,
-            reason,
-            why = why.as_str(),
-            "session closed"
+            duration_ms = self.opened.elapsed().as_secs_f64() * 1000.0,
+            events_down,
+            events_up = self.events_up.load(Ordering::Relaxed),
+            close_code = code,
+            reason_class = why.as_str(),
+            "session ended"
         );
         // A paused upstream reader must not wait for a drain that no longer matters.
         self.drained.notify_one();
@@ -424,6 +443,7 @@ impl Session {
     /// Called by the upstream writer for each frame it wrote.
     pub fn frame_written(&self, len: usize) {
         self.outbound_bytes.fetch_sub(len, Ordering::AcqRel);
+        self.events_up.fetch_add(1, Ordering::Relaxed);
     }
 
     // ---- browser side: send ------------------------------------------------
@@ -774,7 +794,7 @@ mod tests {
         // Nothing undelivered was dropped on the way.
         assert!(
             !metrics
-                .render(&Default::default())
+                .render(&Default::default(), crate::metrics::Format::Prometheus)
                 .contains("wsbridge_events_dropped_total 1")
         );
         // A closed session's events count until it is gone.
@@ -805,7 +825,7 @@ mod tests {
         // Sent events shed from replay are no loss to the live reader: only
         // undelivered ones count as dropped.
         let dropped = |m: &Metrics| {
-            m.render(&Default::default())
+            m.render(&Default::default(), crate::metrics::Format::Prometheus)
                 .lines()
                 .find_map(|l| {
                     l.strip_prefix("wsbridge_events_dropped_total ")

@@ -626,6 +626,17 @@ pub fn b64(s: &str) -> Vec<u8> {
 }
 
 impl Session {
+    /// A session from an open response a test made itself (with headers of
+    /// its choosing); `base` is the proxy's URL.
+    pub fn from_open(json: Value, base: String, http: reqwest::Client) -> Session {
+        Session {
+            id: json["session"].as_str().expect("a session id").to_owned(),
+            json,
+            base,
+            http,
+        }
+    }
+
     pub fn url(&self, suffix: &str) -> String {
         format!("{}/_bridge/sessions/{}{suffix}", self.base, self.id)
     }

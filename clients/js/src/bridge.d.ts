@@ -29,6 +29,10 @@ export interface BridgeSocketOptions {
   /** The constructor used for the "websocket" transport; null never uses one.
    *  Default: the browser's WebSocket as it was when the client loaded. */
   WebSocket?: typeof globalThis.WebSocket | null;
+  /** A W3C `traceparent` sent on the open request, so the proxy carries the
+   *  page's trace into the upstream handshake: a string, or a function called
+   *  at each open. A value not of the traceparent form is not sent. */
+  traceparent?: string | (() => string | null | undefined);
 }
 
 /** The `error` event fired when the bridge reports a gap: events `from`..`to`

@@ -205,7 +205,23 @@ function normalizeOptions(options) {
     withCredentials: Boolean(o.withCredentials),
     // undefined: the captured native WebSocket; null: never use one.
     WebSocket: o.WebSocket === undefined ? NativeWebSocket : unwrapNativeWebSocket(o.WebSocket),
+    traceparent: o.traceparent,
   };
+}
+
+// The W3C `traceparent` for an open request, from the `traceparent` option:
+// a string, or a function called at each open (so each can carry its own
+// span). Anything not of its form is left out, as the proxy would drop it.
+function traceparentHeader(option) {
+  let value;
+  try {
+    value = typeof option === "function" ? option() : option;
+  } catch {
+    return null;
+  }
+  if (typeof value !== "string") return null;
+  value = value.trim();
+  return /^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}(-[ -~]*)?$/.test(value) ? value : null;
 }
 
 // A frame to send, copied at send() time as a WebSocket does, so the page may
@@ -509,11 +525,14 @@ class BridgeSocket extends EventTarget {
   async #openSession() {
     const body = JSON.stringify({ url: this.#target, protocols: this.#protocols });
     for (let attempt = 0; ; attempt++) {
+      const headers = { "Content-Type": "application/json" };
+      const traceparent = traceparentHeader(this.#options.traceparent);
+      if (traceparent) headers.traceparent = traceparent;
       let response;
       try {
         response = await this.#request(
           this.#httpOrigin + this.#options.prefix + "/sessions",
-          { method: "POST", headers: { "Content-Type": "application/json" }, body },
+          { method: "POST", headers, body },
           OPEN_REQUEST_TIMEOUT_MS,
         );
       } catch {
