@@ -10,6 +10,8 @@
 //!   HTTP/1.1 front end, the graceful drain; [`run`].
 //! - `http`: the one service: classify once, origin check and CORS,
 //!   dispatch, the one error → response mapping, the log line and metrics.
+//! - `cluster`: replicas without sticky sessions: ids naming their owner,
+//!   peer discovery and authentication, forwarding to the owner.
 //! - `routing`: a request → a bridge endpoint or pass-through; route matching.
 //! - `forwarded`: the connection's peer, the client address, X-Forwarded-*.
 //! - `body`: the request and response body types.
@@ -43,6 +45,7 @@ pub mod shutdown;
 mod body;
 mod bridge;
 mod client;
+mod cluster;
 mod error;
 mod forwarded;
 mod http;

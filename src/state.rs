@@ -14,6 +14,7 @@ use hyper_util::rt::TokioExecutor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::metrics::{CloseReason, Metrics};
 use crate::session::registry::Registry;
@@ -44,6 +45,9 @@ pub struct AppState {
     /// One token per open upstream socket: the drain waits for their close
     /// handshakes, not only for the browsers' connections.
     pub(crate) upstreams: TaskTracker,
+    /// `[cluster]`: the peers, the id and peer keys, the forwarding client;
+    /// `None` for a lone replica.
+    pub(crate) cluster: Option<Arc<Cluster>>,
 }
 
 impl AppState {
@@ -60,6 +64,7 @@ impl AppState {
             upstream_tls,
             drain: CancellationToken::new(),
             upstreams: TaskTracker::new(),
+            cluster: Cluster::new(&config),
             config,
         }))
     }

@@ -3,8 +3,11 @@
 //! or the pass-through, turn an error into its response, set the shared
 //! headers, and write one log line and the request metrics.
 
+mod cluster;
 mod cors;
 pub(crate) mod error;
+
+pub(crate) use self::cluster::internal;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -76,9 +79,8 @@ async fn bridge(
     let mut resp = if req.method() == Method::OPTIONS && endpoint.checks_origin() {
         cors::preflight()
     } else {
-        bridge::dispatch(endpoint, req, conn, state)
-            .await
-            .unwrap_or_else(error_response)
+        // Before dispatch: a session another replica owns is forwarded.
+        cluster::dispatch(endpoint, req, conn, state).await
     };
     cors::finish(endpoint, origin, &mut resp);
     resp

@@ -8,6 +8,7 @@
 
 mod conn;
 mod h1;
+mod internal;
 mod tls;
 
 use std::future::Future;
@@ -24,6 +25,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tracing::Instrument;
 
+pub use self::internal::serve_internal;
 pub use self::tls::{Tls, reload_on_sighup};
 use crate::config::Config;
 use crate::forwarded::ConnInfo;
