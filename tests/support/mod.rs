@@ -626,6 +626,17 @@ pub fn b64(s: &str) -> Vec<u8> {
 }
 
 impl Session {
+    /// A session opened elsewhere, reached at `base` (e.g. a load balancer
+    /// in front of several replicas).
+    pub fn at(base: String, json: Value, http: reqwest::Client) -> Session {
+        Session {
+            id: json["session"].as_str().expect("session id").to_owned(),
+            json,
+            base,
+            http,
+        }
+    }
+
     pub fn url(&self, suffix: &str) -> String {
         format!("{}/_bridge/sessions/{}{suffix}", self.base, self.id)
     }
