@@ -475,3 +475,104 @@ async fn kill_9_of_a_replica_ends_its_sessions_with_1006_and_spares_the_rest() {
         assert_eq!(s.poll_events(1, 1).await, vec![Ev::Text(2, "after".into())]);
     }
 }
+
+#[tokio::test]
+async fn peers_come_and_go_with_dns_re_resolution() {
+    use std::net::Ipv4Addr;
+    use std::sync::{Arc, Mutex};
+    // No load balancer here: each replica is asked directly, so which one
+    // answers is the test's choice. Replicas on 127.0.0.1-3, one port.
+    let backend = Backend::start().await;
+    let answers = Arc::new(Mutex::new(vec![
+        Ipv4Addr::new(127, 0, 0, 1),
+        Ipv4Addr::new(127, 0, 0, 2),
+    ]));
+    let dns = harness::dns_stand_in("peers.test", Arc::clone(&answers)).await;
+    let port = support::free_port();
+    let mut key = tempfile::NamedTempFile::new().unwrap();
+    std::io::Write::write_all(&mut key, &[b'k'; 40]).unwrap();
+    let dns_env = dns.to_string();
+    let start = |n: u8| {
+        let toml = format!(
+            "[cluster]\nlisten = \"127.0.0.{n}:{port}\"\npeers_dns = \"peers.test:{port}\"\nsecret_file = \"{}\"\n",
+            key.path().display()
+        );
+        let advertise = format!("127.0.0.{n}:{port}");
+        let backend = &backend;
+        let dns_env = dns_env.clone();
+        async move {
+            support::ProxyProcess::start_with(
+                backend,
+                &toml,
+                &[],
+                &[
+                    ("WSBRIDGE_CLUSTER_ADVERTISE", advertise.as_str()),
+                    ("WSBRIDGE_CLUSTER_DNS_SERVER", dns_env.as_str()),
+                ],
+            )
+            .await
+        }
+    };
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let a = start(1).await;
+    let b = start(2).await;
+    harness::wait_peers(&http, &a, 1).await;
+    harness::wait_peers(&http, &b, 1).await;
+
+    // A session of B, used through A.
+    let sb = b.open("/echo").await;
+    let sb_via_a = support::Session::at(a.url(""), sb.json.clone(), http.clone());
+    assert_eq!(
+        sb_via_a.send_text("one").await.status(),
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        sb_via_a.poll_events(0, 1).await,
+        vec![Ev::Text(1, "one".into())]
+    );
+
+    // C starts, but is not in DNS yet: A does not forward to it.
+    let c = start(3).await;
+    harness::wait_peers(&http, &c, 2).await;
+    let sc = c.open("/echo").await;
+    let sc_via_a = support::Session::at(a.url(""), sc.json.clone(), http.clone());
+    assert_eq!(sc_via_a.send_text("early").await.status(), StatusCode::GONE);
+    // C's session itself is untouched.
+    assert_eq!(
+        sc.send_text("direct").await.status(),
+        StatusCode::NO_CONTENT
+    );
+
+    // C joins the DNS answer: A finds it on a later resolution.
+    answers.lock().unwrap().push(Ipv4Addr::new(127, 0, 0, 3));
+    harness::wait_peers(&http, &a, 2).await;
+    assert_eq!(
+        sc_via_a.send_text("joined").await.status(),
+        StatusCode::NO_CONTENT
+    );
+    let got = sc_via_a.poll_events(0, 2).await;
+    assert_eq!(
+        got,
+        vec![Ev::Text(1, "direct".into()), Ev::Text(2, "joined".into())]
+    );
+
+    // B leaves the answer: A forgets it, and B's sessions seen through A
+    // end with 1006, as after a replica loss.
+    answers
+        .lock()
+        .unwrap()
+        .retain(|ip| *ip != Ipv4Addr::new(127, 0, 0, 2));
+    harness::wait_peers(&http, &a, 1).await;
+    let polled = sb_via_a.poll_events(1, 1).await;
+    assert!(matches!(polled[..], [Ev::Close(2, 1006, _)]), "{polled:?}");
+    assert!(
+        harness::metric_of(
+            &http,
+            &a,
+            "wsbridge_cluster_forwarded_total",
+            "result=\"gone\""
+        )
+        .await
+            >= 2.0
+    );
+}

@@ -4,6 +4,7 @@
 //! - `id`: session ids that name their owner, MAC'd with the secret.
 //! - `auth`: the header by which peers know each other.
 //! - `peers`: the discovered peer set, by owner tag.
+//! - `dns`: a minimal DNS client, for a nameserver other than the system's.
 //! - `forward`: the pooled h2c client and the relay of readers' bodies.
 //!
 //! The front (`http`) asks [`Cluster::owner`] for each session request and
@@ -11,6 +12,7 @@
 //! peers' requests after [`Cluster::authenticate`]. See docs/cluster.md.
 
 mod auth;
+mod dns;
 mod forward;
 mod id;
 mod peers;

@@ -74,11 +74,21 @@ pub async fn resolve(source: &PeerSource) -> io::Result<Vec<SocketAddr>> {
         PeerSource::Static(list) => list.iter().map(String::as_str).collect(),
         PeerSource::Dns(name) => vec![name.as_str()],
     };
+    let server = std::env::var(super::dns::SERVER_ENV)
+        .ok()
+        .and_then(|s| s.parse::<SocketAddr>().ok());
     let mut out = Vec::new();
     let mut last_error = None;
     for name in names {
-        match tokio::net::lookup_host(name).await {
-            Ok(addrs) => out.extend(addrs),
+        let found = match (server, name.rsplit_once(':')) {
+            (Some(server), Some((host, port))) if host.parse::<std::net::IpAddr>().is_err() => {
+                let port = port.parse().unwrap_or(0);
+                super::dns::lookup(server, host, port).await
+            }
+            _ => tokio::net::lookup_host(name).await.map(Iterator::collect),
+        };
+        match found {
+            Ok(addrs) => out.extend::<Vec<SocketAddr>>(addrs),
             Err(e) => {
                 tracing::debug!(peer = name, error = %e, "peer did not resolve");
                 last_error = Some(e);

@@ -238,3 +238,81 @@ async fn start_haproxy(
     }
     panic!("haproxy could not start");
 }
+
+/// A metric's value summed over its label sets matching `filter`.
+pub async fn metric_of(http: &reqwest::Client, p: &ProxyProcess, name: &str, filter: &str) -> f64 {
+    let text = http
+        .get(p.admin_url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .filter(|l| l.starts_with(name) && l.contains(filter))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Waits until `p`'s peer gauge shows `n`.
+pub async fn wait_peers(http: &reqwest::Client, p: &ProxyProcess, n: usize) {
+    let deadline = tokio::time::Instant::now() + PATIENCE + PATIENCE;
+    while metric_of(http, p, "wsbridge_cluster_peers", "").await as usize != n {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never saw {n} peers"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A local DNS stand-in on 127.0.0.1:0 (UDP): `name` has the A records in
+/// `answers`, as they are at each query; any other name is NXDOMAIN.
+pub async fn dns_stand_in(
+    name: &'static str,
+    answers: std::sync::Arc<std::sync::Mutex<Vec<std::net::Ipv4Addr>>>,
+) -> SocketAddr {
+    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let addr = socket.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut buf = [0u8; 512];
+        loop {
+            let Ok((n, from)) = socket.recv_from(&mut buf).await else {
+                return;
+            };
+            let q = &buf[..n];
+            // The question: labels from byte 12, then type and class.
+            let mut i = 12;
+            let mut labels = Vec::new();
+            while i < n && q[i] != 0 {
+                let l = usize::from(q[i]);
+                labels.push(String::from_utf8_lossy(&q[i + 1..(i + 1 + l).min(n)]).into_owned());
+                i += 1 + l;
+            }
+            let end = i + 5;
+            if end > n {
+                continue;
+            }
+            let qtype = u16::from_be_bytes([q[i + 1], q[i + 2]]);
+            let mut m = q[..end].to_vec();
+            m[2] = 0x81;
+            m[3] = 0x80;
+            let ips: Vec<std::net::Ipv4Addr> = if labels.join(".") != name {
+                m[3] = 0x83;
+                Vec::new()
+            } else if qtype == 1 {
+                answers.lock().unwrap().clone()
+            } else {
+                Vec::new()
+            };
+            m[6..8].copy_from_slice(&(ips.len() as u16).to_be_bytes());
+            for ip in ips {
+                m.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1, 0, 0, 0, 1, 0, 4]);
+                m.extend_from_slice(&ip.octets());
+            }
+            let _ = socket.send_to(&m, from).await;
+        }
+    });
+    addr
+}

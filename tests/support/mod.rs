@@ -869,12 +869,14 @@ pub struct ProxyProcess {
 
 /// The environment variables the binary reads; cleared so the test's own
 /// environment never changes what a test runs.
-pub const WSBRIDGE_ENV: [&str; 5] = [
+pub const WSBRIDGE_ENV: [&str; 7] = [
     "WSBRIDGE_CONFIG",
     "WSBRIDGE_LISTEN",
     "WSBRIDGE_UPSTREAM",
     "WSBRIDGE_LOG_FORMAT",
     "WSBRIDGE_LOG",
+    "WSBRIDGE_CLUSTER_ADVERTISE",
+    "WSBRIDGE_CLUSTER_DNS_SERVER",
 ];
 
 /// A loopback port that was free a moment ago (the caller retries if it is
