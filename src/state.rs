@@ -73,6 +73,13 @@ impl AppState {
         self.drain.is_cancelled()
     }
 
+    /// The drain signal itself, for bodies that must end when it comes
+    /// (a reader forwarded to another replica: its client reconnects
+    /// through a replica that is not going away).
+    pub(crate) fn drain_token(&self) -> CancellationToken {
+        self.drain.clone()
+    }
+
     /// Resolves once shutdown starts.
     pub(crate) async fn drain_started(&self) {
         self.drain.cancelled().await;

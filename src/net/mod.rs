@@ -109,6 +109,11 @@ pub async fn serve_with_tls(
     let drained = async {
         graceful.shutdown().await;
         state.upstreams.wait().await;
+        // Peers' requests for this replica's sessions, their close events
+        // included, are served to the end.
+        if let Some(cluster) = &state.cluster {
+            cluster.drained().await;
+        }
     };
     tokio::select! {
         () = drained => tracing::info!("drained"),
