@@ -576,3 +576,49 @@ async fn peers_come_and_go_with_dns_re_resolution() {
             >= 2.0
     );
 }
+
+#[tokio::test]
+async fn a_draining_replica_serves_its_forwarded_readers_to_the_end() {
+    let backend = Backend::start().await;
+    let Some(mut c) = Cluster::start(&backend, 3, "").await else {
+        return;
+    };
+    let http = c.http.clone();
+    let direct = |c: &Cluster, i: usize, s: &support::Session| {
+        let p = &c.replicas[i].as_ref().unwrap().process;
+        support::Session::at(p.url(""), s.json.clone(), http.clone())
+    };
+    // One session owned by replica 0, one by replica 1.
+    let p0 = &c.replicas[0].as_ref().unwrap().process;
+    let p1 = &c.replicas[1].as_ref().unwrap().process;
+    let s0 = p0.open("/echo").await;
+    let s1 = p1.open("/echo").await;
+    assert_eq!(s0.send_text("a").await.status(), StatusCode::NO_CONTENT);
+    assert_eq!(s1.send_text("b").await.status(), StatusCode::NO_CONTENT);
+    // Replica 0's session read through replica 2; replica 1's through 0.
+    let mut r0 = direct(&c, 2, &s0).sse(Some(0)).await;
+    assert_eq!(r0.take(1).await, vec![Ev::Text(1, "a".into())]);
+    let mut r1 = direct(&c, 0, &s1).sse(Some(0)).await;
+    assert_eq!(r1.take(1).await, vec![Ev::Text(1, "b".into())]);
+
+    c.replicas[0].as_ref().unwrap().process.signal("TERM");
+    // Its own session ends with the drain's 1001, delivered through the
+    // forwarding replica: the owner served the forwarded reader to the end.
+    assert_eq!(
+        r0.take(1).await,
+        vec![Ev::Close(2, 1001, "proxy shutting down".into())]
+    );
+    // The reader it forwarded ends with no close event: its client
+    // reconnects elsewhere, and the session carries on.
+    let mut rest = Vec::new();
+    while let Some(raw) = r1.next_raw().await {
+        rest.extend(Ev::from_sse(&raw));
+    }
+    assert_eq!(rest, vec![], "no event after a forwarder's drain");
+    let via2 = direct(&c, 2, &s1);
+    assert_eq!(via2.send_text("c").await.status(), StatusCode::NO_CONTENT);
+    assert_eq!(via2.sse_events(1, 1).await, vec![Ev::Text(2, "c".into())]);
+    let mut p0 = c.replicas[0].take().unwrap().process;
+    let status = p0.wait_exit(std::time::Instant::now() + PATIENCE).await;
+    assert_eq!(status.map(|s| s.code()), Some(Some(0)), "{}", p0.stderr());
+}

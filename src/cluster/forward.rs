@@ -3,6 +3,7 @@
 //! and what a reader gets when the owner cannot be reached or its answer
 //! breaks off (a `close` event 1006, as a dead upstream gives).
 
+use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
@@ -16,6 +17,7 @@ use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use super::auth::{self, AuthKey};
 use crate::body::{Body, BoxError, RequestBody, full};
@@ -138,11 +140,16 @@ impl Forwarder {
 /// The owner's answer, as this replica sends it on. A reader's body is
 /// relayed whole events at a time, so if it breaks the close event that
 /// follows starts on an event boundary.
+///
+/// When this replica starts draining, a relayed reader ends (with no close
+/// event): its client reconnects with its cursor, through the load
+/// balancer, to a replica that is staying.
 pub fn relay(
     resp: Response<Incoming>,
     kind: Kind,
     cursor: u64,
     max_upstream_frame: usize,
+    drain: CancellationToken,
 ) -> Response<Body> {
     let (parts, body) = resp.into_parts();
     let streaming = parts.status == StatusCode::OK && matches!(kind, Kind::Sse | Kind::Stream);
@@ -154,6 +161,7 @@ pub fn relay(
             last_id: cursor,
             limit: max_partial(max_upstream_frame),
             done: false,
+            drain: Box::pin(drain.cancelled_owned()),
         }
         .boxed_unsync()
     } else {
@@ -228,6 +236,8 @@ struct Relay {
     last_id: u64,
     limit: usize,
     done: bool,
+    /// Resolves when this replica starts draining.
+    drain: Pin<Box<WaitForCancellationFutureOwned>>,
 }
 
 impl Relay {
@@ -275,6 +285,9 @@ impl HttpBody for Relay {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
+        if !this.done && this.drain.as_mut().poll(cx).is_ready() {
+            this.done = true;
+        }
         loop {
             if this.done {
                 return Poll::Ready(None);

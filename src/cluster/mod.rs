@@ -21,7 +21,10 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use http::{HeaderMap, Method, Request, Response};
+use http_body_util::BodyExt;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use self::auth::AuthKey;
 use self::forward::Forwarder;
@@ -55,6 +58,9 @@ pub struct Cluster {
     forwarder: Forwarder,
     /// For the relay's bound on a partial event.
     max_upstream_frame: usize,
+    /// One token per peer request being answered (its body included): the
+    /// drain waits for them.
+    inflight: TaskTracker,
 }
 
 impl Cluster {
@@ -67,6 +73,7 @@ impl Cluster {
             peers: Peers::new(c.advertise),
             forwarder: Forwarder::new(config.sessions.heartbeat),
             max_upstream_frame: config.limits.max_upstream_frame_bytes,
+            inflight: TaskTracker::new(),
             config: c.clone(),
         }))
     }
@@ -91,6 +98,24 @@ impl Cluster {
     pub fn authenticate(&self, method: &Method, pq: &str, headers: &HeaderMap) -> Option<IpAddr> {
         self.auth
             .verify(headers.get(auth::HEADER), method.as_str(), pq)
+    }
+
+    /// Holds the drain open until a peer's response has been sent whole.
+    pub fn track(&self, resp: Response<Body>) -> Response<Body> {
+        let token = self.inflight.token();
+        resp.map(|body| {
+            body.map_frame(move |frame| {
+                let _held = &token;
+                frame
+            })
+            .boxed_unsync()
+        })
+    }
+
+    /// Resolves once every peer request taken so far is answered.
+    pub async fn drained(&self) {
+        self.inflight.close();
+        self.inflight.wait().await;
     }
 
     /// Resolves the peers now and then every [`DISCOVERY_INTERVAL`], for
@@ -124,6 +149,7 @@ impl Cluster {
         req: Request<RequestBody>,
         client: IpAddr,
         metrics: &Metrics,
+        drain: CancellationToken,
     ) -> Result<Response<Body>, BridgeError> {
         let cursor = match kind {
             Kind::Sse | Kind::Stream | Kind::Poll => resume_cursor(&req),
@@ -137,7 +163,13 @@ impl Cluster {
                         metrics.forward_latency(kind.name(), start.elapsed());
                         metrics.forwarded(kind.name(), "ok");
                         tracing::debug!(owner = %peer, endpoint = kind.name(), status = resp.status().as_u16(), "forwarded");
-                        return Ok(forward::relay(resp, kind, cursor, self.max_upstream_frame));
+                        return Ok(forward::relay(
+                            resp,
+                            kind,
+                            cursor,
+                            self.max_upstream_frame,
+                            drain,
+                        ));
                     }
                     Err(e) => {
                         tracing::warn!(owner = %peer, endpoint = kind.name(), error = %e, "owner replica unreachable");

@@ -38,7 +38,14 @@ pub(super) async fn dispatch(
     };
     let client = conn.client_ip(req.headers(), &state.config.security);
     cluster
-        .forward(kind, owner, req, client, &state.metrics)
+        .forward(
+            kind,
+            owner,
+            req,
+            client,
+            &state.metrics,
+            state.drain_token(),
+        )
         .await
         .unwrap_or_else(error_response)
 }
@@ -84,7 +91,8 @@ pub(crate) async fn internal(
         peer: SocketAddr::new(client, 0),
         tls: false,
     };
-    local(endpoint, req.map(BodyExt::boxed), conn, &state).await
+    let resp = local(endpoint, req.map(BodyExt::boxed), conn, &state).await;
+    cluster.track(resp)
 }
 
 /// The session a request names, and which forwarded kind it is.
