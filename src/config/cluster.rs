@@ -196,3 +196,124 @@ impl From<&ClusterConfig> for RawCluster {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::super::{Config, Overrides};
+    use super::*;
+
+    fn load(cluster: &str, advertise_env: Option<&str>) -> Result<Config, ConfigError> {
+        let text = format!("[upstream]\nurl = \"http://127.0.0.1:3000\"\n[cluster]\n{cluster}\n");
+        let overrides = Overrides {
+            cluster_advertise: advertise_env.map(str::to_owned),
+            ..Overrides::default()
+        };
+        Config::from_toml_with(&text, &overrides)
+    }
+
+    fn key(bytes: &[u8]) -> tempfile::NamedTempFile {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(bytes).unwrap();
+        f
+    }
+
+    fn err(r: Result<Config, ConfigError>) -> String {
+        r.expect_err("refused").to_string()
+    }
+
+    #[test]
+    fn a_cluster_table_is_validated_like_the_rest() {
+        let k = key(&[b'x'; 33]);
+        let secret = format!("secret_file = {:?}", k.path());
+        let good = format!(
+            "advertise = \"10.0.0.1:8081\"\npeers = [\"10.0.0.2:8081\", \"peer-b.ns:8081\"]\n{secret}"
+        );
+        let c = load(&good, None).unwrap().cluster.unwrap();
+        assert_eq!(c.listen, "0.0.0.0:8081".parse().unwrap());
+        assert_eq!(c.secret.0.len(), 33);
+        assert!(
+            !format!("{c:?}").contains("xxxx"),
+            "the secret is never printed"
+        );
+        // The environment wins over the file.
+        let c = load(&good, Some("10.9.9.9:8081")).unwrap().cluster.unwrap();
+        assert_eq!(c.advertise, "10.9.9.9:8081".parse().unwrap());
+        // The effective configuration loads back to the same.
+        let cfg = load(&good, None).unwrap();
+        assert_eq!(Config::from_toml(&cfg.to_toml()).unwrap(), cfg);
+
+        let dns = format!(
+            "advertise = \"10.0.0.1:8081\"\npeers_dns = \"wsbridge-peers.ns.svc.cluster.local:8081\"\n{secret}"
+        );
+        assert!(matches!(
+            load(&dns, None).unwrap().cluster.unwrap().peers,
+            PeerSource::Dns(_)
+        ));
+
+        let cases = [
+            (
+                format!("peers = [\"10.0.0.2:8081\"]\n{secret}"),
+                "cluster.advertise",
+            ),
+            (
+                format!("advertise = \"0.0.0.0:8081\"\npeers = []\n{secret}"),
+                "cluster.advertise",
+            ),
+            (
+                format!("advertise = \"10.0.0.1\"\npeers = []\n{secret}"),
+                "cluster.advertise",
+            ),
+            (
+                format!("advertise = \"10.0.0.1:8081\"\n{secret}"),
+                "cluster.peers",
+            ),
+            (
+                format!("advertise = \"10.0.0.1:8081\"\npeers = []\npeers_dns = \"a:1\"\n{secret}"),
+                "cluster.peers",
+            ),
+            (
+                format!("advertise = \"10.0.0.1:8081\"\npeers = [\"nope\"]\n{secret}"),
+                "cluster.peers[0]",
+            ),
+            (
+                format!("advertise = \"10.0.0.1:8081\"\npeers = [\"a b:1\"]\n{secret}"),
+                "cluster.peers[0]",
+            ),
+            (
+                format!("advertise = \"10.0.0.1:8081\"\npeers_dns = \"name:0\"\n{secret}"),
+                "cluster.peers_dns",
+            ),
+            (
+                "advertise = \"10.0.0.1:8081\"\npeers = []".to_owned(),
+                "cluster.secret_file",
+            ),
+            (
+                "advertise = \"10.0.0.1:8081\"\npeers = []\nsecret_file = \"/nonexistent/key\""
+                    .to_owned(),
+                "cluster.secret_file",
+            ),
+            (
+                format!(
+                    "listen = \"0.0.0.0:8080\"\nadvertise = \"10.0.0.1:8081\"\npeers = []\n{secret}"
+                ),
+                "cluster.listen",
+            ),
+            (
+                format!("advertise = \"10.0.0.1:8081\"\npeers = []\nsticky = true\n{secret}"),
+                "sticky",
+            ),
+        ];
+        for (text, key) in cases {
+            let e = err(load(&text, None));
+            assert!(e.contains(key), "{text:?}: {e}");
+        }
+        let short = key(b"too short\n");
+        let text = format!(
+            "advertise = \"10.0.0.1:8081\"\npeers = []\nsecret_file = {:?}",
+            short.path()
+        );
+        assert!(err(load(&text, None)).contains("at least 32"));
+    }
+}
