@@ -227,8 +227,8 @@ fn close_event(id: u64) -> Event {
 /// A reader's body from the owner, passed on one whole event at a time
 /// (the bytes of a partial event wait for the rest), ending with a close
 /// event 1006 if it breaks.
-struct Relay {
-    inner: Incoming,
+struct Relay<B> {
+    inner: B,
     kind: Kind,
     /// Bytes after the last event boundary seen.
     pending: BytesMut,
@@ -240,7 +240,7 @@ struct Relay {
     drain: Pin<Box<WaitForCancellationFutureOwned>>,
 }
 
-impl Relay {
+impl<B> Relay<B> {
     /// Splits off everything up to the last complete event, noting its id.
     /// What ends an event: a blank line in SSE, a newline in NDJSON.
     fn separator(&self) -> &'static [u8] {
@@ -276,7 +276,11 @@ impl Relay {
     }
 }
 
-impl HttpBody for Relay {
+impl<B> HttpBody for Relay<B>
+where
+    B: HttpBody<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Display,
+{
     type Data = Bytes;
     type Error = BoxError;
 
@@ -361,7 +365,72 @@ fn last_event_id(chunk: &[u8], kind: Kind) -> Option<u64> {
 
 #[cfg(test)]
 mod tests {
+    use http_body_util::StreamBody;
+
     use super::*;
+
+    /// Relays `chunks` then, if `cut`, an error; returns what came out.
+    async fn relayed(kind: Kind, chunks: &[&str], cut: bool) -> String {
+        let mut items: Vec<Result<Frame<Bytes>, String>> = chunks
+            .iter()
+            .map(|c| Ok(Frame::data(Bytes::copy_from_slice(c.as_bytes()))))
+            .collect();
+        if cut {
+            items.push(Err("connection reset".into()));
+        }
+        let relay = Relay {
+            inner: StreamBody::new(futures_util::stream::iter(items)),
+            kind,
+            pending: BytesMut::new(),
+            last_id: 3,
+            limit: 1024,
+            done: false,
+            drain: Box::pin(CancellationToken::new().cancelled_owned()),
+        };
+        let out = relay.collect().await.unwrap().to_bytes();
+        String::from_utf8(out.to_vec()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_broken_reader_ends_on_an_event_boundary_with_close_1006() {
+        let close = |id: u64| {
+            let mut out = Vec::new();
+            sse::write_event(&mut out, &close_event(id), None);
+            String::from_utf8(out).unwrap()
+        };
+        // Whole events pass; a half event before the cut is dropped, and
+        // the close takes the id after the last whole one.
+        let got = relayed(
+            Kind::Sse,
+            &[
+                "retry: 1000\n\n",
+                "id: 4\ndata: a\n\nid: 5\nda",
+                "ta: b\n\nid: 6\ndata: par",
+            ],
+            true,
+        )
+        .await;
+        assert_eq!(
+            got,
+            format!(
+                "retry: 1000\n\nid: 4\ndata: a\n\nid: 5\ndata: b\n\n{}",
+                close(6)
+            )
+        );
+        // No cut: nothing added.
+        let got = relayed(Kind::Sse, &["id: 4\ndata: a\n\n"], false).await;
+        assert_eq!(got, "id: 4\ndata: a\n\n");
+        // A cut before any event: the close follows the resume cursor.
+        assert_eq!(relayed(Kind::Sse, &[], true).await, close(4));
+        // NDJSON: lines are the events.
+        let got = relayed(
+            Kind::Stream,
+            &["{\"id\":4,\"type\":\"text\",\"data\":\"a\"}\n{\"type\":\"heart"],
+            true,
+        )
+        .await;
+        assert!(got.starts_with("{\"id\":4,\"type\":\"text\",\"data\":\"a\"}\n{\"id\":5,\"type\":\"close\",\"code\":1006,"), "{got}");
+    }
 
     #[test]
     fn the_last_event_id_is_found_in_either_form() {
