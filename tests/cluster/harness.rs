@@ -1,5 +1,7 @@
 //! Replicas of the real binary with `[cluster]` on free loopback ports, and
 //! a real HAProxy round-robin in front of them, with no stickiness.
+//! Shared by tests/cluster.rs and tests/browser.rs.
+#![allow(dead_code)] // each test file uses a different part of the harness
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -54,6 +56,11 @@ fn secret_file(secret: &[u8]) -> tempfile::NamedTempFile {
 impl Cluster {
     /// `n` replicas (static `peers`), `extra` TOML for each, HAProxy in front.
     pub async fn start(backend: &Backend, n: usize, extra: &str) -> Option<Cluster> {
+        Cluster::start_upstream(backend.addr, n, extra).await
+    }
+
+    /// Like [`Cluster::start`], in front of any HTTP upstream.
+    pub async fn start_upstream(upstream: SocketAddr, n: usize, extra: &str) -> Option<Cluster> {
         let haproxy_bin = haproxy()?;
         let secret: Vec<u8> = (0..48u8).map(|i| b'a' + i % 26).collect();
         let key = secret_file(&secret);
@@ -71,7 +78,7 @@ impl Cluster {
                 "{extra}\n[cluster]\nlisten = \"{internal}\"\nadvertise = \"{internal}\"\npeers = [{peers}]\nsecret_file = \"{}\"\n",
                 key.path().display()
             );
-            let process = ProxyProcess::start(backend, &toml).await;
+            let process = ProxyProcess::start_upstream(upstream, &toml, &[], &[]).await;
             replicas.push(Some(Replica {
                 process,
                 internal: *internal,

@@ -905,6 +905,17 @@ impl ProxyProcess {
         args: &[&str],
         envs: &[(&str, &str)],
     ) -> ProxyProcess {
+        ProxyProcess::start_upstream(backend.addr, extra, args, envs).await
+    }
+
+    /// Like [`ProxyProcess::start_with`] in front of any HTTP upstream at
+    /// `upstream` (the chat app of the browser test, say).
+    pub async fn start_upstream(
+        upstream: SocketAddr,
+        extra: &str,
+        args: &[&str],
+        envs: &[(&str, &str)],
+    ) -> ProxyProcess {
         use std::io::{BufRead, Write};
         use std::process::{Command, Stdio};
         // A port picked here may be taken by someone else before the child
@@ -915,8 +926,7 @@ impl ProxyProcess {
             let mut config = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
             write!(
                 config,
-                "[upstream]\nurl = \"http://{}\"\n{extra}\n[admin]\nlisten = \"{admin}\"\n",
-                backend.addr
+                "[upstream]\nurl = \"http://{upstream}\"\n{extra}\n[admin]\nlisten = \"{admin}\"\n",
             )
             .unwrap();
             let mut cmd = Command::new(env!("CARGO_BIN_EXE_wsbridge"));
