@@ -27,12 +27,13 @@
 //! - [`shutdown`]: signals and the shutdown token.
 //!
 //! Dependencies run one way, top to bottom, and no module imports one
-//! above it: `net` → `http` → `bridge` | `passthrough` → `session`,
-//! `transport`, `upstream`; under them all the leaves `config`, `state`,
+//! above it: `net` → `http` → `bridge` | `passthrough` | `cluster` →
+//! `session`, `transport`, `upstream`; under them all the leaves `config`, `state`,
 //! `forwarded`, `body`, `error`, `metrics`, `routing`, `shutdown`, `client`,
 //! `inject`. (`bridge` and `passthrough` never import each other, nor
-//! `http` or `net`; `state` holds the session registry and the upstream TLS
-//! settings, and imports nothing of the front.)
+//! `http` or `net`; `cluster` imports none of them either; `state` holds
+//! the session registry, the upstream TLS settings and the cluster, and
+//! imports nothing of the front.)
 //!
 //! A message's path reads the same way: from the upstream socket
 //! (`upstream`) into the session's replay queue (`session::replay`), out

@@ -1,8 +1,9 @@
 //! What every request can reach: the configuration, the session registry,
-//! the metrics, the upstream clients, and the drain signal.
+//! the metrics, the upstream clients, the cluster, and the drain signal.
 //!
 //! Below the handlers and above nothing of the front: it imports config,
-//! metrics, the session registry and the upstream TLS settings only.
+//! metrics, the session registry, the upstream TLS settings and the
+//! cluster (whose forwarder sits beside `bridge`, under `http`) only.
 
 use std::io;
 use std::sync::Arc;
