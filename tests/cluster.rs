@@ -622,3 +622,40 @@ async fn a_draining_replica_serves_its_forwarded_readers_to_the_end() {
     let status = p0.wait_exit(std::time::Instant::now() + PATIENCE).await;
     assert_eq!(status.map(|s| s.code()), Some(Some(0)), "{}", p0.stderr());
 }
+
+/// The Kubernetes example's proxy.toml (its ConfigMap) loads, `[cluster]`
+/// and all, with the advertise address the Deployment sets.
+#[test]
+fn the_kubernetes_example_config_loads() {
+    let yaml = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/examples/k8s/deployment.yaml"
+    ))
+    .unwrap();
+    let mut lines = yaml
+        .lines()
+        .skip_while(|l| !l.trim_start().starts_with("proxy.toml: |"));
+    lines.next().expect("a proxy.toml key in the ConfigMap");
+    let toml: String = lines
+        .take_while(|l| l.is_empty() || l.starts_with("    "))
+        .map(|l| format!("{}\n", l.get(4..).unwrap_or("")))
+        .collect();
+    let mut key = tempfile::NamedTempFile::new().unwrap();
+    std::io::Write::write_all(&mut key, &[b'k'; 44]).unwrap();
+    let toml = toml.replace(
+        "/etc/wsbridge-cluster/cluster.key",
+        &key.path().display().to_string(),
+    );
+    let overrides = wsbridge::config::Overrides {
+        cluster_advertise: Some("10.1.2.3:8081".into()),
+        ..Default::default()
+    };
+    let config = wsbridge::Config::from_toml_with(&toml, &overrides)
+        .expect("the example's proxy.toml loads");
+    let cluster = config.cluster.expect("the example runs a cluster");
+    assert_eq!(cluster.advertise, "10.1.2.3:8081".parse().unwrap());
+    assert!(matches!(
+        cluster.peers,
+        wsbridge::config::PeerSource::Dns(_)
+    ));
+}
