@@ -10,6 +10,8 @@
 //!   HTTP/1.1 front end, the graceful drain; [`run`].
 //! - `http`: the one service: classify once, origin check and CORS,
 //!   dispatch, the one error → response mapping, the log line and metrics.
+//! - `cluster`: replicas without sticky sessions: ids naming their owner,
+//!   peer discovery and authentication, forwarding to the owner.
 //! - `routing`: a request → a bridge endpoint or pass-through; route matching.
 //! - `forwarded`: the connection's peer, the client address, X-Forwarded-*.
 //! - `trace`: request ids and W3C trace context, checked on arrival and
@@ -27,12 +29,13 @@
 //! - [`shutdown`]: signals and the shutdown token.
 //!
 //! Dependencies run one way, top to bottom, and no module imports one
-//! above it: `net` → `http` → `bridge` | `passthrough` → `session`,
-//! `transport`, `upstream`; under them all the leaves `config`, `state`,
+//! above it: `net` → `http` → `bridge` | `passthrough` | `cluster` →
+//! `session`, `transport`, `upstream`; under them all the leaves `config`, `state`,
 //! `forwarded`, `trace`, `body`, `error`, `metrics`, `routing`, `shutdown`, `client`,
 //! `inject`. (`bridge` and `passthrough` never import each other, nor
-//! `http` or `net`; `state` holds the session registry and the upstream TLS
-//! settings, and imports nothing of the front.)
+//! `http` or `net`; `cluster` imports none of them either; `state` holds
+//! the session registry, the upstream TLS settings and the cluster, and
+//! imports nothing of the front.)
 //!
 //! A message's path reads the same way: from the upstream socket
 //! (`upstream`) into the session's replay queue (`session::replay`), out
@@ -45,6 +48,7 @@ pub mod shutdown;
 mod body;
 mod bridge;
 mod client;
+mod cluster;
 mod error;
 mod forwarded;
 mod http;

@@ -67,6 +67,7 @@ fn main() -> ExitCode {
     let overrides = Overrides {
         listen: cli.opts.listen.clone(),
         upstream: cli.opts.upstream.clone(),
+        cluster_advertise: None,
     };
     if let Some(Command::Health(args)) = &cli.command {
         return health::main(args, cli.opts.config.as_deref(), &overrides);
@@ -119,6 +120,16 @@ async fn serve(config: Config) -> std::io::Result<()> {
         })?;
         tracing::info!(addr = %admin.listen, "admin listener");
         tokio::spawn(net::serve_admin(listener, Arc::clone(&state)));
+    }
+    if let Some(cluster) = &state.config.cluster {
+        let listener = TcpListener::bind(cluster.listen).await.map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!("cannot listen on {}: {e}", cluster.listen),
+            )
+        })?;
+        tracing::info!(addr = %cluster.listen, advertise = %cluster.advertise, "cluster listener");
+        tokio::spawn(net::serve_internal(listener, Arc::clone(&state)));
     }
     net::reload_on_sighup(Arc::clone(&tls));
     tracing::info!(addr = %listener.local_addr()?, upstream = %state.config.upstream.url, "listening");

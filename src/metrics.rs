@@ -111,6 +111,12 @@ impl Drop for Held {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ForwardLabels {
+    endpoint: &'static str,
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct EndpointLabel {
     endpoint: &'static str,
 }
@@ -148,6 +154,13 @@ pub struct Metrics {
     sessions_lingering: Gauge,
     connections_open: Gauge,
     splices_open: Gauge,
+    /// `[cluster]`: requests sent on to the owner replica, by endpoint and
+    /// result (ok, unreachable, gone, broken).
+    forwarded: Family<ForwardLabels, Counter>,
+    /// Time to the owner's response head, by endpoint.
+    forward_duration: Family<EndpointLabel, Histogram>,
+    /// Peers in the discovered set, this replica excluded.
+    cluster_peers: Gauge,
 }
 
 impl Default for Metrics {
@@ -278,8 +291,31 @@ impl Metrics {
             })
             .set(1);
         registry.register_collector(Box::new(process::ProcessCollector));
+        let forwarded = Family::<ForwardLabels, Counter>::default();
+        registry.register(
+            "wsbridge_cluster_forwarded",
+            "Requests forwarded to the replica owning their session, by endpoint and result (ok: the owner answered; unreachable; gone: owner not among the peers; broken: a reader cut mid-way)",
+            forwarded.clone(),
+        );
+        let forward_duration = Family::<EndpointLabel, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.0000625, 2.0, 16))
+        });
+        registry.register(
+            "wsbridge_cluster_forward_duration_seconds",
+            "Time from forwarding a request to the owner's response head, by endpoint",
+            forward_duration.clone(),
+        );
+        let cluster_peers = Gauge::default();
+        registry.register(
+            "wsbridge_cluster_peers",
+            "Replicas in the discovered peer set, this one excluded",
+            cluster_peers.clone(),
+        );
         Metrics {
             registry: Mutex::new(registry),
+            forwarded,
+            forward_duration,
+            cluster_peers,
             sessions_active,
             sessions_opened,
             sessions_closed,
@@ -352,6 +388,22 @@ impl Metrics {
         self.request_duration
             .get_or_create(&EndpointLabel { endpoint })
             .observe(elapsed.as_secs_f64());
+    }
+
+    pub fn forwarded(&self, endpoint: &'static str, result: &'static str) {
+        self.forwarded
+            .get_or_create(&ForwardLabels { endpoint, result })
+            .inc();
+    }
+
+    pub fn forward_latency(&self, endpoint: &'static str, elapsed: Duration) {
+        self.forward_duration
+            .get_or_create(&EndpointLabel { endpoint })
+            .observe(elapsed.as_secs_f64());
+    }
+
+    pub fn set_cluster_peers(&self, n: usize) {
+        self.cluster_peers.set(i64::try_from(n).unwrap_or(i64::MAX));
     }
 
     /// Renders the exposition in `format`, after setting the gauges computed

@@ -1,8 +1,9 @@
 //! What every request can reach: the configuration, the session registry,
-//! the metrics, the upstream clients, and the drain signal.
+//! the metrics, the upstream clients, the cluster, and the drain signal.
 //!
 //! Below the handlers and above nothing of the front: it imports config,
-//! metrics, the session registry and the upstream TLS settings only.
+//! metrics, the session registry, the upstream TLS settings and the
+//! cluster (whose forwarder sits beside `bridge`, under `http`) only.
 
 use std::io;
 use std::sync::Arc;
@@ -16,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::body::Inbound;
+use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::metrics::{CloseReason, Metrics};
 use crate::session::registry::Registry;
@@ -58,6 +60,9 @@ pub struct AppState {
     /// One token per open upstream socket: the drain waits for their close
     /// handshakes, not only for the browsers' connections.
     pub(crate) upstreams: TaskTracker,
+    /// `[cluster]`: the peers, the id and peer keys, the forwarding client;
+    /// `None` for a lone replica.
+    pub(crate) cluster: Option<Arc<Cluster>>,
 }
 
 impl AppState {
@@ -76,12 +81,20 @@ impl AppState {
             drain: CancellationToken::new(),
             closing: CancellationToken::new(),
             upstreams: TaskTracker::new(),
+            cluster: Cluster::new(&config),
             config,
         }))
     }
 
     pub(crate) fn is_draining(&self) -> bool {
         self.drain.is_cancelled()
+    }
+
+    /// The drain signal itself, for bodies that must end when it comes
+    /// (a reader forwarded to another replica: its client reconnects
+    /// through a replica that is not going away).
+    pub(crate) fn drain_token(&self) -> CancellationToken {
+        self.drain.clone()
     }
 
     /// Resolves once closing starts (`server.drain_delay` into the drain).

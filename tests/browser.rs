@@ -3,7 +3,8 @@
 //! network that cuts every connection every ~300ms. Also `client.inject` (a
 //! page that has never heard of wsbridge, behind a route refusing WebSockets)
 //! and the demo chat (`examples/chat`), whose screenshot is saved as
-//! `target/browser-artifacts/demo.png`.
+//! `target/browser-artifacts/demo.png`; the demo chat again through three
+//! `[cluster]` replicas behind HAProxy round-robin (needs `haproxy`).
 //!
 //! This file starts an echo backend, the proxy in-process and a flaky TCP
 //! relay in front of it, the chat app and a proxy set up like
@@ -17,6 +18,9 @@
 //!     WSB_ONLY=flaky cargo test --test browser -- --nocapture   # some checks only
 
 mod support;
+
+#[path = "cluster/harness.rs"]
+mod harness;
 
 #[path = "../examples/chat/app.rs"]
 mod app;
@@ -98,6 +102,10 @@ async fn javascript_client_in_chromium() {
         stop_chat.clone().cancelled_owned(),
     ));
     let mut demo = Proxy::start_toml(&demo_config(chat_addr)).await;
+    // The demo again, as three [cluster] replicas behind a real HAProxy
+    // round-robin with no stickiness (None: no haproxy here, and not CI).
+    let demo_cluster =
+        harness::Cluster::start_upstream(chat_addr, 3, &demo_routes(chat_addr)).await;
     // Under the target directory, so never committed.
     let artifacts = target_dir().join("browser-artifacts");
     std::fs::create_dir_all(&artifacts).expect("cannot create the artifacts directory");
@@ -113,6 +121,13 @@ async fn javascript_client_in_chromium() {
         .env("WSB_GAPPY", gappy.url(""))
         .env("WSB_INJECT", inject.url(""))
         .env("WSB_DEMO", demo.url(""))
+        .env(
+            "WSB_DEMO_CLUSTER",
+            demo_cluster
+                .as_ref()
+                .map(|c| c.lb_url(""))
+                .unwrap_or_default(),
+        )
         .env("WSB_SCREENSHOT", &screenshot)
         .env("WSB_CHROMIUM", &chromium)
         .stdin(Stdio::null())
@@ -144,6 +159,31 @@ async fn javascript_client_in_chromium() {
     inject.shutdown().await;
     // The demo proxy drains first, so its closes reach the chat app.
     demo.shutdown().await;
+    if let Some(cluster) = &demo_cluster
+        && reports.iter().any(|r| r["check"] == "demo_chat_cluster")
+    {
+        // The page's requests really crossed replicas.
+        let mut forwarded = 0.0;
+        for i in 0..cluster.replicas.len() {
+            forwarded += cluster
+                .metric(i, "wsbridge_cluster_forwarded_total", "result=\"ok\"")
+                .await;
+        }
+        assert!(
+            forwarded > 0.0,
+            "demo_chat_cluster ran but nothing was forwarded"
+        );
+    }
+    if let Some(mut cluster) = demo_cluster {
+        for i in 0..cluster.replicas.len() {
+            cluster.replicas[i].as_ref().unwrap().process.signal("TERM");
+        }
+        for i in 0..cluster.replicas.len() {
+            let mut r = cluster.replicas[i].take().unwrap();
+            let deadline = std::time::Instant::now() + Duration::from_secs(15);
+            r.process.wait_exit(deadline).await;
+        }
+    }
     stop_chat.cancel();
     tokio::time::timeout(Duration::from_secs(15), chat)
         .await
@@ -259,11 +299,13 @@ async fn start_proxy(backend: SocketAddr, extra_toml: &str) -> Proxy {
 /// The demo's proxy (see `proxy_config` in examples/demo.rs): `/ws` bridges
 /// only, as behind a firewall that blocks WebSockets; `/echo` allows all.
 fn demo_config(chat: SocketAddr) -> String {
+    format!("[upstream]\nurl = \"http://{chat}\"\n{}", demo_routes(chat))
+}
+
+/// The demo's routes, for a proxy whose upstream is the chat app.
+fn demo_routes(chat: SocketAddr) -> String {
     format!(
         r#"
-        [upstream]
-        url = "http://{chat}"
-
         [[routes]]
         path = "/ws"
         upstream = "ws://{chat}/ws"

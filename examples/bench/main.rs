@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! cargo run --release --example bench -- --scenario all     # every scenario (~7 min)
-//! cargo run --release --example bench -- --scenario light   # or throughput, echo, many, reuse, cpu
+//! cargo run --release --example bench -- --scenario light   # or throughput, echo, many, reuse, cpu, cluster
 //! cargo run --release --example bench -- --smoke            # correctness only, for CI (~15 s)
 //! ```
 //!
@@ -116,6 +116,9 @@ enum Which {
     Many,
     /// Held SSE sessions on connections shared with pass-through requests.
     Reuse,
+    /// Two `[cluster]` replicas: SSE throughput and echo through the
+    /// replica that does not own the session, against the owner.
+    Cluster,
     /// The proxy's CPU per delivered message, from the throughput run.
     Cpu,
 }
@@ -219,6 +222,11 @@ async fn bench(cli: Cli) -> Result<ExitCode> {
             let echo = scenarios::echo::run(&ctx).await;
             ctx.out.table(&echo);
             tables.push(echo);
+        }
+        if matches!(w, Which::All | Which::Cluster) {
+            let cluster = scenarios::cluster::run(&ctx).await;
+            ctx.out.table(&cluster);
+            tables.push(cluster);
         }
         if matches!(w, Which::All | Which::Many) {
             let many = scenarios::many::run(&ctx).await;

@@ -104,10 +104,28 @@ pub struct Findings {
 
 impl Proxy {
     pub async fn start(bin: &Path, backend: SocketAddr, settings: ProxySettings) -> Result<Proxy> {
+        Proxy::start_with(bin, backend, settings, "").await
+    }
+
+    /// Like [`Proxy::start`], with `extra` TOML tables appended (the
+    /// cluster scenario's `[cluster]`).
+    pub async fn start_with(
+        bin: &Path,
+        backend: SocketAddr,
+        settings: ProxySettings,
+        extra: &str,
+    ) -> Result<Proxy> {
         let dir = tempfile::tempdir()?;
         let addr = free_port()?;
         let config = dir.path().join("proxy.toml");
-        std::fs::write(&config, config_toml(addr, backend, settings))?;
+        std::fs::write(
+            &config,
+            format!(
+                "{}
+{extra}",
+                config_toml(addr, backend, settings)
+            ),
+        )?;
         let log = dir.path().join("proxy.log");
         let level = std::env::var("WSBRIDGE_LOG").unwrap_or_else(|_| "warn".into());
         let mut child = Command::new(bin)
@@ -187,7 +205,7 @@ impl Proxy {
 }
 
 /// A port nobody listens on now (the proxy binds it a moment later).
-fn free_port() -> Result<SocketAddr> {
+pub fn free_port() -> Result<SocketAddr> {
     let probe = std::net::TcpListener::bind("127.0.0.1:0")?;
     Ok(probe.local_addr()?)
 }

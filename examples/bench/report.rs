@@ -227,7 +227,25 @@ struct Target {
     unit: &'static str,
 }
 
-const TARGETS: [Target; 12] = [
+const TARGETS: [Target; 14] = [
+    Target {
+        name: "cluster: forwarded sse throughput >= 0.7x owner",
+        scenario: "cluster",
+        transport: "sse-forwarded",
+        column: "throughput_vs_owner",
+        at_least: true,
+        limit: 0.7,
+        unit: "x",
+    },
+    Target {
+        name: "cluster: forwarded echo p50 <= owner + 150 us",
+        scenario: "cluster",
+        transport: "sse-forwarded",
+        column: "p50_added_us",
+        at_least: false,
+        limit: 150.0,
+        unit: "us",
+    },
     Target {
         name: "sse throughput >= 0.5x direct",
         scenario: "throughput",

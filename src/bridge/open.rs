@@ -112,7 +112,8 @@ pub(super) async fn open(
         tracing::warn!(error = %e, "upstream handshake failed");
     })?;
 
-    let id = new_id();
+    // In a cluster the id names this replica as its owner.
+    let id = state.cluster.as_ref().map_or_else(new_id, |c| c.new_id());
     let (session, handle) = Session::new(
         id,
         connected.protocol,

@@ -6,6 +6,7 @@
 //! Every error names its key the way the file writes it
 //! (`sessions.idle_timeout`, `routes[1].path`) and says what was expected.
 
+mod cluster;
 mod raw;
 mod units;
 
@@ -19,6 +20,7 @@ use http::uri::{Scheme, Uri};
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
+pub use cluster::{ADVERTISE_ENV, ClusterConfig, PeerSource, Secret};
 use raw::*;
 pub use units::parse_size;
 use units::{Count, Dur, Size};
@@ -107,6 +109,8 @@ pub struct Config {
     pub security: SecurityConfig,
     pub client: ClientConfig,
     pub admin: Option<AdminConfig>,
+    /// `[cluster]`: `None` is a lone replica, ids as before.
+    pub cluster: Option<ClusterConfig>,
     /// Things worth telling the operator that do not stop the start
     /// (`--upstream` leaving routes' upstreams in place); see [`Config::warnings`].
     warnings: Vec<String>,
@@ -541,6 +545,9 @@ fn find_in_value(
 pub struct Overrides {
     pub listen: Option<String>,
     pub upstream: Option<String>,
+    /// `cluster.advertise`, from WSBRIDGE_CLUSTER_ADVERTISE ([`Config::load`]
+    /// reads the variable when this is `None`).
+    pub cluster_advertise: Option<String>,
 }
 
 impl Config {
@@ -553,7 +560,11 @@ impl Config {
             })?,
             None => String::new(),
         };
-        Config::from_toml_with(&text, overrides)
+        let mut overrides = overrides.clone();
+        if overrides.cluster_advertise.is_none() {
+            overrides.cluster_advertise = std::env::var(ADVERTISE_ENV).ok();
+        }
+        Config::from_toml_with(&text, &overrides)
     }
 
     /// Parses and validates TOML text with no overrides.
@@ -569,7 +580,7 @@ impl Config {
         if let Some(upstream) = &overrides.upstream {
             raw.upstream.url = Some(upstream.clone());
         }
-        let mut config = validate(raw)?;
+        let mut config = validate(raw, overrides.cluster_advertise.clone())?;
         if overrides.upstream.is_some() {
             let target = host_port(&config.upstream.url);
             let kept: Vec<String> = config
@@ -600,7 +611,7 @@ impl Config {
     }
 }
 
-fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
+fn validate(raw: RawConfig, cluster_advertise: Option<String>) -> Result<Config, ConfigError> {
     let RawConfig {
         server,
         upstream,
@@ -612,6 +623,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         security,
         client,
         admin,
+        cluster,
     } = raw;
 
     let prefix = server.prefix.unwrap_or_else(|| "/_bridge".into());
@@ -945,6 +957,17 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         }
     };
 
+    let cluster = cluster
+        .map(|c| {
+            cluster::validate(
+                c,
+                cluster_advertise,
+                server.listen,
+                admin.as_ref().map(|a| a.listen),
+            )
+        })
+        .transpose()?;
+
     Ok(Config {
         server,
         upstream,
@@ -958,6 +981,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             inject: client.inject.unwrap_or(false),
         },
         admin,
+        cluster,
         warnings: Vec::new(),
     })
 }
@@ -1086,6 +1110,7 @@ impl From<&Config> for RawConfig {
                 listen: Some(a.listen.to_string()),
                 metrics_on_main: Some(a.metrics_on_main),
             }),
+            cluster: c.cluster.as_ref().map(RawCluster::from),
         }
     }
 }

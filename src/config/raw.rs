@@ -35,6 +35,8 @@ pub(crate) struct RawConfig {
     pub client: RawClient,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub admin: Option<RawAdmin>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<RawCluster>,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]
@@ -194,4 +196,19 @@ pub(crate) struct RawAdmin {
     pub listen: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub metrics_on_main: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, expecting = "a table of [cluster] keys")]
+pub(crate) struct RawCluster {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub advertise: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peers: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peers_dns: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secret_file: Option<PathBuf>,
 }

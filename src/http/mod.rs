@@ -4,8 +4,11 @@
 //! headers, and write one access line and the request metrics.
 
 mod access;
+mod cluster;
 mod cors;
 pub(crate) mod error;
+
+pub(crate) use self::cluster::internal;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -87,9 +90,8 @@ async fn bridge(
     let mut resp = if req.method() == Method::OPTIONS && endpoint.checks_origin() {
         cors::preflight()
     } else {
-        bridge::dispatch(endpoint, req, conn, state)
-            .await
-            .unwrap_or_else(error_response)
+        // Before dispatch: a session another replica owns is forwarded.
+        cluster::dispatch(endpoint, req, conn, state).await
     };
     cors::finish(endpoint, origin, &mut resp);
     resp

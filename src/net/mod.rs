@@ -16,6 +16,7 @@
 
 mod conn;
 pub(crate) mod h1;
+mod internal;
 mod timeout;
 mod tls;
 
@@ -36,6 +37,7 @@ use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
+pub use self::internal::serve_internal;
 pub use self::tls::{Tls, reload_on_sighup};
 use crate::config::Config;
 use crate::forwarded::ConnInfo;
@@ -110,7 +112,19 @@ pub async fn serve_with_tls(
         // Connections accepted from now on answer with `Connection: close`
         // and are waited for through the tracker.
         let graceful = server.watchers.signal();
-        tokio::join!(graceful, server.connections.wait(), state.upstreams.wait());
+        // Peers' requests for this replica's sessions, their close events
+        // included, are served to the end.
+        let peers = async {
+            if let Some(cluster) = &state.cluster {
+                cluster.drained().await;
+            }
+        };
+        tokio::join!(
+            graceful,
+            server.connections.wait(),
+            state.upstreams.wait(),
+            peers
+        );
     };
     tokio::select! {
         result = &mut accept => result?,

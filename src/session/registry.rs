@@ -21,6 +21,8 @@ use crate::error::BridgeError;
 const ID_BYTES: usize = 16;
 /// Length of an id as text (base64url, no padding).
 pub const ID_LEN: usize = 22;
+/// Length of a cluster id (`[cluster]`: owner tag and MAC added).
+const CLUSTER_ID_LEN: usize = 40;
 /// What a client is told to wait when the session limits are reached.
 const RETRY_AFTER_FULL: Duration = Duration::from_secs(5);
 
@@ -119,7 +121,7 @@ impl Registry {
 
     /// Looks a session up. Unknown and malformed ids alike are `None`.
     pub fn get(&self, id: &str) -> Option<Arc<Session>> {
-        if id.len() != ID_LEN {
+        if id.len() != ID_LEN && id.len() != CLUSTER_ID_LEN {
             return None;
         }
         self.sessions.get(id).map(|s| Arc::clone(s.value()))

@@ -10,6 +10,8 @@
 //   WSB_INJECT         http://127.0.0.1:I   the proxy with client.inject = true
 //   WSB_DEMO           http://127.0.0.1:D   the example chat app behind a proxy set up
 //                                           like examples/demo.rs
+//   WSB_DEMO_CLUSTER   optional: the same demo through three [cluster] replicas
+//                                           behind HAProxy round-robin, no stickiness
 //   WSB_SCREENSHOT     where demo_chat saves its screenshot (a .png path)
 //   WSB_CHROMIUM       the browser binary (default /usr/bin/chromium)
 //   WSB_ONLY           optional: run only the checks whose name contains this
@@ -27,6 +29,8 @@ const RELAY_CONTROL = required("WSB_RELAY_CONTROL");
 const GAPPY = required("WSB_GAPPY");
 const INJECT = required("WSB_INJECT");
 const DEMO = required("WSB_DEMO");
+// Optional: the demo through three [cluster] replicas behind HAProxy.
+const DEMO_CLUSTER = process.env.WSB_DEMO_CLUSTER || "";
 const SCREENSHOT = required("WSB_SCREENSHOT");
 const ONLY = process.env.WSB_ONLY || "";
 const BRIDGED = ["sse", "stream", "poll"];
@@ -602,7 +606,15 @@ check("inject_unchanged_page", 20000, async (browser) => {
 // The demo chat as a person uses it: load, see the state and transport,
 // chat, switch to poll, chat again; a second member sees the messages. Saves
 // a screenshot (WSB_SCREENSHOT) for a human to look at.
-check("demo_chat", 25000, async (browser) => {
+check("demo_chat", 25000, (browser) => demoChat(browser, DEMO, SCREENSHOT));
+
+// The same through a cluster: every request of the page, its sends and its
+// readers' reconnects, may land on any replica.
+if (DEMO_CLUSTER) {
+  check("demo_chat_cluster", 25000, (browser) => demoChat(browser, DEMO_CLUSTER, null));
+}
+
+async function demoChat(browser, DEMO, SCREENSHOT) {
   const context = await browser.newContext({ viewport: { width: 900, height: 560 } });
   const errors = [];
   try {
@@ -661,13 +673,13 @@ check("demo_chat", 25000, async (browser) => {
       lines: [...document.querySelectorAll("#messages li")].map((li) => li.textContent),
     }));
     assertEqual([shown.nick, shown.picker], ["tester", "poll"], "#nick and #transport-select");
-    await me.screenshot({ path: SCREENSHOT });
+    if (SCREENSHOT) await me.screenshot({ path: SCREENSHOT });
     assertEqual(errors, [], "page errors");
     return { first_transport: transport, ...shown };
   } finally {
     await context.close();
   }
-});
+}
 
 // Both directions under a relay that cuts every connection every ~300ms:
 // everything arrives exactly once and in order, on both sides.

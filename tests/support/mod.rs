@@ -626,8 +626,9 @@ pub fn b64(s: &str) -> Vec<u8> {
 }
 
 impl Session {
-    /// A session from an open response a test made itself (with headers of
-    /// its choosing); `base` is the proxy's URL.
+    /// A session from an open response made elsewhere (a test's own
+    /// request, or another replica behind a load balancer), reached at
+    /// `base`.
     pub fn from_open(json: Value, base: String, http: reqwest::Client) -> Session {
         Session {
             id: json["session"].as_str().expect("a session id").to_owned(),
@@ -869,12 +870,14 @@ pub struct ProxyProcess {
 
 /// The environment variables the binary reads; cleared so the test's own
 /// environment never changes what a test runs.
-pub const WSBRIDGE_ENV: [&str; 5] = [
+pub const WSBRIDGE_ENV: [&str; 7] = [
     "WSBRIDGE_CONFIG",
     "WSBRIDGE_LISTEN",
     "WSBRIDGE_UPSTREAM",
     "WSBRIDGE_LOG_FORMAT",
     "WSBRIDGE_LOG",
+    "WSBRIDGE_CLUSTER_ADVERTISE",
+    "WSBRIDGE_CLUSTER_DNS_SERVER",
 ];
 
 /// A loopback port that was free a moment ago (the caller retries if it is
@@ -903,6 +906,17 @@ impl ProxyProcess {
         args: &[&str],
         envs: &[(&str, &str)],
     ) -> ProxyProcess {
+        ProxyProcess::start_upstream(backend.addr, extra, args, envs).await
+    }
+
+    /// Like [`ProxyProcess::start_with`] in front of any HTTP upstream at
+    /// `upstream` (the chat app of the browser test, say).
+    pub async fn start_upstream(
+        upstream: SocketAddr,
+        extra: &str,
+        args: &[&str],
+        envs: &[(&str, &str)],
+    ) -> ProxyProcess {
         use std::io::{BufRead, Write};
         use std::process::{Command, Stdio};
         // A port picked here may be taken by someone else before the child
@@ -913,8 +927,7 @@ impl ProxyProcess {
             let mut config = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
             write!(
                 config,
-                "[upstream]\nurl = \"http://{}\"\n{extra}\n[admin]\nlisten = \"{admin}\"\n",
-                backend.addr
+                "[upstream]\nurl = \"http://{upstream}\"\n{extra}\n[admin]\nlisten = \"{admin}\"\n",
             )
             .unwrap();
             let mut cmd = Command::new(env!("CARGO_BIN_EXE_wsbridge"));

@@ -67,6 +67,9 @@ impl Transport {
 pub struct Addrs {
     pub backend: SocketAddr,
     pub proxy: Option<SocketAddr>,
+    /// Bridged sessions: where their reader and sends go, when not where
+    /// they were opened (the cluster scenario: another replica).
+    pub read_via: Option<SocketAddr>,
 }
 
 /// One frame as the backend stamped it.
@@ -260,7 +263,11 @@ impl Session {
             Transport::WsProxy => Down::Ws(Box::new(
                 ws::Socket::connect(&ws_url(proxy()?), ws_read_buffer).await?,
             )),
-            bridged => return Self::open_bridged(bridged, proxy()?, path).await,
+            bridged => {
+                let open = proxy()?;
+                let via = addrs.read_via.unwrap_or(open);
+                return Self::open_bridged(bridged, open, via, path).await;
+            }
         };
         Ok(Session {
             down,
@@ -269,8 +276,14 @@ impl Session {
         })
     }
 
-    async fn open_bridged(transport: Transport, proxy: SocketAddr, path: &str) -> Result<Session> {
-        // The same connection opens the session and then carries its reader.
+    async fn open_bridged(
+        transport: Transport,
+        proxy: SocketAddr,
+        via: SocketAddr,
+        path: &str,
+    ) -> Result<Session> {
+        // The same connection opens the session and then carries its reader
+        // (unless it is read through another replica).
         let mut conn = HttpConn::connect(proxy).await?;
         let body = serde_json::json!({ "url": path }).to_string();
         let resp = conn
@@ -286,6 +299,9 @@ impl Session {
         }
         let opened: Opened = serde_json::from_slice(&body)?;
         let links = opened.links;
+        if via != proxy {
+            conn = HttpConn::connect(via).await?;
+        }
         let down = match transport {
             Transport::Sse => Down::Sse(sse::Reader::attach(conn, &links.sse).await?),
             Transport::Stream => Down::Stream(stream::Reader::attach(conn, &links.stream).await?),
@@ -294,7 +310,7 @@ impl Session {
         Ok(Session {
             down,
             up: None,
-            send_link: Some((proxy, links.send)),
+            send_link: Some((via, links.send)),
         })
     }
 

@@ -2,6 +2,7 @@
 //! transport against a fresh backend and proxy (see [`Rig`]), one after
 //! another, direct WebSocket first since every ratio is against it.
 
+pub mod cluster;
 pub mod echo;
 pub mod light;
 pub mod many;
@@ -73,6 +74,7 @@ impl Rig {
         Addrs {
             backend: self.backend.addr,
             proxy: self.proxy.as_ref().map(|p| p.addr),
+            read_via: None,
         }
     }
 

@@ -1,0 +1,661 @@
+//! `[cluster]`: three replicas of the real binary behind a real HAProxy
+//! round-robin with no stickiness. Every request of a session may land on
+//! any replica; those that do not own it forward it to the owner.
+//!
+//! Needs Debian's `haproxy` (`apt-get install haproxy`); without it the
+//! tests are skipped, unless `CI=true`, where they fail.
+//!
+//!     cargo test --test cluster -- --nocapture
+
+mod support;
+
+#[path = "cluster/harness.rs"]
+mod harness;
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures_util::StreamExt;
+use harness::Cluster;
+use reqwest::StatusCode;
+use serde_json::Value;
+use support::{Backend, Ev, NdjsonClient, PATIENCE, SseClient, assert_sequence};
+
+const FRAMES: u64 = 2000;
+const SOAK: &str = "[replay]\nmax_events = 8192\n";
+
+/// A small deterministic generator; the seed is printed so a failure replays.
+struct Rng(u64);
+
+impl Rng {
+    fn new() -> Rng {
+        let seed = std::env::var("SOAK_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| {
+                SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .unwrap()
+                    .as_nanos() as u64
+                    | 1
+            });
+        eprintln!("soak seed: SOAK_SEED={seed}");
+        Rng(seed)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}
+
+fn accept(got: &mut Vec<Ev>, cursor: &mut u64, ev: Ev) {
+    assert!(
+        !matches!(ev, Ev::Gap(..)),
+        "no gap expected: {ev:?} after {cursor}"
+    );
+    assert_eq!(ev.id(), *cursor + 1, "ids continue the cursor: {ev:?}");
+    *cursor = ev.id();
+    got.push(ev);
+}
+
+/// Forwarded requests that reached their owner, over every live replica.
+async fn forwarded_ok(c: &Cluster) -> f64 {
+    let mut n = 0.0;
+    for i in 0..c.replicas.len() {
+        if c.replicas[i].is_some() {
+            n += c
+                .metric(i, "wsbridge_cluster_forwarded_total", "result=\"ok\"")
+                .await;
+        }
+    }
+    n
+}
+
+#[tokio::test]
+async fn every_request_works_on_any_replica() {
+    let backend = Backend::start().await;
+    let Some(c) = Cluster::start(&backend, 3, "").await else {
+        return;
+    };
+    let mut owners = std::collections::HashSet::new();
+    for round in 0..6 {
+        let s = c.open("/echo").await;
+        owners.insert(c.owner_of(&s.id));
+        // Sends in order with Bridge-Seq, each balanced on its own.
+        for i in 1..=10u64 {
+            let r = s.http_post_seq(&format!("m{round}-{i}"), i).await;
+            assert_eq!(r.status(), StatusCode::NO_CONTENT, "send {i}");
+        }
+        // A retried send is still a duplicate through another replica.
+        let dup = s.http_post_seq(&format!("m{round}-10"), 10).await;
+        assert_eq!(dup.status(), StatusCode::OK);
+        let want: Vec<Ev> = (1..=10)
+            .map(|i| Ev::Text(i, format!("m{round}-{i}")))
+            .collect();
+        assert_eq!(s.sse_events(0, 10).await, want, "sse");
+        assert_eq!(s.stream_events(0, 10).await, want, "stream");
+        assert_eq!(s.poll_events(0, 10).await, want, "poll");
+        // Last-Event-ID is carried to the owner.
+        let resp = c
+            .http
+            .get(s.url("/sse"))
+            .header("last-event-id", "7")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        assert_eq!(resp.headers()["x-realtime-transport"], "sse");
+        let got = SseClient::new(resp).take(3).await;
+        assert_eq!(got, want[7..].to_vec());
+        // Close through any replica: the close event, then 410 for sends.
+        assert_eq!(
+            s.delete("?code=4001&reason=done").await.status(),
+            StatusCode::NO_CONTENT
+        );
+        let end = s.poll_events(10, 1).await;
+        assert_eq!(end, vec![Ev::Close(11, 4001, "done".into())]);
+        let gone = s.send_text("late").await;
+        assert_eq!(gone.status(), StatusCode::GONE);
+    }
+    assert!(owners.len() > 1, "round robin spread the opens: {owners:?}");
+    assert!(forwarded_ok(&c).await > 0.0, "some requests were forwarded");
+}
+
+trait SeqSend {
+    async fn http_post_seq(&self, text: &str, seq: u64) -> reqwest::Response;
+}
+
+impl SeqSend for support::Session {
+    async fn http_post_seq(&self, text: &str, seq: u64) -> reqwest::Response {
+        reqwest::Client::builder()
+            .no_proxy()
+            .build()
+            .unwrap()
+            .post(self.url("/send"))
+            .header("content-type", "text/plain")
+            .header("bridge-seq", seq.to_string())
+            .body(text.to_owned())
+            .send()
+            .await
+            .unwrap()
+    }
+}
+
+#[tokio::test]
+async fn sse_soak_through_haproxy_with_random_cuts() {
+    let backend = Backend::start().await;
+    let Some(c) = Cluster::start(&backend, 3, SOAK).await else {
+        return;
+    };
+    let s = c.open(&format!("/burst?n={FRAMES}&size=16")).await;
+    let (mut rng, mut got, mut cursor) = (Rng::new(), Vec::new(), 0u64);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    while cursor < FRAMES {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "soak took too long at {cursor}"
+        );
+        let resp = c
+            .http
+            .get(s.url("/sse"))
+            .header("last-event-id", cursor.to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        let mut sse = SseClient::new(resp);
+        let keep = 1 + rng.below(300);
+        for _ in 0..keep {
+            let Some(raw) = sse.next_raw().await else {
+                break;
+            };
+            if let Some(ev) = Ev::from_sse(&raw) {
+                accept(&mut got, &mut cursor, ev);
+            }
+            if cursor == FRAMES {
+                break;
+            }
+        }
+    }
+    assert_sequence(&got, FRAMES);
+    assert!(forwarded_ok(&c).await > 0.0);
+}
+
+#[tokio::test]
+async fn stream_soak_through_haproxy_with_random_cuts() {
+    let backend = Backend::start().await;
+    let Some(c) = Cluster::start(&backend, 3, SOAK).await else {
+        return;
+    };
+    let s = c.open(&format!("/burst?n={FRAMES}&size=16")).await;
+    let (mut rng, mut got, mut cursor) = (Rng::new(), Vec::new(), 0u64);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    while cursor < FRAMES {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "soak took too long at {cursor}"
+        );
+        let resp = c
+            .http
+            .get(s.url(&format!("/stream?cursor={cursor}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        let mut lines = NdjsonClient::new(resp);
+        let keep = 1 + rng.below(300);
+        for _ in 0..keep {
+            let Some(v) = lines.next().await else { break };
+            if v["type"] == "heartbeat" {
+                continue;
+            }
+            accept(&mut got, &mut cursor, Ev::from_json(&v));
+            if cursor == FRAMES {
+                break;
+            }
+        }
+    }
+    assert_sequence(&got, FRAMES);
+    assert!(forwarded_ok(&c).await > 0.0);
+}
+
+#[tokio::test]
+async fn poll_soak_through_haproxy_with_lost_responses() {
+    let backend = Backend::start().await;
+    let config = format!("{SOAK}[poll]\nmax_events = 50\n");
+    let Some(c) = Cluster::start(&backend, 3, &config).await else {
+        return;
+    };
+    let s = c.open(&format!("/burst?n={FRAMES}&size=16")).await;
+    let (mut rng, mut got, mut cursor) = (Rng::new(), Vec::new(), 0u64);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    while cursor < FRAMES {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "soak took too long at {cursor}"
+        );
+        let resp = c
+            .http
+            .get(s.url(&format!("/poll?cursor={cursor}&wait=5")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        if rng.below(4) == 0 {
+            // The response is lost: read part of the body, or none, and cut.
+            let mut body = resp.bytes_stream();
+            if rng.below(2) == 0 {
+                let _ = body.next().await;
+            }
+            continue;
+        }
+        let v: Value = resp.json().await.unwrap();
+        for e in v["events"].as_array().unwrap() {
+            accept(&mut got, &mut cursor, Ev::from_json(e));
+        }
+        assert_eq!(v["cursor"].as_u64().unwrap(), cursor);
+    }
+    assert_sequence(&got, FRAMES);
+    assert!(forwarded_ok(&c).await > 0.0);
+}
+
+#[tokio::test]
+async fn forged_altered_and_foreign_ids_get_the_unknown_answer() {
+    let backend = Backend::start().await;
+    let Some(c) = Cluster::start(&backend, 3, "").await else {
+        return;
+    };
+    let s = c.open("/echo").await;
+    let unknown = |body: &Value| body == &serde_json::json!({"error": "unknown_session"});
+    let mut forged = vec![
+        // A lone replica's id, and one of a cluster's length, made up.
+        "AbCdEfGhIjKlMnOpQrStUv".to_owned(),
+        "A".repeat(40),
+    ];
+    // Every character of the real id altered in turn, owner tag and MAC too.
+    for i in 0..s.id.len() {
+        let mut chars: Vec<char> = s.id.chars().collect();
+        chars[i] = if chars[i] == 'x' { 'y' } else { 'x' };
+        forged.push(chars.into_iter().collect());
+    }
+    for id in &forged {
+        for (method, suffix) in [
+            ("GET", "/sse"),
+            ("GET", "/poll?wait=0"),
+            ("POST", "/send"),
+            ("DELETE", ""),
+        ] {
+            let url = c.lb_url(&format!("/_bridge/sessions/{id}{suffix}"));
+            let r = c
+                .http
+                .request(method.parse().unwrap(), url)
+                .body("x")
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), StatusCode::NOT_FOUND, "{method} {id}{suffix}");
+            let body: Value = r.json().await.unwrap();
+            assert!(unknown(&body), "{method} {id}{suffix}: {body}");
+        }
+    }
+    // The real one still works.
+    assert_eq!(s.send_text("hi").await.status(), StatusCode::NO_CONTENT);
+    assert_eq!(s.poll_events(0, 1).await, vec![Ev::Text(1, "hi".into())]);
+}
+
+#[tokio::test]
+async fn the_internal_listener_serves_authenticated_peers_only() {
+    let backend = Backend::start().await;
+    let Some(c) = Cluster::start(&backend, 3, "").await else {
+        return;
+    };
+    let s = c.open("/echo").await;
+    let owner = c.replicas[c.owner_of(&s.id)].as_ref().unwrap().internal;
+    let h2 = reqwest::Client::builder()
+        .no_proxy()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let poll = format!("/_bridge/sessions/{}/poll?cursor=0&wait=0", s.id);
+    let attempts: Vec<(&str, String, Option<String>)> = vec![
+        ("GET", poll.clone(), None),
+        (
+            "GET",
+            poll.clone(),
+            Some(format!(
+                "v1 {now} 127.0.0.1 AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"
+            )),
+        ),
+        ("GET", poll.clone(), Some("Bearer anything".into())),
+        // Signed for another path: not valid for this one.
+        (
+            "GET",
+            poll.clone(),
+            Some(sign(&c.secret, now, "GET", "/_bridge/healthz")),
+        ),
+        // Signed too long ago.
+        (
+            "GET",
+            poll.clone(),
+            Some(sign(&c.secret, now - 600, "GET", &poll)),
+        ),
+        ("POST", "/_bridge/sessions".into(), None),
+        ("GET", "/".into(), None),
+    ];
+    for (method, path, auth) in attempts {
+        let mut req = h2.request(method.parse().unwrap(), format!("http://{owner}{path}"));
+        if let Some(a) = &auth {
+            req = req.header("wsbridge-peer", a);
+        }
+        let r = req.send().await.unwrap();
+        assert_eq!(
+            r.status(),
+            StatusCode::UNAUTHORIZED,
+            "{method} {path} {auth:?}"
+        );
+    }
+    // Correctly signed, but not a session request of this replica: nothing
+    // else is served, opens and pass-through included.
+    for (method, path) in [
+        ("POST", "/_bridge/sessions"),
+        ("GET", "/page"),
+        ("GET", "/_bridge/metrics"),
+    ] {
+        let r = h2
+            .request(method.parse().unwrap(), format!("http://{owner}{path}"))
+            .header("wsbridge-peer", sign(&c.secret, now, method, path))
+            .body(r#"{"url":"/echo"}"#)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::NOT_FOUND, "{method} {path}");
+    }
+    // And a correctly signed session request is served.
+    let r = h2
+        .get(format!("http://{owner}{poll}"))
+        .header("wsbridge-peer", sign(&c.secret, now, "GET", &poll))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+}
+
+/// The peer header as docs/cluster.md specifies it, made independently of
+/// the proxy's code.
+fn sign(secret: &[u8], ts: u64, method: &str, pq: &str) -> String {
+    use aws_lc_rs::hmac;
+    use base64::Engine;
+    let root = hmac::Key::new(hmac::HMAC_SHA256, secret);
+    let derived = hmac::sign(&root, b"wsbridge cluster peer auth v1");
+    let key = hmac::Key::new(hmac::HMAC_SHA256, derived.as_ref());
+    let text = format!("v1\n{ts}\n127.0.0.1\n{method}\n{pq}");
+    let mac = hmac::sign(&key, text.as_bytes());
+    format!(
+        "v1 {ts} 127.0.0.1 {}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(mac.as_ref())
+    )
+}
+
+#[tokio::test]
+async fn kill_9_of_a_replica_ends_its_sessions_with_1006_and_spares_the_rest() {
+    let backend = Backend::start().await;
+    let Some(mut c) = Cluster::start(&backend, 3, "[sessions]\nheartbeat = \"1s\"\n").await else {
+        return;
+    };
+    // Sessions until every replica owns at least one.
+    let mut sessions = Vec::new();
+    for _ in 0..30 {
+        let s = c.open("/echo").await;
+        let owner = c.owner_of(&s.id);
+        sessions.push((s, owner));
+        let owned: std::collections::HashSet<_> = sessions.iter().map(|(_, o)| *o).collect();
+        if owned.len() == 3 {
+            break;
+        }
+    }
+    let victim = sessions[0].1;
+    assert!(sessions.iter().any(|(_, o)| *o != victim));
+    for (s, _) in &sessions {
+        assert_eq!(s.send_text("before").await.status(), StatusCode::NO_CONTENT);
+    }
+    // A live SSE reader (through whichever replica) on each session.
+    let mut readers = Vec::new();
+    for (s, _) in &sessions {
+        let mut sse = s.sse(Some(0)).await;
+        assert_eq!(sse.take(1).await, vec![Ev::Text(1, "before".into())]);
+        readers.push(sse);
+    }
+    c.kill(victim);
+    for ((s, owner), mut sse) in sessions.iter().zip(readers) {
+        if *owner != victim {
+            continue;
+        }
+        // Its reader ends with close 1006, on this connection if it was
+        // forwarded, else on the next, which lands on a live replica.
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        let close = loop {
+            assert!(tokio::time::Instant::now() < deadline, "no close 1006");
+            if let Some(raw) = sse.next_raw().await {
+                if let Some(ev) = Ev::from_sse(&raw) {
+                    break ev;
+                }
+                continue;
+            }
+            let Ok(resp) = c.http.get(s.url("/sse?cursor=1")).send().await else {
+                continue;
+            };
+            if resp.status() != StatusCode::OK {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+            sse = SseClient::new(resp);
+        };
+        assert!(matches!(close, Ev::Close(2, 1006, _)), "{close:?}");
+        // Poll and stream readers get the same.
+        let polled = s.poll_events(1, 1).await;
+        assert!(matches!(polled[..], [Ev::Close(2, 1006, _)]), "{polled:?}");
+        let streamed = s.stream_events(1, 1).await;
+        assert!(
+            matches!(streamed[..], [Ev::Close(2, 1006, _)]),
+            "{streamed:?}"
+        );
+    }
+    // Every other session carries on through the survivors.
+    for (s, owner) in &sessions {
+        if *owner == victim {
+            continue;
+        }
+        assert_eq!(s.send_text("after").await.status(), StatusCode::NO_CONTENT);
+        assert_eq!(s.poll_events(1, 1).await, vec![Ev::Text(2, "after".into())]);
+    }
+}
+
+#[tokio::test]
+async fn peers_come_and_go_with_dns_re_resolution() {
+    use std::net::Ipv4Addr;
+    use std::sync::{Arc, Mutex};
+    // No load balancer here: each replica is asked directly, so which one
+    // answers is the test's choice. Replicas on 127.0.0.1-3, one port.
+    let backend = Backend::start().await;
+    let answers = Arc::new(Mutex::new(vec![
+        Ipv4Addr::new(127, 0, 0, 1),
+        Ipv4Addr::new(127, 0, 0, 2),
+    ]));
+    let dns = harness::dns_stand_in("peers.test", Arc::clone(&answers)).await;
+    let port = support::free_port();
+    let mut key = tempfile::NamedTempFile::new().unwrap();
+    std::io::Write::write_all(&mut key, &[b'k'; 40]).unwrap();
+    let dns_env = dns.to_string();
+    let start = |n: u8| {
+        let toml = format!(
+            "[cluster]\nlisten = \"127.0.0.{n}:{port}\"\npeers_dns = \"peers.test:{port}\"\nsecret_file = \"{}\"\n",
+            key.path().display()
+        );
+        let advertise = format!("127.0.0.{n}:{port}");
+        let backend = &backend;
+        let dns_env = dns_env.clone();
+        async move {
+            support::ProxyProcess::start_with(
+                backend,
+                &toml,
+                &[],
+                &[
+                    ("WSBRIDGE_CLUSTER_ADVERTISE", advertise.as_str()),
+                    ("WSBRIDGE_CLUSTER_DNS_SERVER", dns_env.as_str()),
+                ],
+            )
+            .await
+        }
+    };
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let a = start(1).await;
+    let b = start(2).await;
+    harness::wait_peers(&http, &a, 1).await;
+    harness::wait_peers(&http, &b, 1).await;
+
+    // A session of B, used through A.
+    let sb = b.open("/echo").await;
+    let sb_via_a = support::Session::from_open(sb.json.clone(), a.url(""), http.clone());
+    assert_eq!(
+        sb_via_a.send_text("one").await.status(),
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        sb_via_a.poll_events(0, 1).await,
+        vec![Ev::Text(1, "one".into())]
+    );
+
+    // C starts, but is not in DNS yet: A does not forward to it.
+    let c = start(3).await;
+    harness::wait_peers(&http, &c, 2).await;
+    let sc = c.open("/echo").await;
+    let sc_via_a = support::Session::from_open(sc.json.clone(), a.url(""), http.clone());
+    assert_eq!(sc_via_a.send_text("early").await.status(), StatusCode::GONE);
+    // C's session itself is untouched.
+    assert_eq!(
+        sc.send_text("direct").await.status(),
+        StatusCode::NO_CONTENT
+    );
+
+    // C joins the DNS answer: A finds it on a later resolution.
+    answers.lock().unwrap().push(Ipv4Addr::new(127, 0, 0, 3));
+    harness::wait_peers(&http, &a, 2).await;
+    assert_eq!(
+        sc_via_a.send_text("joined").await.status(),
+        StatusCode::NO_CONTENT
+    );
+    let got = sc_via_a.poll_events(0, 2).await;
+    assert_eq!(
+        got,
+        vec![Ev::Text(1, "direct".into()), Ev::Text(2, "joined".into())]
+    );
+
+    // B leaves the answer: A forgets it, and B's sessions seen through A
+    // end with 1006, as after a replica loss.
+    answers
+        .lock()
+        .unwrap()
+        .retain(|ip| *ip != Ipv4Addr::new(127, 0, 0, 2));
+    harness::wait_peers(&http, &a, 1).await;
+    let polled = sb_via_a.poll_events(1, 1).await;
+    assert!(matches!(polled[..], [Ev::Close(2, 1006, _)]), "{polled:?}");
+    assert!(
+        harness::metric_of(
+            &http,
+            &a,
+            "wsbridge_cluster_forwarded_total",
+            "result=\"gone\""
+        )
+        .await
+            >= 2.0
+    );
+}
+
+#[tokio::test]
+async fn a_draining_replica_serves_its_forwarded_readers_to_the_end() {
+    let backend = Backend::start().await;
+    let Some(mut c) = Cluster::start(&backend, 3, "").await else {
+        return;
+    };
+    let http = c.http.clone();
+    let direct = |c: &Cluster, i: usize, s: &support::Session| {
+        let p = &c.replicas[i].as_ref().unwrap().process;
+        support::Session::from_open(s.json.clone(), p.url(""), http.clone())
+    };
+    // One session owned by replica 0, one by replica 1.
+    let p0 = &c.replicas[0].as_ref().unwrap().process;
+    let p1 = &c.replicas[1].as_ref().unwrap().process;
+    let s0 = p0.open("/echo").await;
+    let s1 = p1.open("/echo").await;
+    assert_eq!(s0.send_text("a").await.status(), StatusCode::NO_CONTENT);
+    assert_eq!(s1.send_text("b").await.status(), StatusCode::NO_CONTENT);
+    // Replica 0's session read through replica 2; replica 1's through 0.
+    let mut r0 = direct(&c, 2, &s0).sse(Some(0)).await;
+    assert_eq!(r0.take(1).await, vec![Ev::Text(1, "a".into())]);
+    let mut r1 = direct(&c, 0, &s1).sse(Some(0)).await;
+    assert_eq!(r1.take(1).await, vec![Ev::Text(1, "b".into())]);
+
+    c.replicas[0].as_ref().unwrap().process.signal("TERM");
+    // Its own session ends with the drain's 1001, delivered through the
+    // forwarding replica: the owner served the forwarded reader to the end.
+    assert_eq!(
+        r0.take(1).await,
+        vec![Ev::Close(2, 1001, "proxy shutting down".into())]
+    );
+    // The reader it forwarded ends with no close event: its client
+    // reconnects elsewhere, and the session carries on.
+    let mut rest = Vec::new();
+    while let Some(raw) = r1.next_raw().await {
+        rest.extend(Ev::from_sse(&raw));
+    }
+    assert_eq!(rest, vec![], "no event after a forwarder's drain");
+    let via2 = direct(&c, 2, &s1);
+    assert_eq!(via2.send_text("c").await.status(), StatusCode::NO_CONTENT);
+    assert_eq!(via2.sse_events(1, 1).await, vec![Ev::Text(2, "c".into())]);
+    let mut p0 = c.replicas[0].take().unwrap().process;
+    let status = p0.wait_exit(std::time::Instant::now() + PATIENCE).await;
+    assert_eq!(status.map(|s| s.code()), Some(Some(0)), "{}", p0.stderr());
+}
+
+/// The Kubernetes example's proxy.toml (its ConfigMap) loads, `[cluster]`
+/// and all, with the advertise address the Deployment sets.
+#[test]
+fn the_kubernetes_example_config_loads() {
+    let yaml = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/examples/k8s/deployment.yaml"
+    ))
+    .unwrap();
+    let mut lines = yaml
+        .lines()
+        .skip_while(|l| !l.trim_start().starts_with("proxy.toml: |"));
+    lines.next().expect("a proxy.toml key in the ConfigMap");
+    let toml: String = lines
+        .take_while(|l| l.is_empty() || l.starts_with("    "))
+        .map(|l| format!("{}\n", l.get(4..).unwrap_or("")))
+        .collect();
+    let mut key = tempfile::NamedTempFile::new().unwrap();
+    std::io::Write::write_all(&mut key, &[b'k'; 44]).unwrap();
+    let toml = toml.replace(
+        "/etc/wsbridge-cluster/cluster.key",
+        &key.path().display().to_string(),
+    );
+    let overrides = wsbridge::config::Overrides {
+        cluster_advertise: Some("10.1.2.3:8081".into()),
+        ..Default::default()
+    };
+    let config = wsbridge::Config::from_toml_with(&toml, &overrides)
+        .expect("the example's proxy.toml loads");
+    let cluster = config.cluster.expect("the example runs a cluster");
+    assert_eq!(cluster.advertise, "10.1.2.3:8081".parse().unwrap());
+    assert!(matches!(
+        cluster.peers,
+        wsbridge::config::PeerSource::Dns(_)
+    ));
+}
