@@ -6,7 +6,8 @@
 //!
 //! - [`config`]: raw TOML → validated [`Config`]; defaults.
 //! - `state`: [`AppState`], what every request can reach, and why.
-//! - [`net`]: listeners, TLS and its reload, connection serving, the
+//! - [`net`]: listeners (main, admin, the cluster's internal one), TLS and
+//!   its reload, connection serving with a bound on every phase, the
 //!   HTTP/1.1 front end, the graceful drain; [`run`].
 //! - `http`: the one service: classify once, origin check and CORS,
 //!   dispatch, the one error → response mapping, the log line and metrics.
@@ -16,14 +17,16 @@
 //! - `forwarded`: the connection's peer, the client address, X-Forwarded-*.
 //! - `trace`: request ids and W3C trace context, checked on arrival and
 //!   carried upstream.
-//! - `body`: the request and response body types.
+//! - `body`: the request and response body types; the request-body deadline.
 //! - `error`: the error types of each layer.
 //! - `bridge`: the bridge endpoints, one file each (open, read, send, close, ops).
 //! - `passthrough`: the plain reverse proxy and the WebSocket splice.
 //! - `transport`: one module per downstream transport (sse, stream, poll).
-//! - `session`: a session, its registry and its replay queue.
+//! - `session`: a session, its registry, its replay queue and the
+//!   process-wide replay budget.
 //! - `upstream`: the task that owns one upstream WebSocket.
-//! - `metrics`: counters, gauges, histograms and the exposition.
+//! - `metrics`: counters, gauges, histograms, process metrics and the
+//!   exposition in the format the scraper asks for.
 //! - `client`: the JavaScript client, embedded at build time.
 //! - `inject`: streaming injection of the client into HTML pages.
 //! - [`shutdown`]: signals and the shutdown token.

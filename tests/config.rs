@@ -661,6 +661,15 @@ fn the_new_durations_are_validated() {
         &format!("{UPSTREAM}pool_idle_timeout = 90\n"),
         &["upstream.pool_idle_timeout", "\"90s\""],
     );
+    // The delay is part of the drain's timeout, so it must leave room.
+    refused(
+        &format!("{UPSTREAM}[server]\ndrain_delay = \"10s\"\n"),
+        &[
+            "server.drain_delay",
+            "shorter than server.drain_timeout",
+            "10s",
+        ],
+    );
     // Zero is a valid delay: close at once.
     let t = effective(&check(
         &format!("{UPSTREAM}[server]\ndrain_delay = \"0s\"\n"),

@@ -942,6 +942,12 @@ fn any_config() -> impl Strategy<Value = Config> {
                 server;
             s.listen = listen;
             s.prefix = prefix;
+            // A valid config's delay is shorter than its drain timeout.
+            let delay = if delay < drain {
+                delay
+            } else {
+                std::time::Duration::ZERO
+            };
             (s.drain_timeout, s.drain_delay, s.header_read_timeout) = (drain, delay, head);
             (s.keepalive_timeout, s.body_timeout, s.write_timeout) = (keep, body, write);
             (s.min_recv_rate, s.min_send_rate, s.max_header_bytes) = rates;

@@ -680,6 +680,15 @@ fn validate(raw: RawConfig, cluster_advertise: Option<String>) -> Result<Config,
         )?,
         max_connections: max_connections(server.max_connections)?,
     };
+    if server.drain_delay >= server.drain_timeout {
+        return Err(invalid(
+            "server.drain_delay",
+            format!(
+                "must be shorter than server.drain_timeout ({}), which counts from the signal and includes the delay: sessions would get no time to close",
+                humantime::format_duration(server.drain_timeout)
+            ),
+        ));
+    }
 
     let Some(upstream_url) = upstream.url else {
         return Err(invalid(
