@@ -68,9 +68,10 @@ pub use state::AppState;
 /// `tests/fuzz.rs` and the fuzz targets; not an API.
 #[doc(hidden)]
 pub mod parsers {
-    pub use crate::bridge::{parse_open, parse_seq};
+    pub use crate::bridge::{parse_batch_line, parse_open, parse_seq};
     pub use crate::routing::{page_path, resolve};
     pub use crate::session::replay::{Event, EventData};
+    pub use crate::transport::channel::parse_cursors;
     pub use crate::transport::poll::parse_wait;
     pub use crate::transport::{
         parse_cursor, resume_cursor, sse, write_event_json, write_json_str,
