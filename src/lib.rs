@@ -14,10 +14,13 @@
 //! - `forwarded`: the connection's peer, the client address, X-Forwarded-*.
 //! - `body`: the request and response body types.
 //! - `error`: the error types of each layer.
-//! - `bridge`: the bridge endpoints, one file each (open, read, send, close, ops).
+//! - `bridge`: the bridge endpoints, one file each (open, read, send, close,
+//!   ops, channel).
 //! - `passthrough`: the plain reverse proxy and the WebSocket splice.
-//! - `transport`: one module per downstream transport (sse, stream, poll).
-//! - `session`: a session, its registry and its replay queue.
+//! - `transport`: one module per downstream transport (sse, stream, poll),
+//!   and the channel's tagged forms of them.
+//! - `session`: a session, its registry and its replay queue; the
+//!   multiplexed channel (many sessions, one reader).
 //! - `upstream`: the task that owns one upstream WebSocket.
 //! - `metrics`: counters, gauges, histograms and the exposition.
 //! - `client`: the JavaScript client, embedded at build time.
