@@ -550,3 +550,90 @@ pub async fn watch_idle(channel: Arc<Channel>, registry: Arc<ChannelRegistry>, i
         tokio::time::sleep_until(deadline).await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Overflow;
+    use crate::session::registry::Registry;
+    use crate::session::testing::{limits, session};
+    use bytes::Bytes;
+
+    fn config() -> ChannelConfig {
+        ChannelConfig {
+            max_channels: 2,
+            max_sessions_per_channel: 2,
+            max_batch_frames: 8,
+            max_batch_bytes: 1024,
+        }
+    }
+
+    fn text() -> EventData {
+        EventData::Text(Bytes::from_static(b"x"))
+    }
+
+    fn counts(batch: ChannelBatch) -> Vec<(String, usize)> {
+        let ChannelBatch::Items(items) = batch else {
+            panic!("not items: {batch:?}")
+        };
+        items
+            .into_iter()
+            .map(|i| match i {
+                Item::Events(id, e) => (id.to_string(), e.len()),
+                Item::Detached(id) => (format!("detached {id}"), 0),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn each_session_gets_a_bounded_turn_and_a_move_is_told() {
+        let metrics = Arc::new(Metrics::new());
+        let registry = Registry::new(10, 0, 1 << 20);
+        let channels = ChannelRegistry::new(config(), Arc::clone(&metrics));
+        let l = limits(1 << 20, Overflow::Backpressure);
+        let (busy, _h1) = session(&registry, l, Arc::clone(&metrics));
+        let (quiet, _h2) = session(&registry, l, Arc::clone(&metrics));
+        for _ in 0..200 {
+            busy.push(text());
+        }
+        quiet.push(text());
+        let a = channels.create().unwrap();
+        channels.attach(&a, &busy, 0).unwrap();
+        channels.attach(&a, &quiet, 0).unwrap();
+        let mut reader = a.attach_reader(Transport::Stream, &[]).unwrap();
+        // One pass: the busy one gives a turn, the quiet one its event.
+        let got = counts(reader.try_next(1000, 1 << 20));
+        assert_eq!(got, [(busy.id.clone(), TURN_EVENTS), (quiet.id.clone(), 1)]);
+        // Then the busy one alone, a turn at a time.
+        assert_eq!(
+            counts(reader.try_next(1000, 1 << 20)),
+            [(busy.id.clone(), TURN_EVENTS)]
+        );
+        // Full: a third session is refused; a cursor past the end too.
+        let (third, _h3) = session(&registry, l, Arc::clone(&metrics));
+        assert!(channels.attach(&a, &third, 0).is_err());
+        assert!(matches!(
+            a.attach_reader(Transport::Stream, &[(busy.id.clone(), 999)]),
+            Err(BridgeError::BadCursor)
+        ));
+        // Moved to another channel: the first one's reader is told.
+        let b = channels.create().unwrap();
+        channels.attach(&b, &quiet, 1).unwrap();
+        assert!(a.session(&quiet.id).is_none());
+        let got = counts(reader.try_next(1000, 1 << 20));
+        assert_eq!(got[0], (format!("detached {}", quiet.id), 0));
+        // A newer reader supersedes; ending the channel ends its reader.
+        let mut newer = a.attach_reader(Transport::Poll, &[]).unwrap();
+        assert!(matches!(reader.try_next(10, 10), ChannelBatch::Superseded));
+        assert!(channels.create().is_err(), "max_channels");
+        channels.end(&a);
+        assert!(matches!(newer.try_next(10, 10), ChannelBatch::Ended));
+        assert!(channels.get(&a.id).is_none());
+        assert_eq!(channels.active(), 1);
+        assert!(
+            metrics
+                .render(&Default::default())
+                .contains("wsbridge_channel_sessions 1")
+        );
+    }
+}
