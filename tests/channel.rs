@@ -742,3 +742,26 @@ async fn an_idle_channel_ends_and_its_sessions_then_idle_on_their_own() {
         tokio::time::sleep(Duration::from_millis(400)).await;
     }
 }
+
+#[tokio::test]
+async fn a_session_read_on_its_own_is_off_the_channel_even_without_a_channel_reader() {
+    let backend = Backend::start().await;
+    let proxy = Proxy::start(&backend, "").await;
+    let chan = open_channel(&proxy).await;
+    let s = chan.open("/echo").await;
+    let own = proxy
+        .http
+        .get(proxy.url(&format!("/_bridge/sessions/{s}/poll?wait=0")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(own.status(), StatusCode::OK);
+    let (_, body) = chan.batch(&[json!({"session": s, "data": "x"})]).await;
+    assert_eq!(body["results"][0]["status"], 404);
+    // The next reader learns it was taken off.
+    let mut reader = Reader::open(&chan, "stream", "").await;
+    assert_eq!(
+        reader.next().await.unwrap(),
+        json!({"session": s, "type": "detached"})
+    );
+}

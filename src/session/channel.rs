@@ -307,13 +307,22 @@ impl Channel {
         Self::wake(st);
     }
 
-    /// The session `id` if it is on this channel.
+    /// The session `id` if it is on this channel. One whose reader was
+    /// superseded (read on its own, or elsewhere) is taken off here, even
+    /// before the channel's reader notices.
     pub fn session(&self, id: &str) -> Option<Arc<Session>> {
-        let st = self.state();
-        st.members
+        let mut st = self.state();
+        let i = st
+            .members
             .iter()
-            .find(|m| m.reader.session().id == id)
-            .map(|m| Arc::clone(m.reader.session()))
+            .position(|m| m.reader.session().id == id)?;
+        if !st.members[i].reader.is_live() {
+            self.drop_member(&mut st, i);
+            push_notice(&mut st, id.to_owned());
+            Self::wake(st);
+            return None;
+        }
+        Some(Arc::clone(st.members[i].reader.session()))
     }
 
     /// Sessions on the channel.

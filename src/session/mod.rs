@@ -683,6 +683,11 @@ impl Reader {
         &self.session
     }
 
+    /// False once a newer reader has superseded this one.
+    pub fn is_live(&self) -> bool {
+        self.session.state().reader_generation == self.generation
+    }
+
     /// Takes events after the cursor; with nothing to take, leaves the
     /// task's waker (when given) for whoever changes that, under the same
     /// lock, so no wake-up is lost between looking and waiting.
