@@ -46,6 +46,12 @@ pub enum BridgeError {
     },
     /// The session's route does not allow this transport.
     TransportNotAllowed,
+    /// Unknown, malformed or ended channel id: the same answer for each.
+    UnknownChannel,
+    /// 413: a channel batch with more than `channel.max_batch_frames` lines.
+    TooManyFrames {
+        limit: usize,
+    },
     /// No route for the path, or the route does not bridge.
     NoRoute,
     /// 400 with a machine-readable code and a human detail.

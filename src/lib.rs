@@ -19,11 +19,14 @@
 //!   carried upstream.
 //! - `body`: the request and response body types; the request-body deadline.
 //! - `error`: the error types of each layer.
-//! - `bridge`: the bridge endpoints, one file each (open, read, send, close, ops).
+//! - `bridge`: the bridge endpoints, one file each (open, read, send, close,
+//!   ops, channel).
 //! - `passthrough`: the plain reverse proxy and the WebSocket splice.
-//! - `transport`: one module per downstream transport (sse, stream, poll).
+//! - `transport`: one module per downstream transport (sse, stream, poll),
+//!   and the channel's tagged forms of them.
 //! - `session`: a session, its registry, its replay queue and the
-//!   process-wide replay budget.
+//!   process-wide replay budget; the multiplexed channel (many sessions,
+//!   one reader).
 //! - `upstream`: the task that owns one upstream WebSocket.
 //! - `metrics`: counters, gauges, histograms, process metrics and the
 //!   exposition in the format the scraper asks for.
@@ -78,10 +81,11 @@ pub use state::AppState;
 /// `tests/fuzz.rs` and the fuzz targets; not an API.
 #[doc(hidden)]
 pub mod parsers {
-    pub use crate::bridge::{parse_open, parse_seq};
+    pub use crate::bridge::{parse_batch_line, parse_open, parse_seq};
     pub use crate::net::h1::{Head as H1Head, Parsed as H1Parsed, parse_head as h1_parse_head};
     pub use crate::routing::{page_path, resolve};
     pub use crate::session::replay::{Event, EventData};
+    pub use crate::transport::channel::parse_cursors;
     pub use crate::transport::poll::parse_wait;
     pub use crate::transport::{
         parse_cursor, resume_cursor, sse, write_event_json, write_json_str,

@@ -161,6 +161,41 @@ pub struct Metrics {
     forward_duration: Family<EndpointLabel, Histogram>,
     /// Peers in the discovered set, this replica excluded.
     cluster_peers: Gauge,
+    /// The multiplexed channels: open ones, sessions on them, batch frames.
+    pub channel: ChannelMetrics,
+}
+
+/// The channel's own metrics, kept together so the channel code owns them.
+pub struct ChannelMetrics {
+    pub active: Gauge,
+    pub sessions: Gauge,
+    pub batch_frames: Counter,
+}
+
+impl ChannelMetrics {
+    fn register(registry: &mut Registry) -> Self {
+        let m = ChannelMetrics {
+            active: Gauge::default(),
+            sessions: Gauge::default(),
+            batch_frames: Counter::default(),
+        };
+        registry.register(
+            "wsbridge_channels_active",
+            "Open multiplexed channels",
+            m.active.clone(),
+        );
+        registry.register(
+            "wsbridge_channel_sessions",
+            "Sessions attached to a channel",
+            m.sessions.clone(),
+        );
+        registry.register(
+            "wsbridge_channel_batch_frames",
+            "Frames received in channel batch sends",
+            m.batch_frames.clone(),
+        );
+        m
+    }
 }
 
 impl Default for Metrics {
@@ -311,7 +346,9 @@ impl Metrics {
             "Replicas in the discovered peer set, this one excluded",
             cluster_peers.clone(),
         );
+        let channel = ChannelMetrics::register(&mut registry);
         Metrics {
+            channel,
             registry: Mutex::new(registry),
             forwarded,
             forward_duration,

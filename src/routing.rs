@@ -16,6 +16,10 @@ pub enum Endpoint<'a> {
     Send(&'a str),
     /// `DELETE {prefix}/sessions/{id}`.
     Session(&'a str),
+    /// `POST {prefix}/channels`: open a multiplexed channel.
+    Channels,
+    /// `{prefix}/channels/{id}[/part]`.
+    Channel(&'a str, ChannelPart),
     ClientJs,
     ClientMjs,
     Healthz,
@@ -25,9 +29,40 @@ pub enum Endpoint<'a> {
     NotFound,
 }
 
+/// What of a channel an endpoint names: `{prefix}/channels/{id}/<part>`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChannelPart {
+    /// The channel itself (`DELETE` ends it).
+    Root,
+    Sessions,
+    Attach,
+    Detach,
+    Sse,
+    Stream,
+    Poll,
+    Send,
+}
+
+impl ChannelPart {
+    fn name(self) -> &'static str {
+        match self {
+            ChannelPart::Root => "channel_close",
+            ChannelPart::Sessions => "channel_open",
+            ChannelPart::Attach => "channel_attach",
+            ChannelPart::Detach => "channel_detach",
+            ChannelPart::Sse => "channel_sse",
+            ChannelPart::Stream => "channel_stream",
+            ChannelPart::Poll => "channel_poll",
+            ChannelPart::Send => "channel_send",
+        }
+    }
+}
+
 impl Endpoint<'_> {
     pub fn name(&self) -> &'static str {
         match self {
+            Endpoint::Channels => "channel",
+            Endpoint::Channel(_, part) => part.name(),
             Endpoint::Open => "open",
             Endpoint::Sse(_) => "sse",
             Endpoint::Stream(_) => "stream",
@@ -53,6 +88,8 @@ impl Endpoint<'_> {
                 | Endpoint::Poll(_)
                 | Endpoint::Send(_)
                 | Endpoint::Session(_)
+                | Endpoint::Channels
+                | Endpoint::Channel(..)
         )
     }
 }
@@ -117,12 +154,14 @@ pub fn classify<'a>(prefix: &str, path: &'a str) -> Option<Endpoint<'a>> {
     let rest = &path[prefix.len()..];
     let endpoint = match rest {
         "/sessions" => Endpoint::Open,
+        "/channels" => Endpoint::Channels,
         "/client.js" => Endpoint::ClientJs,
         "/client.mjs" => Endpoint::ClientMjs,
         "/healthz" => Endpoint::Healthz,
         "/readyz" => Endpoint::Readyz,
         "/metrics" => Endpoint::Metrics,
         "/transports" => Endpoint::Transports,
+        _ if rest.starts_with("/channels/") => classify_channel(&rest["/channels/".len()..]),
         _ => match rest
             .strip_prefix("/sessions/")
             .map(|s| s.split_once('/').unwrap_or((s, "")))
@@ -137,6 +176,25 @@ pub fn classify<'a>(prefix: &str, path: &'a str) -> Option<Endpoint<'a>> {
         },
     };
     Some(endpoint)
+}
+
+fn classify_channel(rest: &str) -> Endpoint<'_> {
+    let (id, part) = rest.split_once('/').unwrap_or((rest, ""));
+    let part = match part {
+        "" => ChannelPart::Root,
+        "sessions" => ChannelPart::Sessions,
+        "attach" => ChannelPart::Attach,
+        "detach" => ChannelPart::Detach,
+        "sse" => ChannelPart::Sse,
+        "stream" => ChannelPart::Stream,
+        "poll" => ChannelPart::Poll,
+        "send" => ChannelPart::Send,
+        _ => return Endpoint::NotFound,
+    };
+    if id.is_empty() {
+        return Endpoint::NotFound;
+    }
+    Endpoint::Channel(id, part)
 }
 
 /// The route for a WebSocket path: a route whose `path` equals it, else the

@@ -20,6 +20,7 @@ use crate::body::Inbound;
 use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::metrics::{CloseReason, Metrics};
+use crate::session::channel::ChannelRegistry;
 use crate::session::registry::Registry;
 use crate::upstream;
 
@@ -41,6 +42,9 @@ pub struct AppState {
     /// Every live and lingering session, by id: the bridge endpoints find
     /// their session here, and the drain closes them all.
     pub(crate) registry: Arc<Registry>,
+    /// Every open multiplexed channel, by id, and which channel each
+    /// attached session is on.
+    pub(crate) channels: Arc<ChannelRegistry>,
     /// Counters and histograms, shared with the sessions and their
     /// upstream tasks, rendered at `/metrics`.
     pub(crate) metrics: Arc<Metrics>,
@@ -69,13 +73,18 @@ impl AppState {
     pub fn new(config: Config) -> io::Result<Arc<AppState>> {
         let upstream_tls = upstream::tls_client_config(config.upstream.ca_file.as_deref())?;
         let upstream_http = upstream_http(&config, &upstream_tls);
+        let metrics = Arc::new(Metrics::new());
         Ok(Arc::new(AppState {
+            channels: Arc::new(ChannelRegistry::new(
+                config.channel.clone(),
+                Arc::clone(&metrics),
+            )),
             registry: Arc::new(Registry::new(
                 config.sessions.max_sessions,
                 config.sessions.max_sessions_per_client,
                 config.replay.max_total_bytes,
             )),
-            metrics: Arc::new(Metrics::new()),
+            metrics,
             upstream_http,
             upstream_tls,
             drain: CancellationToken::new(),

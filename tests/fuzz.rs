@@ -21,8 +21,9 @@ use wsbridge::Config;
 use wsbridge::parsers::{Event, EventData};
 use wsbridge::parsers::{H1Parsed, h1_parse_head};
 use wsbridge::parsers::{page_path, resolve};
+use wsbridge::parsers::{parse_batch_line, parse_cursors, parse_open, parse_seq};
 use wsbridge::parsers::{parse_cursor, parse_wait, resume_cursor, sse};
-use wsbridge::parsers::{parse_open, parse_seq};
+use wsbridge::session::Frame;
 
 /// `n` cases per property: enough to run in a few seconds in `cargo test`.
 /// `PROPTEST_CASES=100000 cargo test --release --test fuzz` searches longer.
@@ -1166,6 +1167,13 @@ fn head_bytes() -> impl Strategy<Value = Vec<u8>> {
         })
 }
 
+// ---- the channel: `?cursors=` and the batch lines ---------------------------------
+
+/// A session id as the proxy makes them: 22 characters of base64url.
+fn session_id() -> impl Strategy<Value = String> {
+    "[A-Za-z0-9_-]{22}"
+}
+
 proptest! {
     #![proptest_config(cases(2000))]
 
@@ -1193,4 +1201,97 @@ proptest! {
         }
         prop_assert!(matches!(h1_parse_head(&data[..head.len - 1], "/_bridge"), H1Parsed::Partial));
     }
+}
+
+proptest! {
+    #![proptest_config(cases(2000))]
+
+    #[test]
+    fn cursors_lists_never_panic(text in ".{0,120}", max in 0usize..8) {
+        if let Ok(list) = parse_cursors(&text, max) {
+            // What is accepted is well formed, and written back, the same.
+            prop_assert!(list.len() <= max);
+            let again: Vec<String> = list.iter().map(|(s, c)| format!("{s}:{c}")).collect();
+            prop_assert_eq!(again.join(","), text);
+        }
+    }
+
+    #[test]
+    fn valid_cursors_lists_round_trip(
+        entries in proptest::collection::btree_map(session_id(), any::<u64>(), 0..6),
+    ) {
+        let list: Vec<(String, u64)> = entries.into_iter().collect();
+        let text: Vec<String> = list.iter().map(|(s, c)| format!("{s}:{c}")).collect();
+        let text = text.join(",");
+        prop_assert_eq!(parse_cursors(&text, 6).unwrap(), list.clone());
+        // One too many, a repeat, or a mangled cursor: refused.
+        if !list.is_empty() {
+            prop_assert!(parse_cursors(&text, list.len() - 1).is_err());
+            let repeat = format!("{text},{}:1", list[0].0);
+            prop_assert!(parse_cursors(&repeat, 8).is_err());
+            let leading_zero = format!("{text},{}:01", "Z".repeat(22));
+            prop_assert!(parse_cursors(&leading_zero, 8).is_err());
+        }
+    }
+
+    #[test]
+    fn batch_lines_never_panic(line in proptest::collection::vec(any::<u8>(), 0..200), max in 0usize..64) {
+        let _ = parse_batch_line(&line, max);
+    }
+
+    #[test]
+    fn batch_lines_that_look_like_frames_never_panic(
+        session in prop_oneof![session_id(), ".{0,30}"],
+        seq in prop_oneof![Just("".to_owned()), any::<i64>().prop_map(|n| format!(",\"seq\":{n}")), "[,\"seq\":]{0,3}[0-9.e-]{0,6}"],
+        kind in prop_oneof![Just(""), Just(",\"type\":\"text\""), Just(",\"type\":\"binary\""), Just(",\"type\":\"x\"")],
+        data in ".{0,40}",
+    ) {
+        let line = format!("{{\"session\":{}{seq}{kind},\"data\":{}}}", json_str(&session), json_str(&data));
+        match parse_batch_line(line.as_bytes(), 1 << 20) {
+            Ok(f) => prop_assert_eq!(f.session, session),
+            // A failure names its session whenever the line is a JSON object with one.
+            Err(e) => if serde_json::from_str::<serde_json::Value>(&line).is_ok() {
+                prop_assert_eq!(e.session, Some(session));
+            },
+        }
+    }
+
+    #[test]
+    fn valid_batch_lines_round_trip(
+        session in session_id(),
+        seq in proptest::option::of(1u64..),
+        text in ".{0,40}",
+        bytes in proptest::collection::vec(any::<u8>(), 0..40),
+        binary in any::<bool>(),
+    ) {
+        use base64::Engine;
+        let mut v = serde_json::json!({"session": session});
+        if let Some(n) = seq {
+            v["seq"] = n.into();
+        }
+        if binary {
+            v["type"] = "binary".into();
+            v["data"] = base64::engine::general_purpose::STANDARD.encode(&bytes).into();
+        } else {
+            v["type"] = "text".into();
+            v["data"] = text.clone().into();
+        }
+        let line = v.to_string();
+        let f = parse_batch_line(line.as_bytes(), 1 << 20).unwrap();
+        prop_assert_eq!(&f.session, &session);
+        prop_assert_eq!(f.seq, seq);
+        match f.frame {
+            Frame::Binary(b) => { prop_assert!(binary); prop_assert_eq!(&b[..], &bytes[..]); }
+            Frame::Text(t) => { prop_assert!(!binary); prop_assert_eq!(&t[..], text.as_bytes()); }
+        }
+        // The frame limit is on the decoded length.
+        let len = if binary { bytes.len() } else { text.len() };
+        if len > 0 {
+            prop_assert!(parse_batch_line(line.as_bytes(), len - 1).is_err());
+        }
+    }
+}
+
+fn json_str(s: &str) -> String {
+    serde_json::Value::from(s).to_string()
 }

@@ -62,7 +62,13 @@ async fn sse_framing_headers_retry_ids_and_heartbeats() {
             .unwrap();
         text.push_str(std::str::from_utf8(&chunk).unwrap());
     }
-    assert!(text.starts_with("retry: 1500\n\n"), "{text:?}");
+    // The prelude: one comment line of 2 KiB of padding, then the retry line.
+    let prelude = format!(":{}\n\n", " ".repeat(2048));
+    assert!(text.starts_with(&prelude), "{text:?}");
+    assert!(
+        text[prelude.len()..].starts_with("retry: 1500\n\n"),
+        "{text:?}"
+    );
     assert!(
         text.contains("id: 1\ndata: 1:\n\nid: 2\ndata: 2:\n\n"),
         "{text:?}"
@@ -173,6 +179,11 @@ async fn stream_is_ndjson_with_heartbeats() {
         json!({"id": 3, "type": "text", "data": "3:"})
     );
     assert_eq!(lines.next().await.unwrap(), json!({"type": "heartbeat"}));
+    // The first line was the prelude: 2 KiB of padding.
+    assert_eq!(
+        lines.prelude,
+        Some(json!({"type": "prelude", "pad": " ".repeat(2048)}))
+    );
 }
 
 #[tokio::test]

@@ -4,6 +4,7 @@
 //! error becomes a response in `http::error`, and the origin check, CORS
 //! and the shared headers are `http`'s too.
 
+mod channel;
 mod close;
 mod open;
 mod ops;
@@ -26,6 +27,7 @@ use crate::routing::Endpoint;
 use crate::session::Session;
 use crate::state::AppState;
 
+pub use channel::parse_batch_line;
 pub use open::parse_open;
 pub(crate) use ops::admin;
 pub use send::parse_seq;
@@ -74,6 +76,12 @@ pub(crate) async fn dispatch(
         | Endpoint::Readyz
         | Endpoint::Metrics
         | Endpoint::Transports => Err(BridgeError::MethodNotAllowed("GET, HEAD")),
+        Endpoint::Channels if method == Method::POST => channel::create(state),
+        Endpoint::Channels => Err(BridgeError::MethodNotAllowed("POST")),
+        Endpoint::Channel(id, part) => {
+            let id = id.to_owned();
+            Box::pin(channel::dispatch(&id, part, req, conn, state)).await
+        }
         Endpoint::NotFound => Err(BridgeError::NotFound),
     }
 }

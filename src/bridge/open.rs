@@ -77,6 +77,17 @@ pub(super) async fn open(
     conn: ConnInfo,
     state: &Arc<AppState>,
 ) -> Result<Response<Body>, BridgeError> {
+    let session = open_session(req, conn, state).await?;
+    Ok(answer(&session, state))
+}
+
+/// Opens a session from an open request: everything `POST {prefix}/sessions`
+/// does but the answer (a channel's open attaches the session first).
+pub(super) async fn open_session(
+    req: Request<RequestBody>,
+    conn: ConnInfo,
+    state: &Arc<AppState>,
+) -> Result<Arc<Session>, BridgeError> {
     if state.is_draining() {
         return Err(BridgeError::Unavailable {
             code: "draining",
@@ -144,7 +155,12 @@ pub(super) async fn open(
         // Shutdown began during the handshake: the drain missed this one.
         session.close(1001, "proxy shutting down", CloseReason::Drain);
     }
+    Ok(session)
+}
 
+/// The `201` answer of an open: the session's id, protocol and links.
+pub(super) fn answer(session: &Session, state: &AppState) -> Response<Body> {
+    let config = &state.config;
     let base = format!("{}/sessions/{}", config.server.prefix, session.id);
     let mut links = serde_json::Map::new();
     for t in [Transport::Sse, Transport::Stream, Transport::Poll] {
@@ -160,7 +176,7 @@ pub(super) async fn open(
         "heartbeat_ms": u64::try_from(config.sessions.heartbeat.as_millis()).unwrap_or(u64::MAX),
         "links": links,
     });
-    Ok(json_response(StatusCode::CREATED, &body))
+    json_response(StatusCode::CREATED, &body)
 }
 
 /// The headers passed on the upstream handshake: the browser's identity

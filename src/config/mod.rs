@@ -108,6 +108,7 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub security: SecurityConfig,
     pub client: ClientConfig,
+    pub channel: ChannelConfig,
     pub admin: Option<AdminConfig>,
     /// `[cluster]`: `None` is a lone replica, ids as before.
     pub cluster: Option<ClusterConfig>,
@@ -219,6 +220,19 @@ pub struct ReplayConfig {
     /// sessions included; never below `max_bytes`.
     pub max_total_bytes: usize,
     pub overflow: Overflow,
+}
+
+/// `[channel]`: the multiplexed channels (many sessions, one reader).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ChannelConfig {
+    /// Open channels, in all.
+    pub max_channels: usize,
+    /// Sessions on one channel at a time.
+    pub max_sessions_per_channel: usize,
+    /// Frames in one `POST .../channels/{id}/send`.
+    pub max_batch_frames: usize,
+    /// Bytes of one batch body.
+    pub max_batch_bytes: usize,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -622,6 +636,7 @@ fn validate(raw: RawConfig, cluster_advertise: Option<String>) -> Result<Config,
         limits,
         security,
         client,
+        channel,
         admin,
         cluster,
     } = raw;
@@ -940,6 +955,23 @@ fn validate(raw: RawConfig, cluster_advertise: Option<String>) -> Result<Config,
         trusted_proxies,
     };
 
+    let channel = ChannelConfig {
+        max_channels: count("channel.max_channels", channel.max_channels, 1000, false)?,
+        max_sessions_per_channel: count(
+            "channel.max_sessions_per_channel",
+            channel.max_sessions_per_channel,
+            256,
+            false,
+        )?,
+        max_batch_frames: count(
+            "channel.max_batch_frames",
+            channel.max_batch_frames,
+            256,
+            false,
+        )?,
+        max_batch_bytes: size("channel.max_batch_bytes", channel.max_batch_bytes, 4 << 20)?,
+    };
+
     let admin = match admin {
         None => None,
         Some(a) => {
@@ -989,6 +1021,7 @@ fn validate(raw: RawConfig, cluster_advertise: Option<String>) -> Result<Config,
         client: ClientConfig {
             inject: client.inject.unwrap_or(false),
         },
+        channel,
         admin,
         cluster,
         warnings: Vec::new(),
@@ -1114,6 +1147,12 @@ impl From<&Config> for RawConfig {
             },
             client: RawClient {
                 inject: Some(c.client.inject),
+            },
+            channel: RawChannel {
+                max_channels: count(c.channel.max_channels),
+                max_sessions_per_channel: count(c.channel.max_sessions_per_channel),
+                max_batch_frames: count(c.channel.max_batch_frames),
+                max_batch_bytes: size(c.channel.max_batch_bytes),
             },
             admin: c.admin.as_ref().map(|a| RawAdmin {
                 listen: Some(a.listen.to_string()),

@@ -33,6 +33,8 @@ pub(crate) struct RawConfig {
     pub security: RawSecurity,
     #[serde(default)]
     pub client: RawClient,
+    #[serde(default)]
+    pub channel: RawChannel,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub admin: Option<RawAdmin>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -180,6 +182,19 @@ pub(crate) struct RawSecurity {
     pub allowed_origins: Vec<String>,
     #[serde(default)]
     pub trusted_proxies: Vec<String>,
+}
+
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, expecting = "a table of [channel] keys")]
+pub(crate) struct RawChannel {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_channels: Option<Count>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_sessions_per_channel: Option<Count>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_batch_frames: Option<Count>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_batch_bytes: Option<Size>,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]

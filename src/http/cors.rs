@@ -7,7 +7,7 @@ use http::{Response, StatusCode};
 
 use crate::body::{Body, status_only};
 use crate::config::SecurityConfig;
-use crate::routing::Endpoint;
+use crate::routing::{ChannelPart, Endpoint};
 
 /// Headers a cross-origin page may send on bridge requests.
 const CORS_ALLOW_HEADERS: &str =
@@ -62,6 +62,13 @@ pub(super) fn finish(
         Endpoint::Stream(_) => Some("stream"),
         Endpoint::Poll(_) => Some("poll"),
         Endpoint::Send(_) => Some("send"),
+        Endpoint::Channel(_, part) => match part {
+            ChannelPart::Sse => Some("sse"),
+            ChannelPart::Stream => Some("stream"),
+            ChannelPart::Poll => Some("poll"),
+            ChannelPart::Send => Some("send"),
+            _ => None,
+        },
         _ => None,
     };
     if let Some(t) = transport {

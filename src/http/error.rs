@@ -68,12 +68,15 @@ fn bridge_status(e: &BridgeError) -> StatusCode {
         BridgeError::NotFound
         | BridgeError::UnknownSession
         | BridgeError::TransportNotAllowed
-        | BridgeError::NoRoute => StatusCode::NOT_FOUND,
+        | BridgeError::NoRoute
+        | BridgeError::UnknownChannel => StatusCode::NOT_FOUND,
         BridgeError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
         BridgeError::SessionClosed { .. } => StatusCode::GONE,
         BridgeError::BadRequest { .. } | BridgeError::BadCursor => StatusCode::BAD_REQUEST,
         BridgeError::OriginForbidden => StatusCode::FORBIDDEN,
-        BridgeError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+        BridgeError::PayloadTooLarge { .. } | BridgeError::TooManyFrames { .. } => {
+            StatusCode::PAYLOAD_TOO_LARGE
+        }
         BridgeError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
         BridgeError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
         BridgeError::SeqAhead { .. } => StatusCode::CONFLICT,
@@ -100,6 +103,10 @@ fn bridge(e: BridgeError) -> Response<Body> {
         }
         BridgeError::TransportNotAllowed => json!({"error": "transport_not_allowed"}),
         BridgeError::NoRoute => json!({"error": "no_route"}),
+        BridgeError::UnknownChannel => json!({"error": "unknown_channel"}),
+        BridgeError::TooManyFrames { limit } => {
+            json!({"error": "too_many_frames", "limit": limit})
+        }
         BridgeError::BadRequest { code, detail } => json!({"error": code, "detail": detail}),
         BridgeError::BadCursor => json!({"error": "bad_cursor"}),
         BridgeError::OriginForbidden => json!({"error": "origin_not_allowed"}),

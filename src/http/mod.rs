@@ -137,7 +137,8 @@ fn log_path(endpoint: Option<Endpoint<'_>>, path: &str) -> String {
             | Endpoint::Stream(id)
             | Endpoint::Poll(id)
             | Endpoint::Send(id)
-            | Endpoint::Session(id),
+            | Endpoint::Session(id)
+            | Endpoint::Channel(id, _),
         ) => path.replacen(id, &format!("{}…", crate::session::log_id(id)), 1),
         // Under the prefix but no endpoint (`/_bridge//sessions/ID/sse`,
         // `/_BRIDGE/sessions/ID`): an id could be in any segment, so each
@@ -167,6 +168,8 @@ mod tests {
         let log = |path| log_path(routing::classify("/_bridge", path), path);
         let p = log("/_bridge/sessions/AbCdEfGhIjKlMnOpQrStUv/sse");
         assert_eq!(p, "/_bridge/sessions/AbCdEf…/sse");
+        let p = log("/_bridge/channels/AbCdEfGhIjKlMnOpQrStUv/send");
+        assert_eq!(p, "/_bridge/channels/AbCdEf…/send");
         assert_eq!(log("/app/page"), "/app/page");
         let id = "AbCdEfGhIjKlMnOpQrStUv";
         for odd in [

@@ -17,6 +17,7 @@
 //! byte bound), [`registry`] (id → session, and the session limits).
 
 pub mod budget;
+pub mod channel;
 pub mod registry;
 pub mod replay;
 
@@ -86,6 +87,15 @@ pub enum Pushed {
     /// The process-wide budget has no room even after the session shed what
     /// it may: the frame comes back, to be pushed again once room frees.
     NoRoom(EventData),
+}
+
+/// What queueing a frame did.
+#[derive(Debug)]
+pub enum Queued {
+    /// Queued: answered once the frame is written to the upstream socket.
+    Waiting(oneshot::Receiver<()>),
+    /// The `Bridge-Seq` was already forwarded: nothing was queued.
+    Duplicate,
 }
 
 /// What a send did.
@@ -403,6 +413,11 @@ impl Session {
         self.state().closed.clone()
     }
 
+    /// The id of the newest event: the highest cursor a reader may give.
+    pub fn last_id(&self) -> u64 {
+        self.state().queue.last_id()
+    }
+
     /// When the close event was queued, once it was.
     pub fn closed_at(&self) -> Option<Instant> {
         self.state().closed_at
@@ -451,6 +466,16 @@ impl Session {
     /// Queues one frame for the upstream and waits until it is written.
     /// `seq` is the optional `Bridge-Seq`.
     pub async fn send(&self, frame: Frame, seq: Option<u64>) -> Result<SendOutcome, BridgeError> {
+        match self.enqueue(frame, seq)? {
+            Queued::Duplicate => Ok(SendOutcome::Duplicate),
+            Queued::Waiting(written) => self.written(written).await,
+        }
+    }
+
+    /// Queues one frame for the upstream without waiting for its write: the
+    /// checks and the queueing of [`Session::send`], so a batch can queue
+    /// frames of many sessions in order and then wait for them together.
+    pub fn enqueue(&self, frame: Frame, seq: Option<u64>) -> Result<Queued, BridgeError> {
         let len = frame.len();
         let (written_tx, written_rx) = oneshot::channel();
         {
@@ -466,7 +491,7 @@ impl Session {
             st.last_activity = Instant::now();
             if let Some(n) = seq {
                 if n <= st.last_seq {
-                    return Ok(SendOutcome::Duplicate);
+                    return Ok(Queued::Duplicate);
                 }
                 if n != st.last_seq + 1 {
                     return Err(BridgeError::SeqAhead {
@@ -509,7 +534,15 @@ impl Session {
                 st.last_seq = n;
             }
         }
-        match written_rx.await {
+        Ok(Queued::Waiting(written_rx))
+    }
+
+    /// Waits for a queued frame to reach the upstream socket.
+    pub async fn written(
+        &self,
+        written: oneshot::Receiver<()>,
+    ) -> Result<SendOutcome, BridgeError> {
+        match written.await {
             Ok(()) => Ok(SendOutcome::Written),
             // The upstream task ended before writing it: the session closed.
             Err(_) => {
@@ -651,6 +684,28 @@ impl Reader {
     /// Cancel-safe: nothing is taken from the queue until it returns.
     pub async fn next(&mut self, max_events: usize, max_bytes: usize) -> Batch {
         std::future::poll_fn(|cx| self.poll_take(Some(cx), max_events, max_bytes)).await
+    }
+
+    /// [`Reader::next`] as a poll, for a reader that polls many sessions
+    /// from one task (a channel): the task's waker is left with the
+    /// session when it has nothing, as `next` does.
+    pub fn poll_next(
+        &mut self,
+        cx: &mut Context<'_>,
+        max_events: usize,
+        max_bytes: usize,
+    ) -> Poll<Batch> {
+        self.poll_take(Some(cx), max_events, max_bytes)
+    }
+
+    /// The session this reader reads.
+    pub fn session(&self) -> &Arc<Session> {
+        &self.session
+    }
+
+    /// False once a newer reader has superseded this one.
+    pub fn is_live(&self) -> bool {
+        self.session.state().reader_generation == self.generation
     }
 
     /// Takes events after the cursor; with nothing to take, leaves the

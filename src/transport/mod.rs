@@ -2,6 +2,7 @@
 //! parsing, the JSON form of an event (stream and poll), and the response
 //! headers every reader sends.
 
+pub mod channel;
 pub mod poll;
 pub mod sse;
 pub mod stream;
@@ -22,6 +23,35 @@ use crate::session::replay::{Event, EventData};
 /// buffer each reader holds.
 pub const STREAM_BATCH_EVENTS: usize = 1024;
 pub const STREAM_BATCH_BYTES: usize = 256 * 1024;
+
+/// Padding every SSE and stream response starts with: enough to push a
+/// small buffering proxy (or antivirus filter) to pass the response on, so
+/// the first event that follows is seen at once.
+pub const PRELUDE_PAD: usize = 2048;
+
+/// The SSE prelude: one comment line of [`PRELUDE_PAD`] spaces.
+pub fn sse_prelude() -> Bytes {
+    static PRELUDE: std::sync::LazyLock<Bytes> = std::sync::LazyLock::new(|| {
+        let mut out = Vec::with_capacity(PRELUDE_PAD + 4);
+        out.push(b':');
+        out.resize(PRELUDE_PAD + 1, b' ');
+        out.extend_from_slice(b"\n\n");
+        Bytes::from(out)
+    });
+    PRELUDE.clone()
+}
+
+/// The NDJSON prelude: `{"type":"prelude","pad":"<PRELUDE_PAD spaces>"}`.
+pub fn stream_prelude() -> Bytes {
+    static PRELUDE: std::sync::LazyLock<Bytes> = std::sync::LazyLock::new(|| {
+        let mut out = Vec::with_capacity(PRELUDE_PAD + 32);
+        out.extend_from_slice(b"{\"type\":\"prelude\",\"pad\":\"");
+        out.resize(out.len() + PRELUDE_PAD, b' ');
+        out.extend_from_slice(b"\"}\n");
+        Bytes::from(out)
+    });
+    PRELUDE.clone()
+}
 
 /// Parses a cursor: a decimal integer, digits only, no sign, no leading zeros.
 /// (The upper bound, the session's last id, is checked on attach.)

@@ -40,7 +40,10 @@ pub struct Settings {
 
 /// The SSE response for an attached reader.
 pub fn respond(reader: Reader, settings: Settings) -> Response<Body> {
-    let first = Bytes::from(format!("retry: {}\n\n", settings.retry.as_millis()));
+    // The prelude, then the retry line, in one chunk before any event.
+    let mut first = super::sse_prelude().to_vec();
+    first.extend_from_slice(format!("retry: {}\n\n", settings.retry.as_millis()).as_bytes());
+    let first = Bytes::from(first);
     let state = State {
         reader,
         settings,
@@ -85,7 +88,7 @@ pub fn respond(reader: Reader, settings: Settings) -> Response<Body> {
 struct State {
     reader: Reader,
     settings: Settings,
-    /// The `retry:` line, sent before anything else.
+    /// The prelude and the `retry:` line, sent before anything else.
     first: Option<Bytes>,
     /// Set after the close event or a supersede: the response ends.
     done: bool,
@@ -273,7 +276,10 @@ mod tests {
             String::from_utf8(frame.into_data().unwrap().to_vec()).unwrap()
         };
         let t0 = Instant::now();
-        assert_eq!(next().await, "retry: 1000\n\n");
+        // The prelude (a comment of padding) and the retry line, at once.
+        let prelude = format!(":{}\n\n", " ".repeat(super::super::PRELUDE_PAD));
+        assert_eq!(next().await, format!("{prelude}retry: 1000\n\n"));
+        assert_eq!(t0.elapsed(), Duration::ZERO);
         assert_eq!(next().await, ": hb\n\n");
         assert_eq!(t0.elapsed(), heartbeat);
         // An event 5 s later goes out at once...

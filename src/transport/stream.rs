@@ -1,6 +1,7 @@
 //! `GET {prefix}/sessions/{id}/stream`: events as chunked NDJSON, for networks
 //! whose proxies mangle `text/event-stream`. One JSON event per line (the
-//! objects poll returns), plus `{"type":"heartbeat"}` and a final
+//! objects poll returns), after a `{"type":"prelude",...}` padding line,
+//! plus `{"type":"heartbeat"}` and a final
 //! `{"type":"superseded"}` when a newer reader takes over.
 
 use std::time::Duration;
@@ -14,28 +15,37 @@ use crate::body::Body;
 use crate::session::{Batch, Reader};
 
 pub fn respond(reader: Reader, heartbeat: Duration) -> Response<Body> {
-    let chunks = stream::unfold((reader, false), move |(mut reader, done)| async move {
-        if done {
-            return None;
-        }
-        // `next` is cancel-safe: events are taken only when it returns.
-        let batch = tokio::select! {
-            batch = reader.next(STREAM_BATCH_EVENTS, STREAM_BATCH_BYTES) => Some(batch),
-            _ = tokio::time::sleep(heartbeat) => None,
-        };
-        let (chunk, done) = match batch {
-            None => (Bytes::from_static(b"{\"type\":\"heartbeat\"}\n"), false),
-            Some(Batch::Superseded) => (Bytes::from_static(b"{\"type\":\"superseded\"}\n"), true),
-            Some(Batch::Events(events)) => {
-                let mut out = super::batch_buffer(&events);
-                for event in &events {
-                    write_event_json(&mut out, event);
-                    out.push(b'\n');
-                }
-                (Bytes::from(out), events.is_empty() || ends_session(&events))
+    // The prelude first: `started` is false until it is sent.
+    let chunks = stream::unfold(
+        (reader, false, false),
+        move |(mut reader, started, done)| async move {
+            if done {
+                return None;
             }
-        };
-        Some((chunk, (reader, done)))
-    });
+            if !started {
+                return Some((super::stream_prelude(), (reader, true, false)));
+            }
+            // `next` is cancel-safe: events are taken only when it returns.
+            let batch = tokio::select! {
+                batch = reader.next(STREAM_BATCH_EVENTS, STREAM_BATCH_BYTES) => Some(batch),
+                _ = tokio::time::sleep(heartbeat) => None,
+            };
+            let (chunk, done) = match batch {
+                None => (Bytes::from_static(b"{\"type\":\"heartbeat\"}\n"), false),
+                Some(Batch::Superseded) => {
+                    (Bytes::from_static(b"{\"type\":\"superseded\"}\n"), true)
+                }
+                Some(Batch::Events(events)) => {
+                    let mut out = super::batch_buffer(&events);
+                    for event in &events {
+                        write_event_json(&mut out, event);
+                        out.push(b'\n');
+                    }
+                    (Bytes::from(out), events.is_empty() || ends_session(&events))
+                }
+            };
+            Some((chunk, (reader, true, done)))
+        },
+    );
     super::streaming_response("application/x-ndjson", chunks)
 }

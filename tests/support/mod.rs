@@ -810,6 +810,10 @@ impl SseClient {
 pub struct NdjsonClient {
     body: std::pin::Pin<Box<dyn futures_util::Stream<Item = reqwest::Result<Bytes>> + Send>>,
     buf: Vec<u8>,
+    /// The response's first line when it was the prelude (which `next`
+    /// never returns: every stream response starts with one).
+    pub prelude: Option<Value>,
+    lines: usize,
 }
 
 impl NdjsonClient {
@@ -817,6 +821,8 @@ impl NdjsonClient {
         NdjsonClient {
             body: Box::pin(resp.bytes_stream()),
             buf: Vec::new(),
+            prelude: None,
+            lines: 0,
         }
     }
 
@@ -824,7 +830,15 @@ impl NdjsonClient {
         loop {
             if let Some(pos) = self.buf.iter().position(|b| *b == b'\n') {
                 let line: Vec<u8> = self.buf.drain(..=pos).collect();
-                return Some(serde_json::from_slice(&line[..line.len() - 1]).expect("a JSON line"));
+                let v: Value =
+                    serde_json::from_slice(&line[..line.len() - 1]).expect("a JSON line");
+                self.lines += 1;
+                if v["type"] == "prelude" {
+                    assert_eq!(self.lines, 1, "the prelude comes first, once");
+                    self.prelude = Some(v);
+                    continue;
+                }
+                return Some(v);
             }
             match tokio::time::timeout(PATIENCE, self.body.next())
                 .await

@@ -863,7 +863,8 @@ class BridgeSocket extends EventTarget {
   // Returns false when the reader must stop.
   #streamLine(generation, object) {
     if (generation !== this.#generation) return false;
-    if (object.type === "heartbeat") {
+    // The prelude pads the response past buffering proxies: not an event.
+    if (object.type === "heartbeat" || object.type === "prelude") {
       this.#armWatchdog();
       return true;
     }
