@@ -40,7 +40,15 @@ pub struct Settings {
 
 /// The SSE response for an attached reader.
 pub fn respond(reader: Reader, settings: Settings) -> Response<Body> {
-    let first = Bytes::from(format!("retry: {}\n\n", settings.retry.as_millis()));
+    // With `heartbeat=event`, one heartbeat at once after the retry line: the
+    // client's probe window waits for a first event, and a middlebox that
+    // holds streamed bodies is told apart from a quiet session that way.
+    let hello = if settings.named_heartbeat {
+        "event: heartbeat\ndata:\n\n"
+    } else {
+        ""
+    };
+    let first = Bytes::from(format!("retry: {}\n\n{hello}", settings.retry.as_millis()));
     let state = State {
         reader,
         settings,

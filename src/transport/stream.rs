@@ -6,14 +6,18 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::stream;
+use futures_util::{StreamExt, stream};
 use http::Response;
 
 use super::{STREAM_BATCH_BYTES, STREAM_BATCH_EVENTS, ends_session, write_event_json};
 use crate::body::Body;
 use crate::session::{Batch, Reader};
 
-pub fn respond(reader: Reader, heartbeat: Duration) -> Response<Body> {
+/// `hello`: a heartbeat line at once. The client's probe window waits for a
+/// first line, which tells a middlebox holding streamed bodies apart from a
+/// quiet session.
+pub fn respond(reader: Reader, heartbeat: Duration, hello: bool) -> Response<Body> {
+    let hello = stream::iter(hello.then(|| Bytes::from_static(b"{\"type\":\"heartbeat\"}\n")));
     let chunks = stream::unfold((reader, false), move |(mut reader, done)| async move {
         if done {
             return None;
@@ -37,5 +41,5 @@ pub fn respond(reader: Reader, heartbeat: Duration) -> Response<Body> {
         };
         Some((chunk, (reader, done)))
     });
-    super::streaming_response("application/x-ndjson", chunks)
+    super::streaming_response("application/x-ndjson", hello.chain(chunks))
 }
