@@ -12,6 +12,10 @@
 //                                           like examples/demo.rs
 //   WSB_SCREENSHOT     where demo_chat saves its screenshot (a .png path)
 //   WSB_CHROMIUM       the browser binary (default /usr/bin/chromium)
+//   WSB_NGINX          optional: http://127.0.0.1:N, a real nginx in front of WSB_PROXY
+//                      set up as a buffering firewall (examples/bench/nginx.rs);
+//                      unset, the nginx checks do not run (tests/browser.rs
+//                      fails under CI=true instead)
 //   WSB_ONLY           optional: run only the checks whose name contains this
 //
 // Prints one JSON line per check ({"check", "ok", "ms", "error"?}) and exits
@@ -29,6 +33,7 @@ const INJECT = required("WSB_INJECT");
 const DEMO = required("WSB_DEMO");
 const SCREENSHOT = required("WSB_SCREENSHOT");
 const ONLY = process.env.WSB_ONLY || "";
+const NGINX = process.env.WSB_NGINX || "";
 const BRIDGED = ["sse", "stream", "poll"];
 const FLAKY_MESSAGES = 2000;
 
@@ -501,6 +506,193 @@ check("upstream_rejection_fails_fast", 15000, async (browser) => {
     await done();
   }
 });
+
+// ------------------------------------------------- choosing a transport
+
+// Opens a socket on a page of `origin` that counts the page's `new
+// WebSocket()` calls (/counted.html wraps the constructor before the client
+// loads) and reports every transport, open, reconnecting and resumed event.
+async function countedLoad(context, origin, path, options) {
+  const page = await context.newPage();
+  page.on("pageerror", (e) => console.error(`[page error] ${e.message}`));
+  await page.goto(origin + "/counted.html");
+  await page.evaluate(pageHelpers);
+  const result = await page.evaluate(
+    async ({ path, options }) => {
+      const started = performance.now();
+      const socket = T.watch(new WsBridge.BridgeSocket(T.wsUrl(path), [], options));
+      window.socket = socket;
+      window.seen = [];
+      for (const type of ["transport", "open", "reconnecting", "resumed", "close"]) {
+        socket.addEventListener(type, (e) => window.seen.push({ type, state: socket.state, transport: socket.transport, detail: e.detail || null }));
+      }
+      await T.opened(socket, 15000);
+      return { ms: performance.now() - started, transport: socket.transport, state: socket.state, constructed: window.__wsCount, seen: window.seen };
+    },
+    { path, options },
+  );
+  return { page, ...result };
+}
+
+function attemptsOf(seen) {
+  const event = seen.find((e) => e.type === "transport");
+  if (!event) throw new Error("no transport event: " + JSON.stringify(seen));
+  return event.detail.attempts.map((a) => `${a.transport}:${a.result}`);
+}
+
+// Behind a real nginx that refuses upgrades and holds streamed bodies: the
+// first load moves on within the probe window (WebSocket refused, SSE held,
+// stream skipped, poll), 200 messages flow both ways in order; the next
+// load in the same profile starts on poll without trying a WebSocket.
+check("nginx_buffering_firewall", 60000, async (browser) => {
+  if (!NGINX) return { skipped: "WSB_NGINX not set" };
+  const context = await browser.newContext();
+  try {
+    const t = tag("nginx");
+    const first = await countedLoad(context, NGINX, `/ws?tag=${t}`);
+    assertEqual(first.transport, "poll", "transport on the first load");
+    assertEqual(attemptsOf(first.seen), ["websocket:failed", "sse:held, no headers", "stream:skipped", "poll:open"], "attempts on the first load");
+    assertEqual(first.constructed, 1, "WebSockets constructed on the first load");
+    assertEqual(first.seen.slice(0, 2).map((e) => [e.type, e.state]), [["transport", "open"], ["open", "open"]], "events on open");
+    const count = 200;
+    const flow = await first.page.evaluate(async (count) => {
+      const socket = window.socket;
+      socket.send(`push:${count}:0`);
+      for (let i = 0; i < count; i++) socket.send(`c:${i}`);
+      const got = await T.messages(socket, 2 * count, 30000);
+      const expect = (prefix) => Array.from({ length: count }, (_, i) => `${prefix}:${i}`).join(",");
+      const ok = {
+        echoes: got.filter((m) => m.startsWith("c:")).join(",") === expect("c"),
+        pushes: got.filter((m) => m.startsWith("p:")).join(",") === expect("p"),
+        total: got.length,
+        errors: socket.__errors,
+      };
+      socket.close(1000);
+      await T.closed(socket);
+      return ok;
+    }, count);
+    assertEqual(flow, { echoes: true, pushes: true, total: 2 * count, errors: [] }, "200 messages each way through nginx");
+    const log = await (await fetch(`${PROXY}/log?tag=${t}`)).json();
+    const sent = log.filter((f) => f.type === "text").map((f) => f.data);
+    assertEqual(sent, [`push:${count}:0`, ...Array.from({ length: count }, (_, i) => `c:${i}`)], "frames the backend received");
+    const memory = await first.page.evaluate(() => Object.entries(localStorage).filter(([k]) => k.startsWith("wsbridge:transport:")));
+    await first.page.close();
+    assertEqual(memory.length, 1, "memory entries");
+    const remembered = JSON.parse(memory[0][1]);
+    assertEqual([memory[0][0], remembered.transport, remembered.websocket], [`wsbridge:transport:${NGINX}/_bridge`, "poll", "fails"], "what was remembered");
+
+    const next = await countedLoad(context, NGINX, `/ws?tag=${t}-next`);
+    assertEqual(next.transport, "poll", "transport on the next load");
+    assertEqual(attemptsOf(next.seen), ["poll:open"], "attempts on the next load");
+    assertEqual(next.constructed, 0, "WebSockets constructed on the next load");
+    const reason = next.seen[0].detail.reason;
+    if (!/remembered/.test(reason)) throw new Error("reason does not say remembered: " + reason);
+    const echo = await next.page.evaluate(async () => {
+      window.socket.send("again");
+      const [m] = await T.messages(window.socket, 1, 10000);
+      return m;
+    });
+    assertEqual(echo, "again", "echo on the next load");
+    await next.page.close();
+    return { first_load_ms: Math.round(first.ms), next_load_ms: Math.round(next.ms), first_reason: first.seen[0].detail.reason };
+  } finally {
+    await context.close();
+  }
+});
+
+// A WebSocket slower than websocketTimeout that works (/slow: the backend
+// answers the handshake after 2 s): this page goes on bridged, the
+// handshake finishes in the background, and the next load opens on it.
+check("slow_websocket_remembered", 40000, async (browser) => {
+  const context = await browser.newContext();
+  try {
+    const first = await countedLoad(context, PROXY, "/slow?tag=slow");
+    if (!BRIDGED.includes(first.transport)) throw new Error("first load not bridged: " + first.transport);
+    assertEqual(attemptsOf(first.seen)[0], "websocket:timeout", "first attempt");
+    // The background handshake ends about 2 s after it began.
+    const memory = await first.page.evaluate(async () => {
+      const key = Object.keys(localStorage).find((k) => k.startsWith("wsbridge:transport:"));
+      for (let i = 0; i < 100; i++) {
+        const value = JSON.parse(localStorage.getItem(key) || "{}");
+        if (value.transport === "websocket") return value;
+        await new Promise((r) => setTimeout(r, 100));
+      }
+      return JSON.parse(localStorage.getItem(key) || "{}");
+    });
+    assertEqual([memory.transport, memory.websocket], ["websocket", "works"], "remembered after the slow handshake");
+    // The live socket was not switched.
+    assertEqual(await first.page.evaluate(() => window.socket.transport), first.transport, "transport of the first page");
+    await first.page.close();
+    const next = await countedLoad(context, PROXY, "/slow?tag=slow-next");
+    assertEqual(next.transport, "websocket", "transport on the next load");
+    assertEqual(attemptsOf(next.seen), ["websocket:open"], "attempts on the next load");
+    await next.page.close();
+    return { first: first.transport, ws_ms: memory.wsMs };
+  } finally {
+    await context.close();
+  }
+});
+
+// transport, open, reconnecting and resumed, in that order, with `state`;
+// readyState stays OPEN throughout, and nothing is lost.
+check("state_events_on_reconnect", 30000, async (browser) => {
+  const context = await browser.newContext();
+  try {
+    const load = await countedLoad(context, RELAY, "/ws?tag=states", { transports: ["sse"] });
+    await relayChaos(true);
+    const during = await load.page.evaluate(async () => {
+      for (let i = 0; i < 100 && !window.seen.some((e) => e.type === "reconnecting"); i++) await new Promise((r) => setTimeout(r, 50));
+      return { readyState: window.socket.readyState, seen: window.seen.map((e) => e.type) };
+    });
+    await relayChaos(false);
+    const after = await load.page.evaluate(async () => {
+      const socket = window.socket;
+      for (let i = 0; i < 100 && socket.state !== "open"; i++) await new Promise((r) => setTimeout(r, 50));
+      socket.send("still here");
+      const [echo] = await T.messages(socket, 1, 10000);
+      return { echo, state: socket.state, readyState: socket.readyState, seen: window.seen.map((e) => [e.type, e.state]), last: window.seen.at(-1) };
+    });
+    await load.page.close();
+    assertEqual(during.readyState, 1, "readyState while reconnecting");
+    assertEqual(after.seen.slice(0, 3), [["transport", "open"], ["open", "open"], ["reconnecting", "reconnecting"]], "first events");
+    assertEqual([after.last.type, after.last.state], ["resumed", "open"], "last event");
+    assertEqual([after.echo, after.state, after.readyState], ["still here", "open", 1], "after resuming");
+    if (!/resumed from event/.test(after.last.detail.reason)) throw new Error("resumed reason: " + after.last.detail.reason);
+    return { events: after.seen.length };
+  } finally {
+    await relayChaos(false);
+    await context.close();
+  }
+});
+
+// A page that goes away closes its sessions with 1001 at once (a keepalive
+// DELETE on pagehide), long before the proxy's idle_timeout (10 min here):
+// by navigating away, and by closing the tab.
+for (const how of ["navigate", "close"]) {
+  check(`pagehide_closes_session_${how}`, 20000, async (browser) => {
+    const context = await browser.newContext();
+    try {
+      const t = tag("pagehide");
+      const { page } = await countedLoad(context, PROXY, `/ws?tag=${t}`);
+      await page.evaluate(async () => {
+        window.socket.send("hi");
+        await T.messages(window.socket, 1, 5000);
+      });
+      if (how === "navigate") await page.goto(PROXY + "/elsewhere");
+      else await page.close({ runBeforeUnload: false });
+      const deadline = Date.now() + 8000;
+      let log = [];
+      while (Date.now() < deadline) {
+        log = await (await fetch(`${PROXY}/log?tag=${t}`)).json();
+        if (log.some((f) => f.type === "close")) break;
+        await new Promise((r) => setTimeout(r, 50));
+      }
+      assertEqual(log, [{ type: "text", data: "hi" }, { type: "close", code: 1001, reason: "" }], "frames the backend received");
+    } finally {
+      await context.close();
+    }
+  });
+}
 
 check("websocket_shim", 20000, async (browser) => {
   const context = await browser.newContext();
