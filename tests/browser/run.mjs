@@ -794,12 +794,14 @@ check("inject_unchanged_page", 20000, async (browser) => {
 // The demo chat as a person uses it: load, see the state and transport,
 // chat, switch to poll, chat again; a second member sees the messages. Saves
 // a screenshot (WSB_SCREENSHOT) for a human to look at.
-check("demo_chat", 25000, async (browser) => {
+check("demo_chat", 40000, async (browser) => {
   const context = await browser.newContext({ viewport: { width: 900, height: 560 } });
+  // The friend in a profile of its own, so that only "me" goes offline.
+  const elsewhere = await browser.newContext();
   const errors = [];
   try {
-    const open = async (query) => {
-      const page = await context.newPage();
+    const open = async (query, where = context) => {
+      const page = await where.newPage();
       page.on("pageerror", (e) => errors.push(e.message));
       await page.goto(`${DEMO}/${query}`);
       return page;
@@ -830,7 +832,11 @@ check("demo_chat", 25000, async (browser) => {
     const transport = await connected(me);
     if (!BRIDGED.includes(transport)) throw new Error("transport shown: " + transport);
     assertEqual(await me.locator("#state").textContent(), "open", "#state text");
-    const friend = await open("?nick=friend&transport=stream");
+    const policy = await me.locator("#policy").textContent();
+    if (!/WebSocket upgrades are refused on \/ws by configuration/.test(policy)) throw new Error("#policy: " + policy);
+    const reason = await me.locator("#reason").textContent();
+    if (!reason.startsWith(`This page is on ${transport}: `) || !/websocket failed/.test(reason)) throw new Error("#reason: " + reason);
+    const friend = await open("?nick=friend&transport=stream", elsewhere);
     assertEqual(await connected(friend), "stream", "friend's transport");
 
     await say(me, "hello from chromium");
@@ -845,6 +851,18 @@ check("demo_chat", 25000, async (browser) => {
     await friend.click("#send");
     await me.locator("#messages li", { hasText: "hi tester" }).waitFor({ timeout: 8000 });
 
+    // Offline and back: "reconnecting", then "resumed, nothing lost", and
+    // what the friend said meanwhile arrives.
+    await context.setOffline(true);
+    await me.waitForFunction(() => document.querySelector("#state").dataset.state === "reconnecting", null, { timeout: 10000 });
+    await friend.fill("#input", "said while you were away");
+    await friend.click("#send");
+    await friend.locator("#messages li.mine", { hasText: "said while you were away" }).waitFor({ timeout: 8000 });
+    await context.setOffline(false);
+    await me.locator("#messages li", { hasText: "resumed, nothing lost" }).waitFor({ timeout: 10000 });
+    await me.locator("#messages li", { hasText: "said while you were away" }).waitFor({ timeout: 8000 });
+    assertEqual(await me.locator("#state").textContent(), "open", "#state after resuming");
+
     const shown = await me.evaluate(() => ({
       nick: document.querySelector("#nick").value,
       picker: document.querySelector("#transport-select").value,
@@ -855,9 +873,10 @@ check("demo_chat", 25000, async (browser) => {
     assertEqual([shown.nick, shown.picker], ["tester", "poll"], "#nick and #transport-select");
     await me.screenshot({ path: SCREENSHOT });
     assertEqual(errors, [], "page errors");
-    return { first_transport: transport, ...shown };
+    return { first_transport: transport, reason, ...shown };
   } finally {
     await context.close();
+    await elsewhere.close();
   }
 });
 

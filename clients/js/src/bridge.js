@@ -291,12 +291,22 @@ class BridgeOpenError extends Error {
 }
 
 // Open bridged sockets, each with what closes its session when the page goes
-// away, as the browser closes its real WebSockets then: with 1001, "going
-// away", which the proxy's DELETE accepts for this.
+// away (pagehide), as the browser closes its real WebSockets then: with 1001,
+// "going away", which the proxy's DELETE accepts for this, by a keepalive
+// fetch that outlives the page; and what the network's offline and online
+// events do to it.
 const liveBridgeSockets = new Map();
 if (typeof globalThis.addEventListener === "function") {
   globalThis.addEventListener("pagehide", () => {
-    for (const closeSession of Array.from(liveBridgeSockets.values())) closeSession();
+    for (const live of Array.from(liveBridgeSockets.values())) live.goingAway();
+  });
+  // The browser knows before any watchdog that the network went away or
+  // came back: reconnect at once rather than after a timeout or a backoff.
+  globalThis.addEventListener("offline", () => {
+    for (const live of Array.from(liveBridgeSockets.values())) live.offline();
+  });
+  globalThis.addEventListener("online", () => {
+    for (const live of Array.from(liveBridgeSockets.values())) live.online();
   });
 }
 
@@ -797,7 +807,15 @@ class BridgeSocket extends EventTarget {
         if (ok && this.#readyState === BridgeSocket.CONNECTING) {
           this.#protocol = this.#session.protocol;
           this.#readyState = BridgeSocket.OPEN;
-          liveBridgeSockets.set(this, () => this.#deleteSessionQuietly(1001));
+          liveBridgeSockets.set(this, {
+            goingAway: () => this.#deleteSessionQuietly(1001),
+            offline: () => this.#dropped(this.#generation, {}),
+            online: () => {
+              if (!this.#reconnecting || this.#readyState !== BridgeSocket.OPEN) return;
+              this.#reconnectFailures = 0;
+              this.#attach();
+            },
+          });
           this.#announceOpen(started, websocketFailed, connectStarted);
           this.dispatchEvent(new Event("open"));
           resolve("open");
