@@ -7,6 +7,7 @@ pub mod light;
 pub mod many;
 pub mod smoke;
 pub mod throughput;
+pub mod time_to_open;
 
 use std::path::PathBuf;
 use std::time::Duration;
