@@ -512,11 +512,13 @@ check("upstream_rejection_fails_fast", 15000, async (browser) => {
 // Opens a socket on a page of `origin` that counts the page's `new
 // WebSocket()` calls (/counted.html wraps the constructor before the client
 // loads) and reports every transport, open, reconnecting and resumed event.
-async function countedLoad(context, origin, path, options) {
+async function countedLoad(context, origin, path, options, seed) {
   const page = await context.newPage();
   page.on("pageerror", (e) => console.error(`[page error] ${e.message}`));
   await page.goto(origin + "/counted.html");
   await page.evaluate(pageHelpers);
+  // What an earlier load would have left in localStorage.
+  if (seed) await page.evaluate(([key, value]) => localStorage.setItem(key, value), seed);
   const result = await page.evaluate(
     async ({ path, options }) => {
       const started = performance.now();
@@ -594,6 +596,20 @@ check("nginx_buffering_firewall", 60000, async (browser) => {
     });
     assertEqual(echo, "again", "echo on the next load");
     await next.page.close();
+
+    // A profile that remembers SSE (say, from another network): SSE is
+    // held here, so it moves on to poll and remembers that instead.
+    const other = await browser.newContext();
+    try {
+      const key = `wsbridge:transport:${NGINX}/_bridge`;
+      const stale = await countedLoad(other, NGINX, `/ws?tag=${t}-stale`, undefined, [key, JSON.stringify({ transport: "sse", websocket: "fails", at: Date.now() })]);
+      assertEqual(attemptsOf(stale.seen), ["sse:held, no headers", "stream:skipped", "poll:open"], "attempts with SSE remembered");
+      assertEqual(stale.constructed, 0, "WebSockets constructed with SSE remembered");
+      const now = await stale.page.evaluate((key) => JSON.parse(localStorage.getItem(key)).transport, key);
+      assertEqual(now, "poll", "remembered after SSE was held");
+    } finally {
+      await other.close();
+    }
     return { first_load_ms: Math.round(first.ms), next_load_ms: Math.round(next.ms), first_reason: first.seen[0].detail.reason };
   } finally {
     await context.close();

@@ -349,8 +349,9 @@ class BridgeSocket extends EventTarget {
   // Choosing a transport.
   #memoryKey; // localStorage key of what worked for this bridge
   #attempts = []; // what was tried while opening: { transport, result, ms }
-  #remembered = false; // the order came from an earlier load's memory
+  #remembered = null; // the transport an earlier load remembered, if used
   #reprobeTimer = null;
+  #openMs = 0; // how long the open request took
 
   // Upstream (send) side.
   #queue = []; // outgoing frames not yet acknowledged, in order
@@ -488,7 +489,7 @@ class BridgeSocket extends EventTarget {
     // A socket pinned to one transport has no choice to make.
     const memory = this.#options.remember && list.length > 1 ? readMemory(this.#memoryKey, this.#options.rememberFor) : null;
     if (!memory || !list.includes(memory.transport)) return plan;
-    this.#remembered = true;
+    this.#remembered = memory.transport;
     if (memory.transport === "websocket") {
       // It worked, if slowly: give it the time it took, and some.
       const ms = Number(memory.wsMs) || 0;
@@ -575,7 +576,7 @@ class BridgeSocket extends EventTarget {
     };
     const tried = this.#attempts.filter((a) => a.result !== "open").map((a) => `${a.transport} ${words[a.result] || a.result}`);
     const why = tried.length ? tried.join("; ") + "; " : "";
-    return `${why}${this.#transport} works${this.#remembered ? " (started there: remembered from an earlier load)" : ""}`;
+    return `${why}${this.#transport} works${this.#remembered === this.#transport ? " (started there: remembered from an earlier load)" : ""}`;
   }
 
   // The socket opened on this.#transport: tell the page, remember it.
@@ -588,9 +589,9 @@ class BridgeSocket extends EventTarget {
       } else if (memory && memory.websocket === "works" && Number(memory.at) >= connectStarted) {
         // Our own slow handshake (or another tab's) just opened in the
         // background: the next load starts on the WebSocket.
-      } else if (!this.#remembered || websocketFailed) {
-        // Learned now. A remembered choice keeps its date, so it expires
-        // and the next load after that probes every transport again.
+      } else if (!memory || memory.transport !== this.#transport || websocketFailed) {
+        // Learned now. A remembered choice that held keeps its date, so it
+        // expires and the next load after that probes every transport again.
         const patch = { transport: this.#transport, at: Date.now() };
         // A handshake still running in the background reports itself.
         if (websocketFailed === "failed") patch.websocket = "fails";
@@ -740,6 +741,7 @@ class BridgeSocket extends EventTarget {
 
   async #openSession() {
     const body = JSON.stringify({ url: this.#target, protocols: this.#protocols });
+    const started = Date.now();
     for (let attempt = 0; ; attempt++) {
       let response;
       try {
@@ -753,6 +755,7 @@ class BridgeSocket extends EventTarget {
         throw new BridgeOpenError("next", "the bridge is unreachable");
       }
       if (response.status === 201) {
+        this.#openMs = Date.now() - started;
         const info = parseJson(response.body);
         if (!info || typeof info.session !== "string" || !info.links) {
           throw new BridgeOpenError("final", "the bridge answered the open with an unexpected body");
@@ -793,7 +796,8 @@ class BridgeSocket extends EventTarget {
   #firstConnection(name, started, websocketFailed, connectStarted) {
     return new Promise((resolve) => {
       this.#sawHeaders = false;
-      const limit = name === "poll" ? this.#options.openTimeout : this.#options.probeTimeout;
+      // On a slow link (the open request took long) the window stretches.
+      const limit = name === "poll" ? this.#options.openTimeout : Math.max(this.#options.probeTimeout, 2 * this.#openMs);
       const timer = setTimeout(() => {
         this.#openWaiter = null;
         this.#detach();
@@ -912,7 +916,7 @@ class BridgeSocket extends EventTarget {
       this.#fail(fatal);
       return;
     }
-    if (!this.#reconnecting) {
+    if (!this.#reconnecting && this.#readyState === BridgeSocket.OPEN) {
       this.#reconnecting = true;
       this.#dispatchState("reconnecting", `the ${this.#transport} connection dropped; reconnecting from event ${this.#cursor}`);
       // A listener may have closed the socket.
