@@ -25,6 +25,9 @@ mod harness;
 #[path = "../examples/chat/app.rs"]
 mod app;
 
+#[path = "../examples/bench/nginx.rs"]
+mod nginx;
+
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -91,6 +94,24 @@ async fn javascript_client_in_chromium() {
     // control for the same page.
     let mut inject = start_proxy(backend.addr, "[client]\ninject = true").await;
     let relay = Relay::start(proxy.addr).await;
+    // A real nginx in front of `proxy`, as a firewall that refuses upgrades
+    // and holds streamed bodies.
+    let nginx = match nginx::nginx_bin() {
+        Some(bin) => Some(
+            nginx::BufferingNginx::start(&bin, &target_dir(), proxy.addr)
+                .unwrap_or_else(|e| panic!("nginx could not be started: {e}")),
+        ),
+        None if std::env::var("CI").as_deref() == Ok("true") => {
+            panic!(
+                "nginx not found at {} (apt-get install nginx-light)",
+                nginx::NGINX_BIN
+            )
+        }
+        None => {
+            eprintln!("SKIPPED the nginx checks: no {}", nginx::NGINX_BIN);
+            None
+        }
+    };
 
     // The demo: the example chat app behind a proxy configured like
     // examples/demo.rs.
@@ -130,6 +151,10 @@ async fn javascript_client_in_chromium() {
         )
         .env("WSB_SCREENSHOT", &screenshot)
         .env("WSB_CHROMIUM", &chromium)
+        .env(
+            "WSB_NGINX",
+            nginx.as_ref().map(|n| n.url()).unwrap_or_default(),
+        )
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -153,6 +178,7 @@ async fn javascript_client_in_chromium() {
         .await
         .expect("the browser run took too long")
         .expect("node failed");
+    drop(nginx);
     // Both proxies must still shut down cleanly after the browser's abuse.
     proxy.shutdown().await;
     gappy.shutdown().await;
@@ -286,9 +312,16 @@ async fn start_proxy(backend: SocketAddr, extra_toml: &str) -> Proxy {
         upstream = "ws://{backend}/plain"
         transports = ["sse", "stream", "poll"]
 
+        [[routes]]
+        path = "/slow"
+        upstream = "ws://{backend}/slow"
+        transports = ["websocket", "sse", "stream", "poll"]
+
         [sessions]
         heartbeat = "1s"
         client_retry = "200ms"
+        # Long, so a session that ends quickly was closed by its page.
+        idle_timeout = "10m"
 
         {extra_toml}
         "#
@@ -328,7 +361,8 @@ type FrameLog = Arc<Mutex<HashMap<String, Vec<Value>>>>;
 ///
 /// A text frame `close:CODE:REASON` makes it close with that code and reason;
 /// `push:N:MS` makes it also send `p:0` … `p:N-1`, one every MS milliseconds.
-/// Handshakes on `/deny` are refused with 403.
+/// Handshakes on `/deny` are refused with 403; on `/slow` answered after
+/// [`SLOW_HANDSHAKE`].
 struct Backend {
     addr: SocketAddr,
 }
@@ -357,6 +391,17 @@ impl Backend {
     }
 }
 
+/// How long a handshake on `/slow` takes: more than the client's
+/// `websocketTimeout` (1.5 s), well within the proxy's `connect_timeout`.
+const SLOW_HANDSHAKE: Duration = Duration::from_secs(2);
+
+/// Counts the page's `new WebSocket()` calls (`window.__wsCount`) with a
+/// wrapper the client captures as the browser's WebSocket.
+const COUNTED_PAGE: &str = "<!doctype html><html><head><meta charset=\"utf-8\"><title>wsbridge counted</title>\
+    <script>window.__wsCount = 0; (function (N) { function W(u, p) { window.__wsCount++; \
+    return p === undefined ? new N(u) : new N(u, p); } W.prototype = N.prototype; \
+    window.WebSocket = W; })(window.WebSocket);</script>\
+    <script src=\"/_bridge/client.js\"></script></head><body>counted</body></html>";
 const PAGE: &str = "<!doctype html><html><head><meta charset=\"utf-8\"><title>wsbridge test</title>\
     <script src=\"/_bridge/client.js\"></script></head><body>wsbridge browser test</body></html>";
 const SHIM_PAGE: &str = "<!doctype html><html><head><meta charset=\"utf-8\"><title>wsbridge shim</title>\
@@ -389,6 +434,9 @@ async fn backend_request(
     if let Some(key) = websocket_key(&req) {
         if path.starts_with("/deny") {
             return Ok(response(StatusCode::FORBIDDEN, "text/plain", "denied"));
+        }
+        if path.starts_with("/slow") {
+            tokio::time::sleep(SLOW_HANDSHAKE).await;
         }
         let protocol = req
             .headers()
@@ -429,6 +477,7 @@ async fn backend_request(
         }
         "/shim.html" => response(StatusCode::OK, "text/html; charset=utf-8", SHIM_PAGE),
         "/plain.html" => response(StatusCode::OK, "text/html; charset=utf-8", PLAIN_PAGE),
+        "/counted.html" => response(StatusCode::OK, "text/html; charset=utf-8", COUNTED_PAGE),
         _ => response(StatusCode::OK, "text/html; charset=utf-8", PAGE),
     })
 }

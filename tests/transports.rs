@@ -519,3 +519,40 @@ async fn reader_endpoints_mark_errors_too_and_head_supersedes_nothing() {
     s.send_text("still mine").await;
     assert_eq!(sse.take(1).await, vec![Ev::Text(1, "still mine".into())]);
 }
+
+/// The JavaScript client's probe window waits for a first event: asked for
+/// (`heartbeat=event` on SSE, `heartbeat=now` on stream), a heartbeat comes
+/// at once, not after a whole interval of silence (15 s here).
+#[tokio::test]
+async fn a_first_heartbeat_comes_at_once_when_asked_for() {
+    let backend = Backend::start().await;
+    let proxy = Proxy::start(&backend, "[sessions]\nheartbeat = \"15s\"\n").await;
+    let s = proxy.open("/echo").await;
+    let within = Duration::from_secs(5);
+
+    let resp = proxy
+        .http
+        .get(s.url("/sse?cursor=0&heartbeat=event"))
+        .send()
+        .await
+        .unwrap();
+    let mut sse = SseClient::new(resp);
+    let ev = tokio::time::timeout(within, sse.next_raw())
+        .await
+        .expect("no heartbeat at once over SSE")
+        .unwrap();
+    assert_eq!((ev.event.as_str(), ev.id.as_str()), ("heartbeat", ""));
+
+    let resp = proxy
+        .http
+        .get(s.url("/stream?cursor=0&heartbeat=now"))
+        .send()
+        .await
+        .unwrap();
+    let mut lines = NdjsonClient::new(resp);
+    let line = tokio::time::timeout(within, lines.next())
+        .await
+        .expect("no heartbeat at once over stream")
+        .unwrap();
+    assert_eq!(line, json!({"type": "heartbeat"}));
+}

@@ -5,6 +5,7 @@
 //! ```text
 //! cargo run --release --example bench -- --scenario all     # every scenario (~7 min)
 //! cargo run --release --example bench -- --scenario light   # or throughput, echo, many, reuse, cpu, cluster
+//! cargo run --release --example bench -- --scenario time-to-open  # Chromium behind a buffering nginx
 //! cargo run --release --example bench -- --smoke            # correctness only, for CI (~15 s)
 //! ```
 //!
@@ -29,12 +30,15 @@
 //! - `probe`: /proc readings (CPU ticks, RSS, socket memory), rlimits, machine.
 //! - `clients`: one client per transport, each checking what it receives.
 //! - `fleet`: many clients at once, their counters and histograms.
-//! - `scenarios`: light, throughput, echo, many, reuse, smoke.
+//! - `nginx`: a real nginx as a buffering firewall (time-to-open).
+//! - `scenarios`: light, throughput, echo, many, reuse, cluster, smoke,
+//!   time-to-open (which drives Chromium with `time_to_open.mjs`).
 //! - `report`: tables, JSON lines and the targets of issue 6.
 
 mod backend;
 mod clients;
 mod fleet;
+mod nginx;
 mod probe;
 mod procs;
 mod report;
@@ -121,6 +125,10 @@ enum Which {
     Cluster,
     /// The proxy's CPU per delivered message, from the throughput run.
     Cpu,
+    /// Time-to-open in headless Chromium behind a buffering nginx (first
+    /// and next page load); needs nginx, chromium and tests/browser's
+    /// node_modules. Not part of `all`.
+    TimeToOpen,
 }
 
 fn main() -> ExitCode {
@@ -237,6 +245,11 @@ async fn bench(cli: Cli) -> Result<ExitCode> {
             let reuse = scenarios::reuse::run(&ctx).await;
             ctx.out.table(&reuse);
             tables.push(reuse);
+        }
+        if w == Which::TimeToOpen {
+            let opened = scenarios::time_to_open::run(&ctx).await;
+            ctx.out.table(&opened);
+            tables.push(opened);
         }
         ctx.out.table(&report::targets(&tables));
     }

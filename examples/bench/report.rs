@@ -227,7 +227,7 @@ struct Target {
     unit: &'static str,
 }
 
-const TARGETS: [Target; 14] = [
+const TARGETS: [Target; 16] = [
     Target {
         name: "cluster: forwarded sse throughput >= 0.7x owner",
         scenario: "cluster",
@@ -245,6 +245,24 @@ const TARGETS: [Target; 14] = [
         at_least: false,
         limit: 150.0,
         unit: "us",
+    },
+    Target {
+        name: "time to open, first load behind buffering nginx <= 3 s",
+        scenario: "time-to-open",
+        transport: "first load",
+        column: "open_s",
+        at_least: false,
+        limit: 3.0,
+        unit: "s",
+    },
+    Target {
+        name: "time to open, next load behind buffering nginx <= 1 s",
+        scenario: "time-to-open",
+        transport: "next load",
+        column: "open_s",
+        at_least: false,
+        limit: 1.0,
+        unit: "s",
     },
     Target {
         name: "sse throughput >= 0.5x direct",

@@ -48,7 +48,13 @@ pub(super) fn read(
                 named_heartbeat: flag(&query, "heartbeat", "event"),
             },
         ),
-        Transport::Stream => stream::respond(reader, config.sessions.heartbeat),
+        // `?heartbeat=now`: one heartbeat line at once, which the client's
+        // probe window waits for.
+        Transport::Stream => stream::respond(
+            reader,
+            config.sessions.heartbeat,
+            flag(&query, "heartbeat", "now"),
+        ),
         Transport::Poll | Transport::Websocket => {
             poll::respond(reader, wait, config.poll.max_events, config.poll.max_bytes)
         }

@@ -40,9 +40,15 @@ pub struct Settings {
 
 /// The SSE response for an attached reader.
 pub fn respond(reader: Reader, settings: Settings) -> Response<Body> {
-    // The prelude, then the retry line, in one chunk before any event.
+    // The prelude, then the retry line, in one chunk before any event. With
+    // `heartbeat=event`, one heartbeat at once after them: the client's probe
+    // window waits for a first event, and a middlebox that holds streamed
+    // bodies is told apart from a quiet session that way.
     let mut first = super::sse_prelude().to_vec();
     first.extend_from_slice(format!("retry: {}\n\n", settings.retry.as_millis()).as_bytes());
+    if settings.named_heartbeat {
+        first.extend_from_slice(b"event: heartbeat\ndata:\n\n");
+    }
     let first = Bytes::from(first);
     let state = State {
         reader,

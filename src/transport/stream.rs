@@ -14,7 +14,10 @@ use super::{STREAM_BATCH_BYTES, STREAM_BATCH_EVENTS, ends_session, write_event_j
 use crate::body::Body;
 use crate::session::{Batch, Reader};
 
-pub fn respond(reader: Reader, heartbeat: Duration) -> Response<Body> {
+/// `hello`: a heartbeat line at once after the prelude. The client's probe
+/// window waits for a first line, which tells a middlebox holding streamed
+/// bodies apart from a quiet session.
+pub fn respond(reader: Reader, heartbeat: Duration, hello: bool) -> Response<Body> {
     // The prelude first: `started` is false until it is sent.
     let chunks = stream::unfold(
         (reader, false, false),
@@ -23,7 +26,15 @@ pub fn respond(reader: Reader, heartbeat: Duration) -> Response<Body> {
                 return None;
             }
             if !started {
-                return Some((super::stream_prelude(), (reader, true, false)));
+                let prelude = super::stream_prelude();
+                let first = if hello {
+                    let mut first = prelude.to_vec();
+                    first.extend_from_slice(b"{\"type\":\"heartbeat\"}\n");
+                    Bytes::from(first)
+                } else {
+                    prelude
+                };
+                return Some((first, (reader, true, false)));
             }
             // `next` is cancel-safe: events are taken only when it returns.
             let batch = tokio::select! {

@@ -14,6 +14,10 @@
 //                                           behind HAProxy round-robin, no stickiness
 //   WSB_SCREENSHOT     where demo_chat saves its screenshot (a .png path)
 //   WSB_CHROMIUM       the browser binary (default /usr/bin/chromium)
+//   WSB_NGINX          optional: http://127.0.0.1:N, a real nginx in front of WSB_PROXY
+//                      set up as a buffering firewall (examples/bench/nginx.rs);
+//                      unset, the nginx checks do not run (tests/browser.rs
+//                      fails under CI=true instead)
 //   WSB_ONLY           optional: run only the checks whose name contains this
 //
 // Prints one JSON line per check ({"check", "ok", "ms", "error"?}) and exits
@@ -33,6 +37,7 @@ const DEMO = required("WSB_DEMO");
 const DEMO_CLUSTER = process.env.WSB_DEMO_CLUSTER || "";
 const SCREENSHOT = required("WSB_SCREENSHOT");
 const ONLY = process.env.WSB_ONLY || "";
+const NGINX = process.env.WSB_NGINX || "";
 const BRIDGED = ["sse", "stream", "poll"];
 const FLAKY_MESSAGES = 2000;
 
@@ -506,6 +511,209 @@ check("upstream_rejection_fails_fast", 15000, async (browser) => {
   }
 });
 
+// ------------------------------------------------- choosing a transport
+
+// Opens a socket on a page of `origin` that counts the page's `new
+// WebSocket()` calls (/counted.html wraps the constructor before the client
+// loads) and reports every transport, open, reconnecting and resumed event.
+async function countedLoad(context, origin, path, options, seed) {
+  const page = await context.newPage();
+  page.on("pageerror", (e) => console.error(`[page error] ${e.message}`));
+  await page.goto(origin + "/counted.html");
+  await page.evaluate(pageHelpers);
+  // What an earlier load would have left in localStorage.
+  if (seed) await page.evaluate(([key, value]) => localStorage.setItem(key, value), seed);
+  const result = await page.evaluate(
+    async ({ path, options }) => {
+      const started = performance.now();
+      const socket = T.watch(new WsBridge.BridgeSocket(T.wsUrl(path), [], options));
+      window.socket = socket;
+      window.seen = [];
+      for (const type of ["transport", "open", "reconnecting", "resumed", "close"]) {
+        socket.addEventListener(type, (e) => window.seen.push({ type, state: socket.state, transport: socket.transport, detail: e.detail || null }));
+      }
+      await T.opened(socket, 15000);
+      return { ms: performance.now() - started, transport: socket.transport, state: socket.state, constructed: window.__wsCount, seen: window.seen };
+    },
+    { path, options },
+  );
+  return { page, ...result };
+}
+
+function attemptsOf(seen) {
+  const event = seen.find((e) => e.type === "transport");
+  if (!event) throw new Error("no transport event: " + JSON.stringify(seen));
+  return event.detail.attempts.map((a) => `${a.transport}:${a.result}`);
+}
+
+// Behind a real nginx that refuses upgrades and holds streamed bodies: the
+// first load moves on within the probe window (WebSocket refused, SSE held,
+// stream skipped, poll), 200 messages flow both ways in order; the next
+// load in the same profile starts on poll without trying a WebSocket.
+check("nginx_buffering_firewall", 60000, async (browser) => {
+  if (!NGINX) return { skipped: "WSB_NGINX not set" };
+  const context = await browser.newContext();
+  try {
+    const t = tag("nginx");
+    const first = await countedLoad(context, NGINX, `/ws?tag=${t}`);
+    assertEqual(first.transport, "poll", "transport on the first load");
+    assertEqual(attemptsOf(first.seen), ["websocket:failed", "sse:held, no headers", "stream:skipped", "poll:open"], "attempts on the first load");
+    assertEqual(first.constructed, 1, "WebSockets constructed on the first load");
+    assertEqual(first.seen.slice(0, 2).map((e) => [e.type, e.state]), [["transport", "open"], ["open", "open"]], "events on open");
+    const count = 200;
+    const flow = await first.page.evaluate(async (count) => {
+      const socket = window.socket;
+      socket.send(`push:${count}:0`);
+      for (let i = 0; i < count; i++) socket.send(`c:${i}`);
+      const got = await T.messages(socket, 2 * count, 30000);
+      const expect = (prefix) => Array.from({ length: count }, (_, i) => `${prefix}:${i}`).join(",");
+      const ok = {
+        echoes: got.filter((m) => m.startsWith("c:")).join(",") === expect("c"),
+        pushes: got.filter((m) => m.startsWith("p:")).join(",") === expect("p"),
+        total: got.length,
+        errors: socket.__errors,
+      };
+      socket.close(1000);
+      await T.closed(socket);
+      return ok;
+    }, count);
+    assertEqual(flow, { echoes: true, pushes: true, total: 2 * count, errors: [] }, "200 messages each way through nginx");
+    const log = await (await fetch(`${PROXY}/log?tag=${t}`)).json();
+    const sent = log.filter((f) => f.type === "text").map((f) => f.data);
+    assertEqual(sent, [`push:${count}:0`, ...Array.from({ length: count }, (_, i) => `c:${i}`)], "frames the backend received");
+    const memory = await first.page.evaluate(() => Object.entries(localStorage).filter(([k]) => k.startsWith("wsbridge:transport:")));
+    await first.page.close();
+    assertEqual(memory.length, 1, "memory entries");
+    const remembered = JSON.parse(memory[0][1]);
+    assertEqual([memory[0][0], remembered.transport, remembered.websocket], [`wsbridge:transport:${NGINX}/_bridge`, "poll", "fails"], "what was remembered");
+
+    const next = await countedLoad(context, NGINX, `/ws?tag=${t}-next`);
+    assertEqual(next.transport, "poll", "transport on the next load");
+    assertEqual(attemptsOf(next.seen), ["poll:open"], "attempts on the next load");
+    assertEqual(next.constructed, 0, "WebSockets constructed on the next load");
+    const reason = next.seen[0].detail.reason;
+    if (!/remembered/.test(reason)) throw new Error("reason does not say remembered: " + reason);
+    const echo = await next.page.evaluate(async () => {
+      window.socket.send("again");
+      const [m] = await T.messages(window.socket, 1, 10000);
+      return m;
+    });
+    assertEqual(echo, "again", "echo on the next load");
+    await next.page.close();
+
+    // A profile that remembers SSE (say, from another network): SSE is
+    // held here, so it moves on to poll and remembers that instead.
+    const other = await browser.newContext();
+    try {
+      const key = `wsbridge:transport:${NGINX}/_bridge`;
+      const stale = await countedLoad(other, NGINX, `/ws?tag=${t}-stale`, undefined, [key, JSON.stringify({ transport: "sse", websocket: "fails", at: Date.now() })]);
+      assertEqual(attemptsOf(stale.seen), ["sse:held, no headers", "stream:skipped", "poll:open"], "attempts with SSE remembered");
+      assertEqual(stale.constructed, 0, "WebSockets constructed with SSE remembered");
+      const now = await stale.page.evaluate((key) => JSON.parse(localStorage.getItem(key)).transport, key);
+      assertEqual(now, "poll", "remembered after SSE was held");
+    } finally {
+      await other.close();
+    }
+    return { first_load_ms: Math.round(first.ms), next_load_ms: Math.round(next.ms), first_reason: first.seen[0].detail.reason };
+  } finally {
+    await context.close();
+  }
+});
+
+// A WebSocket slower than websocketTimeout that works (/slow: the backend
+// answers the handshake after 2 s): this page goes on bridged, the
+// handshake finishes in the background, and the next load opens on it.
+check("slow_websocket_remembered", 40000, async (browser) => {
+  const context = await browser.newContext();
+  try {
+    const first = await countedLoad(context, PROXY, "/slow?tag=slow");
+    if (!BRIDGED.includes(first.transport)) throw new Error("first load not bridged: " + first.transport);
+    assertEqual(attemptsOf(first.seen)[0], "websocket:timeout", "first attempt");
+    // The background handshake ends about 2 s after it began.
+    const memory = await first.page.evaluate(async () => {
+      const key = Object.keys(localStorage).find((k) => k.startsWith("wsbridge:transport:"));
+      for (let i = 0; i < 100; i++) {
+        const value = JSON.parse(localStorage.getItem(key) || "{}");
+        if (value.transport === "websocket") return value;
+        await new Promise((r) => setTimeout(r, 100));
+      }
+      return JSON.parse(localStorage.getItem(key) || "{}");
+    });
+    assertEqual([memory.transport, memory.websocket], ["websocket", "works"], "remembered after the slow handshake");
+    // The live socket was not switched.
+    assertEqual(await first.page.evaluate(() => window.socket.transport), first.transport, "transport of the first page");
+    await first.page.close();
+    const next = await countedLoad(context, PROXY, "/slow?tag=slow-next");
+    assertEqual(next.transport, "websocket", "transport on the next load");
+    assertEqual(attemptsOf(next.seen), ["websocket:open"], "attempts on the next load");
+    await next.page.close();
+    return { first: first.transport, ws_ms: memory.wsMs };
+  } finally {
+    await context.close();
+  }
+});
+
+// transport, open, reconnecting and resumed, in that order, with `state`;
+// readyState stays OPEN throughout, and nothing is lost.
+check("state_events_on_reconnect", 30000, async (browser) => {
+  const context = await browser.newContext();
+  try {
+    const load = await countedLoad(context, RELAY, "/ws?tag=states", { transports: ["sse"] });
+    await relayChaos(true);
+    const during = await load.page.evaluate(async () => {
+      for (let i = 0; i < 100 && !window.seen.some((e) => e.type === "reconnecting"); i++) await new Promise((r) => setTimeout(r, 50));
+      return { readyState: window.socket.readyState, seen: window.seen.map((e) => e.type) };
+    });
+    await relayChaos(false);
+    const after = await load.page.evaluate(async () => {
+      const socket = window.socket;
+      for (let i = 0; i < 100 && socket.state !== "open"; i++) await new Promise((r) => setTimeout(r, 50));
+      socket.send("still here");
+      const [echo] = await T.messages(socket, 1, 10000);
+      return { echo, state: socket.state, readyState: socket.readyState, seen: window.seen.map((e) => [e.type, e.state]), last: window.seen.at(-1) };
+    });
+    await load.page.close();
+    assertEqual(during.readyState, 1, "readyState while reconnecting");
+    assertEqual(after.seen.slice(0, 3), [["transport", "open"], ["open", "open"], ["reconnecting", "reconnecting"]], "first events");
+    assertEqual([after.last.type, after.last.state], ["resumed", "open"], "last event");
+    assertEqual([after.echo, after.state, after.readyState], ["still here", "open", 1], "after resuming");
+    if (!/resumed from event/.test(after.last.detail.reason)) throw new Error("resumed reason: " + after.last.detail.reason);
+    return { events: after.seen.length };
+  } finally {
+    await relayChaos(false);
+    await context.close();
+  }
+});
+
+// A page that goes away closes its sessions with 1001 at once (a keepalive
+// DELETE on pagehide), long before the proxy's idle_timeout (10 min here):
+// by navigating away, and by closing the tab.
+for (const how of ["navigate", "close"]) {
+  check(`pagehide_closes_session_${how}`, 20000, async (browser) => {
+    const context = await browser.newContext();
+    try {
+      const t = tag("pagehide");
+      const { page } = await countedLoad(context, PROXY, `/ws?tag=${t}`);
+      await page.evaluate(async () => {
+        window.socket.send("hi");
+        await T.messages(window.socket, 1, 5000);
+      });
+      if (how === "navigate") await page.goto(PROXY + "/elsewhere");
+      else await page.close({ runBeforeUnload: false });
+      const deadline = Date.now() + 8000;
+      let log = [];
+      while (Date.now() < deadline) {
+        log = await (await fetch(`${PROXY}/log?tag=${t}`)).json();
+        if (log.some((f) => f.type === "close")) break;
+        await new Promise((r) => setTimeout(r, 50));
+      }
+      assertEqual(log, [{ type: "text", data: "hi" }, { type: "close", code: 1001, reason: "" }], "frames the backend received");
+    } finally {
+      await context.close();
+    }
+  });
+}
+
 check("websocket_shim", 20000, async (browser) => {
   const context = await browser.newContext();
   try {
@@ -606,20 +814,22 @@ check("inject_unchanged_page", 20000, async (browser) => {
 // The demo chat as a person uses it: load, see the state and transport,
 // chat, switch to poll, chat again; a second member sees the messages. Saves
 // a screenshot (WSB_SCREENSHOT) for a human to look at.
-check("demo_chat", 25000, (browser) => demoChat(browser, DEMO, SCREENSHOT));
+check("demo_chat", 40000, (browser) => demoChat(browser, DEMO, SCREENSHOT));
 
 // The same through a cluster: every request of the page, its sends and its
 // readers' reconnects, may land on any replica.
 if (DEMO_CLUSTER) {
-  check("demo_chat_cluster", 25000, (browser) => demoChat(browser, DEMO_CLUSTER, null));
+  check("demo_chat_cluster", 40000, (browser) => demoChat(browser, DEMO_CLUSTER, null));
 }
 
 async function demoChat(browser, DEMO, SCREENSHOT) {
   const context = await browser.newContext({ viewport: { width: 900, height: 560 } });
+  // The friend in a profile of its own, so that only "me" goes offline.
+  const elsewhere = await browser.newContext();
   const errors = [];
   try {
-    const open = async (query) => {
-      const page = await context.newPage();
+    const open = async (query, where = context) => {
+      const page = await where.newPage();
       page.on("pageerror", (e) => errors.push(e.message));
       await page.goto(`${DEMO}/${query}`);
       return page;
@@ -650,7 +860,11 @@ async function demoChat(browser, DEMO, SCREENSHOT) {
     const transport = await connected(me);
     if (!BRIDGED.includes(transport)) throw new Error("transport shown: " + transport);
     assertEqual(await me.locator("#state").textContent(), "open", "#state text");
-    const friend = await open("?nick=friend&transport=stream");
+    const policy = await me.locator("#policy").textContent();
+    if (!/WebSocket upgrades are refused on \/ws by configuration/.test(policy)) throw new Error("#policy: " + policy);
+    const reason = await me.locator("#reason").textContent();
+    if (!reason.startsWith(`This page is on ${transport}: `) || !/websocket failed/.test(reason)) throw new Error("#reason: " + reason);
+    const friend = await open("?nick=friend&transport=stream", elsewhere);
     assertEqual(await connected(friend), "stream", "friend's transport");
 
     await say(me, "hello from chromium");
@@ -665,6 +879,18 @@ async function demoChat(browser, DEMO, SCREENSHOT) {
     await friend.click("#send");
     await me.locator("#messages li", { hasText: "hi tester" }).waitFor({ timeout: 8000 });
 
+    // Offline and back: "reconnecting", then "resumed, nothing lost", and
+    // what the friend said meanwhile arrives.
+    await context.setOffline(true);
+    await me.waitForFunction(() => document.querySelector("#state").dataset.state === "reconnecting", null, { timeout: 10000 });
+    await friend.fill("#input", "said while you were away");
+    await friend.click("#send");
+    await friend.locator("#messages li.mine", { hasText: "said while you were away" }).waitFor({ timeout: 8000 });
+    await context.setOffline(false);
+    await me.locator("#messages li", { hasText: "resumed, nothing lost" }).waitFor({ timeout: 10000 });
+    await me.locator("#messages li", { hasText: "said while you were away" }).waitFor({ timeout: 8000 });
+    assertEqual(await me.locator("#state").textContent(), "open", "#state after resuming");
+
     const shown = await me.evaluate(() => ({
       nick: document.querySelector("#nick").value,
       picker: document.querySelector("#transport-select").value,
@@ -675,9 +901,10 @@ async function demoChat(browser, DEMO, SCREENSHOT) {
     assertEqual([shown.nick, shown.picker], ["tester", "poll"], "#nick and #transport-select");
     if (SCREENSHOT) await me.screenshot({ path: SCREENSHOT });
     assertEqual(errors, [], "page errors");
-    return { first_transport: transport, ...shown };
+    return { first_transport: transport, reason, ...shown };
   } finally {
     await context.close();
+    await elsewhere.close();
   }
 }
 

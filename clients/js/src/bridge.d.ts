@@ -22,8 +22,21 @@ export interface BridgeSocketOptions {
   withCredentials?: boolean;
   /** Milliseconds a real WebSocket may take to open before falling back. Default 1500. */
   websocketTimeout?: number;
-  /** Milliseconds a bridged transport's first connection may take. Default 5000. */
+  /** Milliseconds a bridged transport's first connection may take (headers,
+   *  or the first poll's answer). Default 5000. */
   openTimeout?: number;
+  /** Milliseconds SSE and stream get to deliver their first event (the proxy
+   *  sends a heartbeat at once) before the next transport is tried. Default 2000. */
+  probeTimeout?: number;
+  /** Remember in localStorage (key `wsbridge:transport:` + bridge origin +
+   *  prefix) which transport worked, and start there next time. Default true. */
+  remember?: boolean;
+  /** Milliseconds a remembered transport is trusted; then every transport is
+   *  probed again. Default 86400000 (24 h). */
+  rememberFor?: number;
+  /** While bridged, milliseconds between background checks that a real
+   *  WebSocket would open (never switching the live socket); 0 never. Default 300000. */
+  reprobeInterval?: number;
   /** Milliseconds of failed reconnects after which the socket closes with 1006. Default 60000. */
   reconnectTimeout?: number;
   /** The constructor used for the "websocket" transport; null never uses one.
@@ -43,12 +56,62 @@ export interface BridgeGapErrorEvent extends ErrorEvent {
   readonly to: number;
 }
 
+/** `socket.state`: `readyState` in words, plus "reconnecting" while a bridged
+ *  socket's downstream connection is being re-established (readyState stays OPEN). */
+export type BridgeSocketState = "connecting" | "open" | "reconnecting" | "closing" | "closed";
+
+/** What an attempt to open a transport came to. */
+export interface BridgeTransportAttempt {
+  readonly transport: BridgeTransport;
+  readonly result: "open" | "failed" | "timeout" | "held" | "held, no headers" | "skipped" | "not offered" | "bridge unavailable";
+  /** Milliseconds the attempt took. */
+  readonly ms: number;
+}
+
+/** The `transport` event: fired just before `open`, and whenever the
+ *  transport changes on an open socket. */
+export interface BridgeTransportEvent extends CustomEvent<{
+  readonly transport: BridgeTransport;
+  readonly previous: BridgeTransport | null;
+  /** Why, in words: what failed, and what works. */
+  readonly reason: string;
+  readonly attempts: readonly BridgeTransportAttempt[];
+}> {}
+
+/** The `reconnecting` and `resumed` events of a bridged socket. */
+export interface BridgeStateEvent extends CustomEvent<{
+  readonly transport: BridgeTransport;
+  readonly reason: string;
+}> {}
+
+/** The events of a BridgeSocket: the WebSocket's, and `transport`,
+ *  `reconnecting` (the downstream dropped; sends are kept) and `resumed` (it
+ *  is back, nothing lost). */
+export interface BridgeSocketEventMap extends WebSocketEventMap {
+  transport: BridgeTransportEvent;
+  reconnecting: BridgeStateEvent;
+  resumed: BridgeStateEvent;
+}
+
 /** A socket with the browser WebSocket API that falls back to the wsbridge
  *  proxy's HTTP transports when a real WebSocket cannot be opened. Every
  *  member of `WebSocket` behaves as it does there; `transport` is added. */
 export interface BridgeSocket extends WebSocket {
   /** The transport in use once open; null before. */
   readonly transport: BridgeTransport | null;
+  readonly state: BridgeSocketState;
+  addEventListener<K extends keyof BridgeSocketEventMap>(
+    type: K,
+    listener: (this: BridgeSocket, ev: BridgeSocketEventMap[K]) => any,
+    options?: boolean | AddEventListenerOptions,
+  ): void;
+  addEventListener(type: string, listener: EventListenerOrEventListenerObject, options?: boolean | AddEventListenerOptions): void;
+  removeEventListener<K extends keyof BridgeSocketEventMap>(
+    type: K,
+    listener: (this: BridgeSocket, ev: BridgeSocketEventMap[K]) => any,
+    options?: boolean | EventListenerOptions,
+  ): void;
+  removeEventListener(type: string, listener: EventListenerOrEventListenerObject, options?: boolean | EventListenerOptions): void;
 }
 
 export interface BridgeSocketConstructor {

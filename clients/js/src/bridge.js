@@ -23,9 +23,20 @@ const WSBRIDGE_DEFAULTS = Object.freeze({
   // A firewall that blocks WebSocket often lets the upgrade hang rather than
   // refusing it; this bounds how long the page waits before falling back.
   websocketTimeout: 1500,
-  // Bounds each bridged transport's first connection (headers received),
-  // so an intermediary that holds streaming responses moves us on.
+  // Bounds each bridged transport's first connection (headers received,
+  // or the first poll's answer).
   openTimeout: 5000,
+  // SSE and stream must deliver their first event (the proxy sends a
+  // heartbeat at once) within this; an intermediary that holds streamed
+  // bodies shows headers and then nothing, and moves us on.
+  probeTimeout: 2000,
+  // Remember per origin (localStorage) which transport worked, and start
+  // there on the next load, for this long.
+  remember: true,
+  rememberFor: 24 * 60 * 60 * 1000,
+  // While bridged, how often to check in the background whether a real
+  // WebSocket would now open (the live socket is never switched).
+  reprobeInterval: 5 * 60 * 1000,
   // Reconnecting gives up after this long without one working connection.
   reconnectTimeout: 60000,
   withCredentials: false,
@@ -61,6 +72,16 @@ const CLOSE_EVENT_TIMEOUT_MS = 5000;
 const REQUEST_TIMEOUT_MS = 10000;
 const OPEN_REQUEST_TIMEOUT_MS = 30000;
 const MAX_CLOSE_REASON_BYTES = 123;
+// A WebSocket handshake that outlived websocketTimeout is left running this
+// long in the background: if it opens, the next load knows WebSocket works.
+const SLOW_WEBSOCKET_GRACE_MS = 30000;
+// A WebSocket remembered as working but slow gets twice its last handshake
+// time (plus this) to open, up to the cap.
+const SLOW_WEBSOCKET_SLACK_MS = 500;
+const SLOW_WEBSOCKET_CAP_MS = 10000;
+// localStorage key prefix of what worked, per bridge origin and prefix:
+// `wsbridge:transport:` + "https://app.example" + "/_bridge".
+const MEMORY_KEY_PREFIX = "wsbridge:transport:";
 
 const WSBRIDGE_NATIVE = Symbol.for("wsbridge.nativeWebSocket");
 
@@ -144,6 +165,37 @@ function deadline(parent, ms) {
   };
 }
 
+// What worked last time for one bridge (see MEMORY_KEY_PREFIX):
+// { transport, websocket: "works" | "fails" | undefined, wsMs, at, probedAt }.
+// `at` is when it was learned; after `rememberFor` it is ignored and the
+// next socket probes every transport afresh. localStorage may be missing or
+// throw (sandboxed frames, storage disabled): then nothing is remembered.
+function readMemory(key, maxAgeMs) {
+  try {
+    const memory = JSON.parse(globalThis.localStorage.getItem(key));
+    if (!memory || typeof memory !== "object") return null;
+    const age = Date.now() - Number(memory.at);
+    if (!(age >= 0 && age < maxAgeMs)) return null;
+    return memory;
+  } catch {
+    return null;
+  }
+}
+
+function writeMemory(key, patch) {
+  try {
+    let old = null;
+    try {
+      old = JSON.parse(globalThis.localStorage.getItem(key));
+    } catch {
+      old = null;
+    }
+    globalThis.localStorage.setItem(key, JSON.stringify({ ...(old && typeof old === "object" ? old : {}), ...patch }));
+  } catch {
+    // storage unavailable or full: nothing remembered
+  }
+}
+
 function domException(message, name) {
   return new DOMException(message, name);
 }
@@ -201,6 +253,10 @@ function normalizeOptions(options) {
     transports,
     websocketTimeout: Number(o.websocketTimeout),
     openTimeout: Number(o.openTimeout),
+    probeTimeout: Number(o.probeTimeout),
+    remember: Boolean(o.remember),
+    rememberFor: Number(o.rememberFor),
+    reprobeInterval: Number(o.reprobeInterval),
     reconnectTimeout: Number(o.reconnectTimeout),
     withCredentials: Boolean(o.withCredentials),
     // undefined: the captured native WebSocket; null: never use one.
@@ -251,12 +307,22 @@ class BridgeOpenError extends Error {
 }
 
 // Open bridged sockets, each with what closes its session when the page goes
-// away, as the browser closes its real WebSockets then: with 1001, "going
-// away", which the proxy's DELETE accepts for this.
+// away (pagehide), as the browser closes its real WebSockets then: with 1001,
+// "going away", which the proxy's DELETE accepts for this, by a keepalive
+// fetch that outlives the page; and what the network's offline and online
+// events do to it.
 const liveBridgeSockets = new Map();
 if (typeof globalThis.addEventListener === "function") {
   globalThis.addEventListener("pagehide", () => {
-    for (const closeSession of Array.from(liveBridgeSockets.values())) closeSession();
+    for (const live of Array.from(liveBridgeSockets.values())) live.goingAway();
+  });
+  // The browser knows before any watchdog that the network went away or
+  // came back: reconnect at once rather than after a timeout or a backoff.
+  globalThis.addEventListener("offline", () => {
+    for (const live of Array.from(liveBridgeSockets.values())) live.offline();
+  });
+  globalThis.addEventListener("online", () => {
+    for (const live of Array.from(liveBridgeSockets.values())) live.online();
   });
 }
 
@@ -293,6 +359,15 @@ class BridgeSocket extends EventTarget {
   #reconnectFailures = 0;
   #downSince = 0; // when the downstream last lost a working connection
   #openWaiter = null; // resolves the first connection attempt during open
+  #sawHeaders = false; // the attempt being probed got its response headers
+  #reconnecting = false; // the downstream dropped and is not back yet
+
+  // Choosing a transport.
+  #memoryKey; // localStorage key of what worked for this bridge
+  #attempts = []; // what was tried while opening: { transport, result, ms }
+  #remembered = null; // the transport an earlier load remembered, if used
+  #reprobeTimer = null;
+  #openMs = 0; // how long the open request took
 
   // Upstream (send) side.
   #queue = []; // outgoing frames not yet acknowledged, in order
@@ -312,6 +387,7 @@ class BridgeSocket extends EventTarget {
     this.#wsOrigin = `${parsed.protocol}//${parsed.host}`;
     this.#httpOrigin = `${parsed.protocol === "wss:" ? "https:" : "http:"}//${parsed.host}`;
     this.#target = parsed.pathname + parsed.search;
+    this.#memoryKey = MEMORY_KEY_PREFIX + this.#httpOrigin + this.#options.prefix;
     // Events must never fire before the caller can attach handlers.
     queueMicrotask(() => this.#connect());
   }
@@ -328,6 +404,14 @@ class BridgeSocket extends EventTarget {
   get bufferedAmount() { return this.#ws ? this.#ws.bufferedAmount : this.#buffered; }
   /** The transport in use ("websocket", "sse", "stream", "poll"), null until open. */
   get transport() { return this.#transport; }
+  /** "connecting", "open", "reconnecting", "closing" or "closed": readyState,
+   *  plus "reconnecting" while a bridged socket's downstream is being
+   *  re-established (readyState stays OPEN then). */
+  get state() {
+    const ready = this.readyState;
+    if (ready === BridgeSocket.OPEN && this.#reconnecting) return "reconnecting";
+    return ["connecting", "open", "closing", "closed"][ready];
+  }
   get binaryType() { return this.#binaryType; }
   set binaryType(value) {
     // Like WebSocket: an unknown value is ignored.
@@ -413,29 +497,75 @@ class BridgeSocket extends EventTarget {
 
   // ---------------------------------------------------------------- opening
 
+  // The order to try, and the WebSocket's timeout, from the options and
+  // what an earlier load remembered (see readMemory).
+  #plan() {
+    const list = this.#options.transports;
+    const plan = { order: list, websocketTimeout: this.#options.websocketTimeout };
+    // A socket pinned to one transport has no choice to make.
+    const memory = this.#options.remember && list.length > 1 ? readMemory(this.#memoryKey, this.#options.rememberFor) : null;
+    if (!memory || !list.includes(memory.transport)) return plan;
+    this.#remembered = memory.transport;
+    if (memory.transport === "websocket") {
+      // It worked, if slowly: give it the time it took, and some.
+      const ms = Number(memory.wsMs) || 0;
+      plan.websocketTimeout = Math.max(plan.websocketTimeout, Math.min(SLOW_WEBSOCKET_CAP_MS, 2 * ms + SLOW_WEBSOCKET_SLACK_MS));
+      return plan;
+    }
+    // Start on the bridged transport that worked; the others follow, and a
+    // WebSocket known to fail comes last (it is not tried while another works).
+    const rest = list.filter((t) => t !== memory.transport && t !== "websocket");
+    plan.order = [memory.transport, ...rest, ...(list.includes("websocket") ? ["websocket"] : [])];
+    return plan;
+  }
+
   async #connect() {
+    const plan = this.#plan();
     let bridgeUnavailable = false;
+    // A streamed body held by an intermediary (headers, then nothing): the
+    // other streamed transport goes through the same intermediary.
+    let streamsHeld = false;
     let failure = "no transport could be opened";
-    for (const name of this.#options.transports) {
+    // The WebSocket attempt's result: "failed", "timeout" (still running in
+    // the background) or null (not tried).
+    let websocketFailed = null;
+    const connectStarted = Date.now();
+    for (const name of plan.order) {
       if (this.#readyState !== BridgeSocket.CONNECTING) break;
+      const started = Date.now();
+      const attempt = (result) => this.#attempts.push({ transport: name, result, ms: Date.now() - started });
       try {
         if (name === "websocket") {
-          if (await this.#tryWebSocket()) return;
+          const result = await this.#tryWebSocket(plan.websocketTimeout, started);
+          if (result === "open") return;
+          attempt(result);
+          websocketFailed = result;
           failure = "the WebSocket connection failed";
           continue;
         }
         if (bridgeUnavailable) continue;
+        if (streamsHeld && name !== "poll") {
+          attempt("skipped");
+          continue;
+        }
         if (!this.#session) this.#session = await this.#openSession();
         if (this.#readyState !== BridgeSocket.CONNECTING) break;
-        if (!this.#session.links[name]) continue;
+        if (!this.#session.links[name]) {
+          attempt("not offered");
+          continue;
+        }
         this.#transport = name;
-        if (await this.#firstConnection()) return;
+        const result = await this.#firstConnection(name, started, websocketFailed, connectStarted);
+        if (result === "open") return;
+        attempt(result);
+        if (result.startsWith("held")) streamsHeld = true;
         this.#transport = null;
         failure = `the ${name} transport failed to connect`;
       } catch (err) {
         if (err instanceof BridgeOpenError && err.kind === "next") {
           bridgeUnavailable = true;
           failure = err.message;
+          attempt("bridge unavailable");
           continue;
         }
         failure = err instanceof Error ? err.message : String(err);
@@ -449,42 +579,144 @@ class BridgeSocket extends EventTarget {
     this.#finish(1006, "", false, `wsbridge: ${failure}`);
   }
 
-  // Resolves true once a native WebSocket opened and was adopted.
-  #tryWebSocket() {
+  // Why the socket is on its transport, for the `transport` event and pages.
+  #reason() {
+    const words = {
+      failed: "failed",
+      timeout: "did not answer in time",
+      held: "held by an intermediary (headers, then no event within the probe window)",
+      "held, no headers": "held by an intermediary (no answer within the probe window)",
+      skipped: "skipped (streamed responses are held)",
+      "not offered": "not offered for this URL",
+      "bridge unavailable": "the bridge is unavailable",
+    };
+    const tried = this.#attempts.filter((a) => a.result !== "open").map((a) => `${a.transport} ${words[a.result] || a.result}`);
+    const why = tried.length ? tried.join("; ") + "; " : "";
+    return `${why}${this.#transport} works${this.#remembered === this.#transport ? " (started there: remembered from an earlier load)" : ""}`;
+  }
+
+  // The socket opened on this.#transport: tell the page, remember it.
+  #announceOpen(started, websocketFailed, connectStarted) {
+    this.#attempts.push({ transport: this.#transport, result: "open", ms: Date.now() - started });
+    if (this.#options.remember && this.#options.transports.length > 1) {
+      const memory = readMemory(this.#memoryKey, this.#options.rememberFor);
+      if (this.#transport === "websocket") {
+        writeMemory(this.#memoryKey, { transport: "websocket", websocket: "works", wsMs: Date.now() - started, at: Date.now() });
+      } else if (memory && memory.websocket === "works" && Number(memory.at) >= connectStarted) {
+        // Our own slow handshake (or another tab's) just opened in the
+        // background: the next load starts on the WebSocket.
+      } else if (!memory || memory.transport !== this.#transport || websocketFailed) {
+        // Learned now. A remembered choice that held keeps its date, so it
+        // expires and the next load after that probes every transport again.
+        const patch = { transport: this.#transport, at: Date.now() };
+        // A handshake still running in the background reports itself.
+        if (websocketFailed === "failed") patch.websocket = "fails";
+        writeMemory(this.#memoryKey, patch);
+      }
+    }
+    this.#dispatchTransport(null, this.#reason());
+    if (this.#transport !== "websocket") this.#scheduleReprobe();
+  }
+
+  #dispatchTransport(previous, reason) {
+    const detail = { transport: this.#transport, previous, reason, attempts: this.#attempts.slice() };
+    const event = typeof CustomEvent === "function" ? new CustomEvent("transport", { detail }) : new Event("transport");
+    if (!("detail" in event)) Object.defineProperty(event, "detail", { value: detail });
+    this.dispatchEvent(event);
+  }
+
+  // While bridged, a real WebSocket is tried now and then in the background;
+  // when it opens, it is closed at once (the upstream sees a short extra
+  // connection) and the next load starts on it. The live socket is never
+  // switched mid-session, so nothing can be lost or doubled.
+  #scheduleReprobe() {
     const Native = this.#options.WebSocket;
-    if (!Native) return Promise.resolve(false);
-    return new Promise((resolve) => {
-      let ws;
+    const every = this.#options.reprobeInterval;
+    if (!Native || !this.#options.remember || !this.#options.transports.includes("websocket") || !(every > 0)) return;
+    clearTimeout(this.#reprobeTimer);
+    this.#reprobeTimer = setTimeout(() => {
+      if (this.#readyState !== BridgeSocket.OPEN) return;
+      // Sockets of every tab share the memory: one probe per interval.
+      const memory = readMemory(this.#memoryKey, Infinity) || {};
+      if (!(Date.now() - (Number(memory.probedAt) || 0) < every)) {
+        writeMemory(this.#memoryKey, { probedAt: Date.now() });
+        this.#backgroundWebSocket(this.#newNativeWebSocket(), Date.now());
+      }
+      this.#scheduleReprobe();
+    }, every);
+  }
+
+  #newNativeWebSocket() {
+    const Native = this.#options.WebSocket;
+    try {
+      return this.#protocols.length ? new Native(this.#url, this.#protocols) : new Native(this.#url);
+    } catch {
+      return null;
+    }
+  }
+
+  // Watches a native WebSocket nobody uses: its outcome only updates the
+  // memory (it is never adopted).
+  #backgroundWebSocket(ws, started) {
+    if (!ws) return;
+    const grace = setTimeout(() => settle(null), SLOW_WEBSOCKET_GRACE_MS);
+    const settle = (works) => {
+      clearTimeout(grace);
+      ws.onopen = ws.onerror = ws.onclose = null;
       try {
-        ws = this.#protocols.length ? new Native(this.#url, this.#protocols) : new Native(this.#url);
+        ws.close(1000);
       } catch {
-        resolve(false);
+        // already closing
+      }
+      if (works === true) writeMemory(this.#memoryKey, { transport: "websocket", websocket: "works", wsMs: Date.now() - started, at: Date.now() });
+      else if (works === false) writeMemory(this.#memoryKey, { websocket: "fails" });
+    };
+    ws.onopen = () => settle(true);
+    ws.onerror = () => settle(false);
+    ws.onclose = () => settle(false);
+  }
+
+  // "open" once a native WebSocket opened and was adopted; "failed" or
+  // "timeout" otherwise. A handshake still running at the timeout is left
+  // to finish in the background: a slow WebSocket that works is remembered
+  // for the next load, though this socket goes on without it.
+  #tryWebSocket(timeoutMs, started) {
+    if (!this.#options.WebSocket) return Promise.resolve("failed");
+    return new Promise((resolve) => {
+      const ws = this.#newNativeWebSocket();
+      if (!ws) {
+        resolve("failed");
         return;
       }
       let timer = null;
-      const settle = (opened) => {
+      const settle = (result) => {
         clearTimeout(timer);
         ws.onopen = ws.onerror = ws.onclose = null;
-        if (!opened || this.#readyState !== BridgeSocket.CONNECTING) {
+        if (result === "timeout") {
+          this.#backgroundWebSocket(ws, started);
+          resolve(result);
+          return;
+        }
+        if (result !== "open" || this.#readyState !== BridgeSocket.CONNECTING) {
           try {
             ws.close();
           } catch {
             // already closing
           }
-          resolve(false);
+          resolve(result === "open" ? "failed" : result);
           return;
         }
-        this.#adoptWebSocket(ws);
-        resolve(true);
+        this.#adoptWebSocket(ws, started);
+        resolve("open");
       };
-      timer = setTimeout(() => settle(false), this.#options.websocketTimeout);
-      ws.onopen = () => settle(true);
-      ws.onerror = () => settle(false);
-      ws.onclose = () => settle(false);
+      timer = setTimeout(() => settle("timeout"), timeoutMs);
+      ws.onopen = () => settle("open");
+      ws.onerror = () => settle("failed");
+      ws.onclose = () => settle("failed");
     });
   }
 
-  #adoptWebSocket(ws) {
+  #adoptWebSocket(ws, started) {
     this.#ws = ws;
     this.#transport = "websocket";
     this.#protocol = ws.protocol;
@@ -497,6 +729,7 @@ class BridgeSocket extends EventTarget {
       this.dispatchEvent(new CloseEvent("close", { code: e.code, reason: e.reason, wasClean: e.wasClean }));
     };
     this.#readyState = BridgeSocket.OPEN;
+    this.#announceOpen(started, null, started);
     this.dispatchEvent(new Event("open"));
   }
 
@@ -524,6 +757,7 @@ class BridgeSocket extends EventTarget {
 
   async #openSession() {
     const body = JSON.stringify({ url: this.#target, protocols: this.#protocols });
+    const started = Date.now();
     for (let attempt = 0; ; attempt++) {
       const headers = { "Content-Type": "application/json" };
       const traceparent = traceparentHeader(this.#options.traceparent);
@@ -540,6 +774,7 @@ class BridgeSocket extends EventTarget {
         throw new BridgeOpenError("next", "the bridge is unreachable");
       }
       if (response.status === 201) {
+        this.#openMs = Date.now() - started;
         const info = parseJson(response.body);
         if (!info || typeof info.session !== "string" || !info.links) {
           throw new BridgeOpenError("final", "the bridge answered the open with an unexpected body");
@@ -570,15 +805,23 @@ class BridgeSocket extends EventTarget {
     }
   }
 
-  // Starts the chosen transport's first connection; true once it is up and
-  // the socket open.
-  #firstConnection() {
+  // Starts the chosen transport's first connection: "open" once it proved
+  // itself and the socket is open. SSE and stream must deliver a first event
+  // (the proxy sends a heartbeat at once) within probeTimeout, else they are
+  // "held": by an intermediary buffering the body, which often holds the
+  // headers too ("held, no headers"; the open request just answered, so the
+  // bridge itself is reachable and quick). Poll's first answer proves it,
+  // within openTimeout ("timeout"). "failed" when the connection failed.
+  #firstConnection(name, started, websocketFailed, connectStarted) {
     return new Promise((resolve) => {
+      this.#sawHeaders = false;
+      // On a slow link (the open request took long) the window stretches.
+      const limit = name === "poll" ? this.#options.openTimeout : Math.max(this.#options.probeTimeout, 2 * this.#openMs);
       const timer = setTimeout(() => {
         this.#openWaiter = null;
         this.#detach();
-        resolve(false);
-      }, this.#options.openTimeout);
+        resolve(name === "poll" ? "timeout" : this.#sawHeaders ? "held" : "held, no headers");
+      }, limit);
       this.#openWaiter = (ok) => {
         clearTimeout(timer);
         this.#openWaiter = null;
@@ -587,11 +830,20 @@ class BridgeSocket extends EventTarget {
         if (ok && this.#readyState === BridgeSocket.CONNECTING) {
           this.#protocol = this.#session.protocol;
           this.#readyState = BridgeSocket.OPEN;
-          liveBridgeSockets.set(this, () => this.#deleteSessionQuietly(1001));
+          liveBridgeSockets.set(this, {
+            goingAway: () => this.#deleteSessionQuietly(1001),
+            offline: () => this.#dropped(this.#generation, {}),
+            online: () => {
+              if (!this.#reconnecting || this.#readyState !== BridgeSocket.OPEN) return;
+              this.#reconnectFailures = 0;
+              this.#attach();
+            },
+          });
+          this.#announceOpen(started, websocketFailed, connectStarted);
           this.dispatchEvent(new Event("open"));
-          resolve(true);
+          resolve("open");
         } else {
-          resolve(false);
+          resolve("failed");
         }
       };
       this.#attach();
@@ -624,12 +876,36 @@ class BridgeSocket extends EventTarget {
     if (stop) stop();
   }
 
+  // Response headers of the current connection arrived (for poll: its
+  // first answer). Not yet proof that events get through: see #proven.
   #connected(generation) {
     if (generation !== this.#generation) return;
     this.#reconnectFailures = 0;
     this.#downSince = 0;
+    this.#sawHeaders = true;
     this.#armWatchdog();
-    if (this.#openWaiter) this.#openWaiter(true);
+  }
+
+  // The current connection delivered something (an event, a heartbeat, a
+  // poll answer): it works. Opens the socket during the probe, or ends a
+  // reconnect.
+  #proven(generation) {
+    if (generation !== this.#generation) return;
+    if (this.#openWaiter) {
+      this.#openWaiter(true);
+      return;
+    }
+    if (this.#reconnecting && this.#readyState === BridgeSocket.OPEN) {
+      this.#reconnecting = false;
+      this.#dispatchState("resumed", `the ${this.#transport} connection is back, resumed from event ${this.#cursor}`);
+    }
+  }
+
+  #dispatchState(type, reason) {
+    const detail = { transport: this.#transport, reason };
+    const event = typeof CustomEvent === "function" ? new CustomEvent(type, { detail }) : new Event(type);
+    if (!("detail" in event)) Object.defineProperty(event, "detail", { value: detail });
+    this.dispatchEvent(event);
   }
 
   #armWatchdog() {
@@ -658,6 +934,12 @@ class BridgeSocket extends EventTarget {
     if (fatal) {
       this.#fail(fatal);
       return;
+    }
+    if (!this.#reconnecting && this.#readyState === BridgeSocket.OPEN) {
+      this.#reconnecting = true;
+      this.#dispatchState("reconnecting", `the ${this.#transport} connection dropped; reconnecting from event ${this.#cursor}`);
+      // A listener may have closed the socket.
+      if (this.#readyState !== BridgeSocket.OPEN) return;
     }
     const now = Date.now();
     if (!this.#downSince) this.#downSince = now;
@@ -688,6 +970,8 @@ class BridgeSocket extends EventTarget {
   // (binary data still base64). Returns false when the reader must stop.
   #deliver(generation, event) {
     if (generation !== this.#generation) return false;
+    this.#proven(generation);
+    if (generation !== this.#generation) return false;
     this.#armWatchdog();
     const id = Number(event.id);
     // Already accounted for: a replay overlapping what we have.
@@ -702,6 +986,7 @@ class BridgeSocket extends EventTarget {
         this.#transport = fallback;
         queueMicrotask(() => this.#attach());
         this.#detach();
+        this.#dispatchTransport("sse", `sse skipped event ids (an intermediary names events); resuming over ${fallback} from event ${this.#cursor}`);
         return false;
       }
     }
@@ -776,7 +1061,10 @@ class BridgeSocket extends EventTarget {
     on("superseded", () => this.#superseded(generation));
     // EventSource hides comment heartbeats; a proxy that also sends a named
     // heartbeat event keeps the watchdog quiet on idle sessions.
-    on("heartbeat", () => this.#armWatchdog());
+    on("heartbeat", () => {
+      this.#armWatchdog();
+      this.#proven(generation);
+    });
     source.onerror = () => {
       if (generation !== this.#generation) return;
       // Reconnect ourselves (our cursor, our backoff) rather than after the
@@ -815,7 +1103,8 @@ class BridgeSocket extends EventTarget {
   #attachStream(generation) {
     const controller = new AbortController();
     this.#stopReader = () => controller.abort();
-    const url = withQuery(this.#session.links.stream, { cursor: this.#cursor });
+    // heartbeat=now: a first heartbeat at once, which the probe waits for.
+    const url = withQuery(this.#session.links.stream, { cursor: this.#cursor, heartbeat: "now" });
     (async () => {
       let response;
       try {
@@ -866,8 +1155,12 @@ class BridgeSocket extends EventTarget {
     // The prelude pads the response past buffering proxies: not an event.
     if (object.type === "heartbeat" || object.type === "prelude") {
       this.#armWatchdog();
+      this.#proven(generation);
       return true;
     }
+    // Padding that defeats small buffers in front of the stream: no event,
+    // and no proof that events get through (a heartbeat follows at once).
+    if (object.type === "prelude") return true;
     if (object.type === "superseded") {
       this.#superseded(generation);
       return false;
@@ -899,7 +1192,11 @@ class BridgeSocket extends EventTarget {
           this.#dropped(generation, this.#failureOf(response.status));
           return;
         }
-        if (wait === 0) this.#connected(generation);
+        if (wait === 0) {
+          this.#connected(generation);
+          this.#proven(generation);
+          if (generation !== this.#generation) return;
+        }
         for (const event of body.events || []) {
           if (!this.#deliver(generation, event)) return;
         }
@@ -1079,6 +1376,8 @@ class BridgeSocket extends EventTarget {
     this.#readyState = BridgeSocket.CLOSED;
     liveBridgeSockets.delete(this);
     clearTimeout(this.#closeTimer);
+    clearTimeout(this.#reprobeTimer);
+    this.#reconnecting = false;
     this.#detach();
     if (this.#openWaiter) this.#openWaiter(false);
     this.#closed.abort();

@@ -32,6 +32,10 @@ socket.addEventListener("close", (e) => console.log(e.code, e.reason, e.wasClean
 socket.addEventListener("error", (e) => {
   if ("from" in e) console.log((e as BridgeGapErrorEvent).to);
 });
+socket.addEventListener("transport", (e) => console.log(e.detail.transport, e.detail.reason, e.detail.attempts.length));
+socket.addEventListener("reconnecting", (e) => console.log(e.detail.reason, socket.state satisfies "reconnecting" | "open" | "connecting" | "closing" | "closed"));
+socket.addEventListener("resumed", (e) => console.log(e.detail.transport));
+new BridgeSocket("/ws", [], { probeTimeout: 1000, remember: false, rememberFor: 60000, reprobeInterval: 0 });
 socket.send(new Uint8Array([1, 2]));
 socket.send("text");
 socket.close(1000, "bye");

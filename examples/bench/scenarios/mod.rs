@@ -9,6 +9,7 @@ pub mod many;
 pub mod reuse;
 pub mod smoke;
 pub mod throughput;
+pub mod time_to_open;
 
 use std::path::PathBuf;
 use std::time::Duration;
