@@ -32,7 +32,6 @@ use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -46,7 +45,7 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 use tokio_tungstenite::WebSocketStream;
@@ -154,30 +153,8 @@ async fn javascript_client_in_chromium() {
         .env(
             "WSB_NGINX",
             nginx.as_ref().map(|n| n.url()).unwrap_or_default(),
-        )
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true);
-    let mut child = node.spawn().expect("node could not be started");
-    // Lines are echoed as they come, so a slow or hung check shows where.
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut reports: Vec<Value> = Vec::new();
-    let run = async {
-        while let Ok(Some(line)) = lines.next_line().await {
-            println!("{line}");
-            if let Ok(report) = serde_json::from_str::<Value>(&line)
-                && report.get("check").is_some()
-            {
-                reports.push(report);
-            }
-        }
-        child.wait().await
-    };
-    let status = tokio::time::timeout(NODE_TIMEOUT, run)
-        .await
-        .expect("the browser run took too long")
-        .expect("node failed");
+        );
+    let (status, reports) = support::run_node_checks(node, NODE_TIMEOUT).await;
     drop(nginx);
     // Both proxies must still shut down cleanly after the browser's abuse.
     proxy.shutdown().await;

@@ -26,13 +26,12 @@ mod support;
 mod terminal;
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::Duration;
 
 use http::{Response, StatusCode, header};
-use serde_json::{Value, json};
+use serde_json::json;
 use support::{Backend, HttpBackend, Proxy, body};
-use tokio::io::{AsyncBufReadExt, BufReader};
+
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -99,35 +98,13 @@ async fn the_examples_work_in_chromium_with_upgrades_refused() {
         assert_eq!(status, 403, "{path} must refuse upgrades");
     }
 
-    let mut child = tokio::process::Command::new("node")
-        .arg(root.join("tests/browser/examples.mjs"))
+    let mut node = tokio::process::Command::new("node");
+    node.arg(root.join("tests/browser/examples.mjs"))
         .current_dir(root.join("tests/browser"))
         .env("WSB_VITE_APP", app_proxy.url(""))
         .env("WSB_TERMINAL", terminal_proxy.url(""))
-        .env("WSB_CHROMIUM", &chromium)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("node could not be started");
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut reports: Vec<Value> = Vec::new();
-    let run = async {
-        while let Ok(Some(line)) = lines.next_line().await {
-            println!("{line}");
-            if let Ok(report) = serde_json::from_str::<Value>(&line)
-                && report.get("check").is_some()
-            {
-                reports.push(report);
-            }
-        }
-        child.wait().await
-    };
-    let status = tokio::time::timeout(NODE_TIMEOUT, run)
-        .await
-        .expect("the browser run took too long")
-        .expect("node failed");
+        .env("WSB_CHROMIUM", &chromium);
+    let (status, reports) = support::run_node_checks(node, NODE_TIMEOUT).await;
 
     app_proxy.shutdown().await;
     terminal_proxy.shutdown().await;

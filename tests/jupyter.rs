@@ -22,7 +22,6 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use support::{Proxy, free_port};
-use tokio::io::{AsyncBufReadExt, BufReader};
 
 /// The whole browser run (two labs) must end well within CI's budget.
 const NODE_TIMEOUT: Duration = Duration::from_secs(240);
@@ -63,29 +62,8 @@ async fn jupyterlab_in_chromium_with_upgrades_refused() {
         .current_dir(root.join("tests/browser"))
         .env("WSB_JUPYTER_RUNS", runs.to_string())
         .env("WSB_JUPYTER_TOKEN", &lab.token)
-        .env("WSB_CHROMIUM", &chromium)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true);
-    let mut child = node.spawn().expect("node could not be started");
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut reports: Vec<Value> = Vec::new();
-    let run = async {
-        while let Ok(Some(line)) = lines.next_line().await {
-            println!("{line}");
-            if let Ok(report) = serde_json::from_str::<Value>(&line)
-                && report.get("check").is_some()
-            {
-                reports.push(report);
-            }
-        }
-        child.wait().await
-    };
-    let status = tokio::time::timeout(NODE_TIMEOUT, run)
-        .await
-        .expect("the browser run took too long")
-        .expect("node failed");
+        .env("WSB_CHROMIUM", &chromium);
+    let (status, reports) = support::run_node_checks(node, NODE_TIMEOUT).await;
 
     // The sockets were bridged (upgrades are refused, so nothing else could
     // have carried them): each proxy opened sessions.

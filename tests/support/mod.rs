@@ -1175,3 +1175,38 @@ impl RawResponse {
             .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&self.body)))
     }
 }
+
+/// Runs a browser script (`node tests/browser/...`, set up by the caller
+/// with its arguments and environment), echoing its output line by line (so
+/// a slow or hung check shows where), and returns its exit status and the
+/// JSON check reports (`{"check": ..}` lines) it printed. Panics past
+/// `limit`.
+pub async fn run_node_checks(
+    mut node: tokio::process::Command,
+    limit: Duration,
+) -> (std::process::ExitStatus, Vec<Value>) {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    node.stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .kill_on_drop(true);
+    let mut child = node.spawn().expect("node could not be started");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut reports = Vec::new();
+    let run = async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            println!("{line}");
+            if let Ok(report) = serde_json::from_str::<Value>(&line)
+                && report.get("check").is_some()
+            {
+                reports.push(report);
+            }
+        }
+        child.wait().await
+    };
+    let status = tokio::time::timeout(limit, run)
+        .await
+        .expect("the browser run took too long")
+        .expect("node failed");
+    (status, reports)
+}
