@@ -33,7 +33,7 @@
 //! - `nginx`: a real nginx as a buffering firewall (time-to-open).
 //! - `scenarios`: light, throughput, echo, many, reuse, cluster, smoke,
 //!   time-to-open (which drives Chromium with `time_to_open.mjs`).
-//! - `report`: tables, JSON lines and the targets of issue 6.
+//! - `report`: tables, JSON lines and the targets.
 
 mod backend;
 mod clients;

@@ -1,5 +1,5 @@
 //! A real nginx (Debian's `nginx-light`, `/usr/sbin/nginx`) on loopback,
-//! set up as the kind of firewall issue 10 is about: it refuses WebSocket
+//! set up as the kind of firewall the bridge exists for: it refuses WebSocket
 //! upgrades and holds streamed response bodies (`proxy_buffering on`,
 //! `X-Accel-Buffering` ignored, megabytes of buffers, and gzip on the
 //! streamed types, which is what really holds them: see the config), so SSE

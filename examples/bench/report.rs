@@ -1,5 +1,5 @@
 //! Output: a table per scenario for people, a JSON line per row for
-//! machines, and the targets of issue 6 checked against the figures.
+//! machines, and the targets checked against the figures.
 
 use std::fmt::Write as _;
 
@@ -215,7 +215,7 @@ impl Table {
     }
 }
 
-/// A target of issue 6: a figure from one table, compared with a limit.
+/// A target: a figure from one table, compared with a limit.
 struct Target {
     name: &'static str,
     scenario: &'static str,
@@ -377,7 +377,7 @@ const TARGETS: [Target; 16] = [
 /// The targets table: for each scenario that ran, each target's figure, met
 /// or missed, and the margin in the target's unit (positive: to spare).
 pub fn targets(tables: &[Table]) -> Table {
-    let mut out = Table::new("targets", "issue 6 targets on this machine, this run");
+    let mut out = Table::new("targets", "targets on this machine, this run");
     out.key = "target";
     for t in &TARGETS {
         let Some(table) = tables.iter().find(|tb| tb.scenario == t.scenario) else {

@@ -1,5 +1,4 @@
-// Time-to-open behind the buffering nginx, in headless Chromium (issue 10,
-// item 7): the bench's time-to-open scenario (examples/bench/scenarios/
+// Time-to-open behind the buffering nginx, in headless Chromium: the bench's time-to-open scenario (examples/bench/scenarios/
 // time_to_open.rs) starts the backend, the proxy and nginx, then runs
 //
 //   node examples/bench/time_to_open.mjs <nginx origin> <runs>

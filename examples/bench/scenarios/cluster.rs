@@ -1,4 +1,4 @@
-//! Cluster (issue 11): two replicas with `[cluster]`, sessions opened on
+//! Cluster: two replicas with `[cluster]`, sessions opened on
 //! one (the owner). SSE throughput and the echo round trip are measured
 //! with the reader and sends on the owner itself (`sse-owner`) and on the
 //! other replica, which forwards every request to the owner over its

@@ -1,4 +1,4 @@
-//! The scenarios of issue 6 and the CI smoke run. Each measures every
+//! The scenarios and the CI smoke run. Each measures every
 //! transport against a fresh backend and proxy (see [`Rig`]), one after
 //! another, direct WebSocket first since every ratio is against it.
 

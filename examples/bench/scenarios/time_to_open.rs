@@ -1,4 +1,4 @@
-//! Time-to-open behind a buffering firewall (issue 10, item 7): a real nginx
+//! Time-to-open behind a buffering firewall : a real nginx
 //! in front of the proxy refuses WebSocket upgrades and holds streamed
 //! bodies (see `nginx.rs`); headless Chromium loads a page there and opens
 //! a `BridgeSocket`, first with nothing remembered, then again in the same
