@@ -21,6 +21,7 @@ use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::metrics::{CloseReason, Metrics};
 use crate::session::registry::Registry;
+use crate::telemetry::Telemetry;
 use crate::upstream;
 
 /// The pooled HTTP client of the pass-through.
@@ -63,12 +64,15 @@ pub struct AppState {
     /// `[cluster]`: the peers, the id and peer keys, the forwarding client;
     /// `None` for a lone replica.
     pub(crate) cluster: Option<Arc<Cluster>>,
+    /// Span export (`[telemetry]`); does nothing when off.
+    pub(crate) telemetry: Telemetry,
 }
 
 impl AppState {
     pub fn new(config: Config) -> io::Result<Arc<AppState>> {
         let upstream_tls = upstream::tls_client_config(config.upstream.ca_file.as_deref())?;
         let upstream_http = upstream_http(&config, &upstream_tls);
+        let telemetry = Telemetry::start(&config.telemetry, &upstream_tls)?;
         Ok(Arc::new(AppState {
             registry: Arc::new(Registry::new(
                 config.sessions.max_sessions,
@@ -82,6 +86,7 @@ impl AppState {
             closing: CancellationToken::new(),
             upstreams: TaskTracker::new(),
             cluster: Cluster::new(&config),
+            telemetry,
             config,
         }))
     }
