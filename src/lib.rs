@@ -17,6 +17,8 @@
 //! - `forwarded`: the connection's peer, the client address, X-Forwarded-*.
 //! - `trace`: request ids and W3C trace context, checked on arrival and
 //!   carried upstream.
+//! - `telemetry`: optional span export over OTLP (a span per request and
+//!   per session), off by default.
 //! - `body`: the request and response body types; the request-body deadline.
 //! - `error`: the error types of each layer.
 //! - `bridge`: the bridge endpoints, one file each (open, read, send, close,
@@ -37,7 +39,7 @@
 //! Dependencies run one way, top to bottom, and no module imports one
 //! above it: `net` → `http` → `bridge` | `passthrough` | `cluster` →
 //! `session`, `transport`, `upstream`; under them all the leaves `config`, `state`,
-//! `forwarded`, `trace`, `body`, `error`, `metrics`, `routing`, `shutdown`, `client`,
+//! `forwarded`, `trace`, `telemetry`, `body`, `error`, `metrics`, `routing`, `shutdown`, `client`,
 //! `inject`. (`bridge` and `passthrough` never import each other, nor
 //! `http` or `net`; `cluster` imports none of them either; `state` holds
 //! the session registry, the upstream TLS settings and the cluster, and
@@ -63,6 +65,7 @@ mod metrics;
 mod passthrough;
 mod routing;
 mod state;
+mod telemetry;
 mod trace;
 mod transport;
 mod upstream;

@@ -139,9 +139,10 @@ async fn serve(config: Config) -> std::io::Result<()> {
 /// Crates whose debug and trace output holds what must never reach a log:
 /// tungstenite prints frames (payloads) and handshake requests (cookies,
 /// `Authorization`, the query), hyper and h2 print headers, rustls
-/// prints handshake details. They are capped at `info` whatever
-/// `WSBRIDGE_LOG` says, even a directive naming them.
-const CAPPED_TARGETS: [&str; 7] = [
+/// prints handshake details, OpenTelemetry's debug lines are per export.
+/// They are capped at `info` whatever `WSBRIDGE_LOG` says, even a
+/// directive naming them.
+const CAPPED_TARGETS: [&str; 11] = [
     "tungstenite",
     "tokio_tungstenite",
     "h2",
@@ -149,6 +150,10 @@ const CAPPED_TARGETS: [&str; 7] = [
     "hyper_util",
     "rustls",
     "tokio_rustls",
+    "opentelemetry",
+    "opentelemetry_sdk",
+    "opentelemetry-otlp",
+    "opentelemetry-http",
 ];
 
 fn init_logging(format: LogFormat) {

@@ -22,6 +22,7 @@ use crate::config::Config;
 use crate::metrics::{CloseReason, Metrics};
 use crate::session::channel::ChannelRegistry;
 use crate::session::registry::Registry;
+use crate::telemetry::Telemetry;
 use crate::upstream;
 
 /// The pooled HTTP client of the pass-through.
@@ -67,6 +68,8 @@ pub struct AppState {
     /// `[cluster]`: the peers, the id and peer keys, the forwarding client;
     /// `None` for a lone replica.
     pub(crate) cluster: Option<Arc<Cluster>>,
+    /// Span export (`[telemetry]`); does nothing when off.
+    pub(crate) telemetry: Telemetry,
 }
 
 impl AppState {
@@ -74,6 +77,7 @@ impl AppState {
         let upstream_tls = upstream::tls_client_config(config.upstream.ca_file.as_deref())?;
         let upstream_http = upstream_http(&config, &upstream_tls);
         let metrics = Arc::new(Metrics::new());
+        let telemetry = Telemetry::start(&config.telemetry, &upstream_tls)?;
         Ok(Arc::new(AppState {
             channels: Arc::new(ChannelRegistry::new(
                 config.channel.clone(),
@@ -91,6 +95,7 @@ impl AppState {
             closing: CancellationToken::new(),
             upstreams: TaskTracker::new(),
             cluster: Cluster::new(&config),
+            telemetry,
             config,
         }))
     }

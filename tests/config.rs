@@ -978,3 +978,51 @@ fn a_table_of_the_wrong_type_is_named_as_the_file_names_it() {
         );
     }
 }
+
+#[test]
+fn telemetry_is_off_by_default_and_its_keys_round_trip() {
+    let t = effective(&check(UPSTREAM, &[], &[]));
+    assert_eq!(str_at(&t, "telemetry.otlp_endpoint"), "");
+    assert_eq!(str_at(&t, "telemetry.service_name"), "wsbridge");
+    assert_eq!(get(&t, "telemetry.sample_ratio").as_float(), Some(1.0));
+
+    let given = format!(
+        "{UPSTREAM}[telemetry]\notlp_endpoint = \"https://otel.example:4318/v1/traces\"\n\
+         service_name = \"edge-proxy\"\nsample_ratio = 0.25\n"
+    );
+    let out = check(&given, &[], &[]);
+    let t = effective(&out);
+    assert_eq!(
+        str_at(&t, "telemetry.otlp_endpoint"),
+        "https://otel.example:4318/v1/traces"
+    );
+    assert_eq!(str_at(&t, "telemetry.service_name"), "edge-proxy");
+    assert_eq!(get(&t, "telemetry.sample_ratio").as_float(), Some(0.25));
+    // What check prints loads as the same configuration.
+    let again = effective(&check(&String::from_utf8_lossy(&out.stdout), &[], &[]));
+    assert_eq!(again, t);
+}
+
+#[test]
+fn bad_telemetry_values_are_refused() {
+    for (table, needles) in [
+        (
+            "otlp_endpoint = \"otel:4318\"",
+            &["telemetry.otlp_endpoint", "http:// or https://"][..],
+        ),
+        (
+            "otlp_endpoint = \"grpc://127.0.0.1:4317\"",
+            &["telemetry.otlp_endpoint"][..],
+        ),
+        ("service_name = \"\"", &["telemetry.service_name"][..]),
+        (
+            "sample_ratio = 1.5",
+            &["telemetry.sample_ratio", "0.0 to 1.0"][..],
+        ),
+        ("sample_ratio = -0.1", &["telemetry.sample_ratio"][..]),
+        ("sample_ratio = nan", &["telemetry.sample_ratio"][..]),
+        ("endpoint = \"http://x\"", &["endpoint"][..]),
+    ] {
+        refused(&format!("{UPSTREAM}[telemetry]\n{table}\n"), needles);
+    }
+}

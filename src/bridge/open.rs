@@ -134,6 +134,11 @@ pub(super) async fn open_session(
         SessionLimits::from_config(config),
         Arc::clone(&state.metrics),
     );
+    session.set_span(
+        state
+            .telemetry
+            .session_span(&parts.headers, session.log_id()),
+    );
     state.registry.insert(Arc::clone(&session));
     state.metrics.session_opened();
     tracing::debug!(session = session.log_id(), "session opened");

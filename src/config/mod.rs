@@ -8,6 +8,7 @@
 
 mod cluster;
 mod raw;
+mod telemetry;
 mod units;
 
 use std::fmt;
@@ -22,6 +23,7 @@ use serde::{Deserialize, Serialize};
 
 pub use cluster::{ADVERTISE_ENV, ClusterConfig, PeerSource, Secret};
 use raw::*;
+pub use telemetry::TelemetryConfig;
 pub use units::parse_size;
 use units::{Count, Dur, Size};
 
@@ -112,6 +114,8 @@ pub struct Config {
     pub admin: Option<AdminConfig>,
     /// `[cluster]`: `None` is a lone replica, ids as before.
     pub cluster: Option<ClusterConfig>,
+    /// Span export; off unless `[telemetry] otlp_endpoint` is set.
+    pub telemetry: TelemetryConfig,
     /// Things worth telling the operator that do not stop the start
     /// (`--upstream` leaving routes' upstreams in place); see [`Config::warnings`].
     warnings: Vec<String>,
@@ -639,6 +643,7 @@ fn validate(raw: RawConfig, cluster_advertise: Option<String>) -> Result<Config,
         channel,
         admin,
         cluster,
+        telemetry,
     } = raw;
 
     let prefix = server.prefix.unwrap_or_else(|| "/_bridge".into());
@@ -1024,6 +1029,7 @@ fn validate(raw: RawConfig, cluster_advertise: Option<String>) -> Result<Config,
         channel,
         admin,
         cluster,
+        telemetry: telemetry::validate(telemetry)?,
         warnings: Vec::new(),
     })
 }
@@ -1159,6 +1165,7 @@ impl From<&Config> for RawConfig {
                 metrics_on_main: Some(a.metrics_on_main),
             }),
             cluster: c.cluster.as_ref().map(RawCluster::from),
+            telemetry: RawTelemetry::from(&c.telemetry),
         }
     }
 }

@@ -39,6 +39,8 @@ pub(crate) struct RawConfig {
     pub admin: Option<RawAdmin>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cluster: Option<RawCluster>,
+    #[serde(default)]
+    pub telemetry: RawTelemetry,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]
@@ -226,4 +228,16 @@ pub(crate) struct RawCluster {
     pub peers_dns: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub secret_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, expecting = "a table of [telemetry] keys")]
+pub(crate) struct RawTelemetry {
+    /// Empty or absent: off.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub otlp_endpoint: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub service_name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sample_ratio: Option<f64>,
 }

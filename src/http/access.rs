@@ -18,6 +18,7 @@ use tokio::time::Instant;
 use crate::body::{Body, BoxError};
 use crate::forwarded::ConnInfo;
 use crate::state::AppState;
+use crate::telemetry::RequestSpan;
 use crate::trace::{self, REQUEST_ID, RequestTrace};
 
 /// At most this much of a `User-Agent` is logged, so a client cannot make
@@ -36,6 +37,8 @@ pub(super) struct Arrival {
     /// The declared `Content-Length`; none for a chunked body.
     bytes_in: Option<u64>,
     trace: RequestTrace,
+    /// The request's span, when spans are exported.
+    span: Option<RequestSpan>,
 }
 
 impl Arrival {
@@ -43,7 +46,14 @@ impl Arrival {
     /// [`trace::on_arrival`]) before anything forwards them.
     pub fn new<B>(req: &mut Request<B>, conn: ConnInfo, state: &AppState) -> Arrival {
         let start = Instant::now();
-        let trace = trace::on_arrival(req.headers_mut());
+        let mut trace = trace::on_arrival(req.headers_mut());
+        // After the check: the span's parent is the checked traceparent,
+        // and what is forwarded names the span.
+        let method = req.method().clone();
+        let span = state.telemetry.request_span(&method, req.headers_mut());
+        if let Some(span) = &span {
+            trace.trace_id.get_or_insert_with(|| span.trace_id.clone());
+        }
         let headers = req.headers();
         let bytes_in = match headers.get(header::CONTENT_LENGTH) {
             Some(v) => v.to_str().ok().and_then(|v| v.parse().ok()),
@@ -67,6 +77,7 @@ impl Arrival {
             user_agent,
             bytes_in,
             trace,
+            span,
         }
     }
 
@@ -108,7 +119,10 @@ struct Line {
 
 impl Line {
     fn write(self, bytes_out: u64, outcome: &'static str) {
-        let a = self.arrival;
+        let mut a = self.arrival;
+        if let Some(span) = a.span.take() {
+            span.end(self.endpoint, &self.path, self.status, outcome);
+        }
         let request_id = a.trace.request_id.to_str().unwrap_or_default();
         tracing::info!(
             target: "wsbridge::access",

@@ -53,6 +53,10 @@ const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
 /// descriptors the main one counts on (`config`'s reserve covers these).
 const ADMIN_MAX_CONNECTIONS: usize = 64;
 
+/// The least time given to sending the last spans at shutdown, even when
+/// the drain used all of `server.drain_timeout`.
+const MIN_SPAN_FLUSH: Duration = Duration::from_secs(2);
+
 /// Serves on a bound listener until `shutdown` resolves, then drains.
 pub async fn run(
     listener: TcpListener,
@@ -133,6 +137,11 @@ pub async fn serve_with_tls(
             tracing::warn!("drain timeout: closing what is left");
         }
     }
+    // The spans of the sessions just closed, within what is left of the
+    // drain (at least MIN_SPAN_FLUSH, so a drain that ran out still sends
+    // what it can).
+    let left = deadline.saturating_duration_since(Instant::now());
+    state.telemetry.shutdown(left.max(MIN_SPAN_FLUSH)).await;
     Ok(())
 }
 

@@ -36,6 +36,7 @@ use crate::config::{Config, Transport};
 use crate::error::BridgeError;
 use crate::metrics::{CloseReason, Metrics};
 use crate::routing::Target;
+use crate::telemetry::SessionSpan;
 use budget::ReplayBudget;
 use registry::Slot;
 use replay::{Event, EventData, ReplayLimits, ReplayQueue};
@@ -197,6 +198,8 @@ struct State {
     /// The upstream reader waits for budget room: a read (which makes events
     /// sent, so sheddable) wakes it to try again.
     starved: bool,
+    /// The session's span (`[telemetry]`), ended with the session-end line.
+    span: Option<SessionSpan>,
 }
 
 /// The upstream task's end of a session.
@@ -244,6 +247,7 @@ impl Session {
                 charged: 0,
                 dropped_reported: 0,
                 starved: false,
+                span: None,
             }),
             metrics,
             limits,
@@ -252,6 +256,11 @@ impl Session {
             events_up: AtomicU64::new(0),
         };
         (Arc::new(session), UpstreamHandle { outbound: rx })
+    }
+
+    /// Gives the session its span, ended when the session ends.
+    pub fn set_span(&self, span: Option<SessionSpan>) {
+        self.state().span = span;
     }
 
     /// The first characters of the id: enough to follow a session in the
@@ -368,7 +377,7 @@ impl Session {
     /// gives back its slot. Only the first call does anything; it returns
     /// whether this call was it.
     pub fn finish(&self, code: u16, reason: &str, why: CloseReason) -> bool {
-        let (slot, events_down) = {
+        let (slot, events_down, span) = {
             let mut st = self.state();
             if st.closed.is_some() {
                 return false;
@@ -385,21 +394,26 @@ impl Session {
             st.closed_at = Some(Instant::now());
             let slot = st.slot.take();
             let events_down = st.events_down;
+            let span = st.span.take();
             Self::wake_reader(st);
-            (slot, events_down)
+            (slot, events_down, span)
         };
         drop(slot);
         self.metrics.session_closed(why);
         // One line per session, at its end (fields in docs/operations.md).
         // Never the close reason's text: it comes from the upstream or the
         // page and may hold anything; the code and the class say enough.
+        let events_up = self.events_up.load(Ordering::Relaxed);
+        if let Some(span) = span {
+            span.end(code, why.as_str(), events_down, events_up);
+        }
         tracing::info!(
             target: "wsbridge::session",
             owner = "local",
             session = self.log_id(),
             duration_ms = self.opened.elapsed().as_secs_f64() * 1000.0,
             events_down,
-            events_up = self.events_up.load(Ordering::Relaxed),
+            events_up,
             close_code = code,
             reason_class = why.as_str(),
             "session ended"
