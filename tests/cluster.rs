@@ -972,3 +972,107 @@ async fn forged_channel_ids_get_the_unknown_channel_answer() {
     }
     assert_eq!(sessions, 1.0, "only the real session is open");
 }
+
+#[tokio::test]
+async fn kill_9_of_a_channels_owner_ends_its_reader_and_the_channel() {
+    let backend = Backend::start().await;
+    let Some(mut c) = Cluster::start(&backend, 3, "[sessions]\nheartbeat = \"1s\"\n").await else {
+        return;
+    };
+    let r = c
+        .http
+        .post(c.lb_url("/_bridge/channels"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let cid = r.json::<Value>().await.unwrap()["channel"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let base = c.lb_url(&format!("/_bridge/channels/{cid}"));
+    let url = |suffix: &str| format!("{base}{suffix}");
+    let r = c
+        .http
+        .post(url("/sessions"))
+        .json(&serde_json::json!({"url": "/echo"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let sid = r.json::<Value>().await.unwrap()["session"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let line = serde_json::json!({"session": sid, "data": "before"});
+    let r = c
+        .http
+        .post(url("/send"))
+        .body(format!("{line}\n"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let r = c.http.get(url("/sse")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let mut sse = SseClient::new(r);
+    let first = loop {
+        let raw = sse.next_raw().await.expect("an event");
+        if raw.event == "message" || raw.event.is_empty() {
+            break serde_json::from_str::<Value>(&raw.data).unwrap();
+        }
+    };
+    assert_eq!(Ev::from_json(&first), Ev::Text(1, "before".into()));
+    let owner = c.owner_of(&cid);
+    c.kill(owner);
+    // The reader ends (forwarded or not), with no made-up event.
+    while let Some(raw) = sse.next_raw().await {
+        assert!(
+            raw.data.is_empty(),
+            "only heartbeats after the loss: {raw:?}"
+        );
+    }
+    // The channel is then unknown wherever the request lands.
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    let mut answers = 0;
+    while answers < 3 {
+        assert!(tokio::time::Instant::now() < deadline, "no unknown_channel");
+        let Ok(r) = c.http.get(url("/poll?wait=0")).send().await else {
+            continue;
+        };
+        if r.status() != StatusCode::NOT_FOUND {
+            // HAProxy's own answer for the dead replica.
+            assert!(r.status().is_server_error(), "{}", r.status());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        }
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["error"], "unknown_channel");
+        answers += 1;
+    }
+    // Its session, read on its own, ends with close 1006.
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        assert!(tokio::time::Instant::now() < deadline, "no close 1006");
+        let Ok(r) = c
+            .http
+            .get(c.lb_url(&format!("/_bridge/sessions/{sid}/poll?cursor=1&wait=0")))
+            .send()
+            .await
+        else {
+            continue;
+        };
+        if r.status() != StatusCode::OK {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        }
+        let body: Value = r.json().await.unwrap();
+        let events = body["events"].as_array().unwrap();
+        assert_eq!(events.len(), 1, "{body}");
+        assert!(
+            matches!(Ev::from_json(&events[0]), Ev::Close(2, 1006, _)),
+            "{body}"
+        );
+        break;
+    }
+}
