@@ -44,7 +44,7 @@ pub enum ChannelPart {
 }
 
 impl ChannelPart {
-    fn name(self) -> &'static str {
+    pub fn name(self) -> &'static str {
         match self {
             ChannelPart::Root => "channel_close",
             ChannelPart::Sessions => "channel_open",

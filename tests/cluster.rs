@@ -659,3 +659,420 @@ fn the_kubernetes_example_config_loads() {
         wsbridge::config::PeerSource::Dns(_)
     ));
 }
+
+// ---- the multiplexed channel ------------------------------------------------
+
+/// Reads channel objects (heartbeats skipped) from an SSE or NDJSON
+/// response until each session has `n` events; the events by session.
+async fn channel_events(
+    resp: reqwest::Response,
+    sse: bool,
+    sessions: &[&str],
+    n: usize,
+) -> std::collections::HashMap<String, Vec<Ev>> {
+    let (mut s, mut nd) = if sse {
+        (Some(SseClient::new(resp)), None)
+    } else {
+        (None, Some(NdjsonClient::new(resp)))
+    };
+    let mut got: std::collections::HashMap<String, Vec<Ev>> = std::collections::HashMap::new();
+    while !sessions
+        .iter()
+        .all(|id| got.get(*id).is_some_and(|e| e.len() >= n))
+    {
+        let v: Value = match (&mut s, &mut nd) {
+            (Some(sse), _) => {
+                let raw = sse.next_raw().await.expect("the channel reader ended");
+                if raw.event != "message" && !raw.event.is_empty() {
+                    continue;
+                }
+                serde_json::from_str(&raw.data).expect("JSON data")
+            }
+            (_, Some(nd)) => nd.next().await.expect("the channel reader ended"),
+            _ => unreachable!(),
+        };
+        if v["type"] == "heartbeat" {
+            continue;
+        }
+        let id = v["session"].as_str().unwrap_or_else(|| panic!("{v}"));
+        assert_ne!(v["type"], "detached", "{v}");
+        got.entry(id.to_owned())
+            .or_default()
+            .push(Ev::from_json(&v));
+    }
+    got
+}
+
+#[tokio::test]
+async fn a_channel_lives_on_its_owner_and_works_through_any_replica() {
+    let backend = Backend::start().await;
+    let Some(c) = Cluster::start(&backend, 3, "").await else {
+        return;
+    };
+    let r = c
+        .http
+        .post(c.lb_url("/_bridge/channels"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let chan: Value = r.json().await.unwrap();
+    let cid = chan["channel"].as_str().unwrap().to_owned();
+    assert_eq!(cid.len(), 40, "a cluster channel id: {cid}");
+    let owner = c.owner_of(&cid);
+    let url = |suffix: &str| c.lb_url(&format!("/_bridge/channels/{cid}{suffix}"));
+    let post = |suffix: &str, body: String| {
+        c.http
+            .post(url(suffix))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+
+    // Two sessions opened on it, each request on another replica: both live
+    // on the channel's owner.
+    let mut sessions = Vec::new();
+    for _ in 0..2 {
+        let r = post("/sessions", json_text(&serde_json::json!({"url": "/echo"})))
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::CREATED);
+        let body: Value = r.json().await.unwrap();
+        let sid = body["session"].as_str().unwrap().to_owned();
+        assert_eq!(c.owner_of(&sid), owner, "a session opened on a channel");
+        sessions.push(sid);
+    }
+    let ids: Vec<&str> = sessions.iter().map(String::as_str).collect();
+    let batch = |lines: Vec<Value>| {
+        let body: String = lines.iter().map(|l| format!("{l}\n")).collect();
+        c.http
+            .post(url("/send"))
+            .header("content-type", "application/x-ndjson")
+            .body(body)
+            .send()
+    };
+    let frame = |sid: &str, i: u64| serde_json::json!({"session": sid, "seq": i, "data": format!("{}-{i}", &sid[..4])});
+
+    // Frames 1..=5 of both in one batch, then 6..=10 one batch each, so the
+    // batches land on every replica in turn.
+    let first: Vec<Value> = (1..=5)
+        .flat_map(|i| ids.iter().map(move |s| (*s, i)))
+        .map(|(s, i)| frame(s, i))
+        .collect();
+    let r = batch(first).await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let results: Value = r.json().await.unwrap();
+    let statuses: Vec<u64> = results["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["status"].as_u64().unwrap())
+        .collect();
+    assert_eq!(statuses, vec![204; 10], "{results}");
+    for i in 6..=10 {
+        let r = batch(ids.iter().map(|s| frame(s, i)).collect())
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        let results: Value = r.json().await.unwrap();
+        assert!(
+            results["results"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|r| r["status"] == 204),
+            "{results}"
+        );
+    }
+    // A retried frame is a duplicate wherever it lands.
+    let r = batch(vec![frame(ids[0], 10)]).await.unwrap();
+    let results: Value = r.json().await.unwrap();
+    assert_eq!(results["results"][0]["duplicate"], true, "{results}");
+
+    let want = |sid: &str, from: u64| -> Vec<Ev> {
+        (from..=10)
+            .map(|i| Ev::Text(i, format!("{}-{i}", &sid[..4])))
+            .collect()
+    };
+    // SSE and stream readers, each landing where the balancer sends it:
+    // every echo once, in order.
+    let all: String = ids
+        .iter()
+        .map(|s| format!("{s}:0"))
+        .collect::<Vec<_>>()
+        .join(",");
+    for (transport, sse) in [("sse", true), ("stream", false), ("sse", true)] {
+        let r = c
+            .http
+            .get(url(&format!("/{transport}?cursors={all}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK, "{transport}");
+        assert_eq!(r.headers()["x-realtime-transport"], transport);
+        let got = channel_events(r, sse, &ids, 10).await;
+        for sid in &ids {
+            assert_eq!(got[*sid], want(sid, 1), "{transport} {sid}");
+        }
+    }
+    // Polls from cursor 4, each on the next replica, until both are at 10.
+    let mut cursors: std::collections::HashMap<String, u64> =
+        ids.iter().map(|s| (s.to_string(), 4)).collect();
+    let mut polled: std::collections::HashMap<String, Vec<Ev>> = std::collections::HashMap::new();
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while cursors.values().any(|c| *c < 10) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "polls stalled at {cursors:?}"
+        );
+        let list: Vec<String> = cursors.iter().map(|(s, n)| format!("{s}:{n}")).collect();
+        // Few events per answer, so it takes several polls.
+        let r = c
+            .http
+            .get(url(&format!("/poll?cursors={}&wait=2", list.join(","))))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        let body: Value = r.json().await.unwrap();
+        for v in body["events"].as_array().unwrap() {
+            let sid = v["session"].as_str().unwrap().to_owned();
+            polled.entry(sid).or_default().push(Ev::from_json(v));
+        }
+        for (s, n) in body["cursors"].as_object().unwrap() {
+            cursors.insert(s.clone(), n.as_u64().unwrap());
+        }
+    }
+    for sid in &ids {
+        assert_eq!(polled[*sid], want(sid, 5), "poll {sid}");
+    }
+    for part in [
+        "channel_open",
+        "channel_send",
+        "channel_sse",
+        "channel_stream",
+        "channel_poll",
+    ] {
+        let mut n = 0.0;
+        for i in 0..3 {
+            n += c
+                .metric(
+                    i,
+                    "wsbridge_cluster_forwarded_total",
+                    &format!("endpoint=\"{part}\",result=\"ok\""),
+                )
+                .await;
+        }
+        assert!(n > 0.0, "some {part} requests were forwarded");
+    }
+
+    // A session another replica owns cannot join: it lives there.
+    let mut foreign = None;
+    for _ in 0..6 {
+        let s = c.open("/echo").await;
+        if c.owner_of(&s.id) != owner {
+            foreign = Some(s);
+            break;
+        }
+    }
+    let foreign = foreign.expect("round robin opens on another replica");
+    for _ in 0..3 {
+        let r = post("/attach", format!("{{\"session\":\"{}\"}}", foreign.id))
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::NOT_FOUND);
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["error"], "unknown_session");
+    }
+    // Detach and DELETE through any replica.
+    let r = post("/detach", format!("{{\"session\":\"{}\"}}", ids[1]))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    let r = c.http.delete(url("")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    for _ in 0..3 {
+        let r = c.http.get(url("/poll?wait=0")).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::NOT_FOUND);
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["error"], "unknown_channel");
+    }
+}
+
+fn json_text(v: &Value) -> String {
+    v.to_string()
+}
+
+#[tokio::test]
+async fn forged_channel_ids_get_the_unknown_channel_answer() {
+    let backend = Backend::start().await;
+    let Some(c) = Cluster::start(&backend, 3, "").await else {
+        return;
+    };
+    let r = c
+        .http
+        .post(c.lb_url("/_bridge/channels"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let cid = r.json::<Value>().await.unwrap()["channel"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let s = c.open("/echo").await;
+    let mut forged = vec!["AbCdEfGhIjKlMnOpQrStUv".to_owned(), "A".repeat(40)];
+    for i in 0..cid.len() {
+        let mut chars: Vec<char> = cid.chars().collect();
+        chars[i] = if chars[i] == 'x' { 'y' } else { 'x' };
+        forged.push(chars.into_iter().collect());
+    }
+    let open = serde_json::json!({"url": "/echo"}).to_string();
+    let attach = format!("{{\"session\":\"{}\"}}", s.id);
+    for id in &forged {
+        for (method, suffix, body) in [
+            ("GET", "/sse", ""),
+            ("GET", "/poll?wait=0", ""),
+            ("POST", "/send", "{\"session\":\"x\",\"data\":\"y\"}\n"),
+            ("POST", "/sessions", open.as_str()),
+            ("POST", "/attach", attach.as_str()),
+            ("POST", "/detach", attach.as_str()),
+            ("DELETE", "", ""),
+        ] {
+            let r = c
+                .http
+                .request(
+                    method.parse().unwrap(),
+                    c.lb_url(&format!("/_bridge/channels/{id}{suffix}")),
+                )
+                .body(body.to_owned())
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), StatusCode::NOT_FOUND, "{method} {id}{suffix}");
+            let body: Value = r.json().await.unwrap();
+            assert_eq!(
+                body,
+                serde_json::json!({"error": "unknown_channel"}),
+                "{method} {id}{suffix}"
+            );
+        }
+    }
+    // The real one still works, and nothing forged opened a session.
+    let r = c
+        .http
+        .get(c.lb_url(&format!("/_bridge/channels/{cid}/poll?wait=0")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let mut sessions = 0.0;
+    for i in 0..3 {
+        sessions += c.metric(i, "wsbridge_sessions_active", "").await;
+    }
+    assert_eq!(sessions, 1.0, "only the real session is open");
+}
+
+#[tokio::test]
+async fn kill_9_of_a_channels_owner_ends_its_reader_and_the_channel() {
+    let backend = Backend::start().await;
+    let Some(mut c) = Cluster::start(&backend, 3, "[sessions]\nheartbeat = \"1s\"\n").await else {
+        return;
+    };
+    let r = c
+        .http
+        .post(c.lb_url("/_bridge/channels"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let cid = r.json::<Value>().await.unwrap()["channel"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let base = c.lb_url(&format!("/_bridge/channels/{cid}"));
+    let url = |suffix: &str| format!("{base}{suffix}");
+    let r = c
+        .http
+        .post(url("/sessions"))
+        .json(&serde_json::json!({"url": "/echo"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let sid = r.json::<Value>().await.unwrap()["session"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let line = serde_json::json!({"session": sid, "data": "before"});
+    let r = c
+        .http
+        .post(url("/send"))
+        .body(format!("{line}\n"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let r = c.http.get(url("/sse")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let mut sse = SseClient::new(r);
+    let first = loop {
+        let raw = sse.next_raw().await.expect("an event");
+        if raw.event == "message" || raw.event.is_empty() {
+            break serde_json::from_str::<Value>(&raw.data).unwrap();
+        }
+    };
+    assert_eq!(Ev::from_json(&first), Ev::Text(1, "before".into()));
+    let owner = c.owner_of(&cid);
+    c.kill(owner);
+    // The reader ends (forwarded or not), with no made-up event.
+    while let Some(raw) = sse.next_raw().await {
+        assert!(
+            raw.data.is_empty(),
+            "only heartbeats after the loss: {raw:?}"
+        );
+    }
+    // The channel is then unknown wherever the request lands.
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    let mut answers = 0;
+    while answers < 3 {
+        assert!(tokio::time::Instant::now() < deadline, "no unknown_channel");
+        let Ok(r) = c.http.get(url("/poll?wait=0")).send().await else {
+            continue;
+        };
+        if r.status() != StatusCode::NOT_FOUND {
+            // HAProxy's own answer for the dead replica.
+            assert!(r.status().is_server_error(), "{}", r.status());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        }
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["error"], "unknown_channel");
+        answers += 1;
+    }
+    // Its session, read on its own, ends with close 1006.
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        assert!(tokio::time::Instant::now() < deadline, "no close 1006");
+        let Ok(r) = c
+            .http
+            .get(c.lb_url(&format!("/_bridge/sessions/{sid}/poll?cursor=1&wait=0")))
+            .send()
+            .await
+        else {
+            continue;
+        };
+        if r.status() != StatusCode::OK {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        }
+        let body: Value = r.json().await.unwrap();
+        let events = body["events"].as_array().unwrap();
+        assert_eq!(events.len(), 1, "{body}");
+        assert!(
+            matches!(Ev::from_json(&events[0]), Ev::Close(2, 1006, _)),
+            "{body}"
+        );
+        break;
+    }
+}

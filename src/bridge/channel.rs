@@ -23,6 +23,7 @@ use crate::forwarded::ConnInfo;
 use crate::metrics::CloseReason;
 use crate::routing::ChannelPart;
 use crate::session::channel::{Channel, watch_idle};
+use crate::session::registry::new_id;
 use crate::session::{Frame, Queued, SendOutcome, Session};
 use crate::state::AppState;
 use crate::transport::{channel as wire, poll};
@@ -108,7 +109,9 @@ pub(super) fn create(state: &Arc<AppState>) -> Result<Response<Body>, BridgeErro
             retry_after: std::time::Duration::from_secs(1),
         });
     }
-    let channel = state.channels.create()?;
+    // In a cluster the id names this replica as its owner, as a session's.
+    let id = state.cluster.as_ref().map_or_else(new_id, |c| c.new_id());
+    let channel = state.channels.create(id)?;
     tokio::spawn(watch_idle(
         Arc::clone(&channel),
         Arc::clone(&state.channels),

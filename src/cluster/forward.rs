@@ -21,6 +21,7 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use super::auth::{self, AuthKey};
 use crate::body::{Body, BoxError, RequestBody, full};
+use crate::routing::ChannelPart;
 use crate::session::replay::{Event, EventData};
 use crate::transport::{self, WholeBody, sse, write_event_json};
 
@@ -52,8 +53,8 @@ const DROPPED: [&str; 10] = [
     auth::HEADER,
 ];
 
-/// Which bridge endpoint a forwarded request is; readers get a synthesised
-/// close when the owner is lost.
+/// Which bridge endpoint a forwarded request is; session readers get a
+/// synthesised close when the owner is lost, channel readers an end.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
     Sse,
@@ -61,6 +62,8 @@ pub enum Kind {
     Poll,
     Send,
     Close,
+    /// `{prefix}/channels/{id}/...`: the part names the endpoint.
+    Channel(ChannelPart),
 }
 
 impl Kind {
@@ -71,7 +74,29 @@ impl Kind {
             Kind::Poll => "poll",
             Kind::Send => "send",
             Kind::Close => "close",
+            Kind::Channel(part) => part.name(),
         }
+    }
+
+    /// A reader whose answer streams: relayed whole events at a time.
+    fn streams(self) -> bool {
+        matches!(
+            self,
+            Kind::Sse
+                | Kind::Stream
+                | Kind::Channel(ChannelPart::Sse)
+                | Kind::Channel(ChannelPart::Stream)
+        )
+    }
+
+    /// A reader whose answer is one JSON document.
+    pub(super) fn polls(self) -> bool {
+        matches!(self, Kind::Poll | Kind::Channel(ChannelPart::Poll))
+    }
+
+    /// Session readers, whose loss is their close event 1006.
+    pub(super) fn reads_session(self) -> bool {
+        matches!(self, Kind::Sse | Kind::Stream | Kind::Poll)
     }
 }
 
@@ -152,7 +177,7 @@ pub fn relay(
     drain: CancellationToken,
 ) -> Response<Body> {
     let (parts, body) = resp.into_parts();
-    let streaming = parts.status == StatusCode::OK && matches!(kind, Kind::Sse | Kind::Stream);
+    let streaming = parts.status == StatusCode::OK && kind.streams();
     let body = if streaming {
         Relay {
             inner: body,
@@ -168,15 +193,15 @@ pub fn relay(
         body.map_err(BoxError::from).boxed_unsync()
     };
     let mut resp = Response::from_parts(parts, body);
-    if kind == Kind::Poll {
+    if kind.polls() {
         // As the owner's own poll answer: one frame, written with its length.
         resp.extensions_mut().insert(WholeBody);
     }
     resp
 }
 
-/// What a reader gets when the owner cannot be asked: its transport's
-/// close event 1006, after the cursor it resumed from.
+/// What a session reader gets when the owner cannot be asked: its
+/// transport's close event 1006, after the cursor it resumed from.
 pub fn lost(kind: Kind, cursor: u64) -> Response<Body> {
     let event = close_event(cursor + 1);
     let mut out = Vec::with_capacity(128);
@@ -199,7 +224,7 @@ pub fn lost(kind: Kind, cursor: u64) -> Response<Body> {
                 futures_util::stream::once(async move { chunk }),
             )
         }
-        Kind::Poll | Kind::Send | Kind::Close => {
+        Kind::Poll | Kind::Send | Kind::Close | Kind::Channel(_) => {
             out.extend_from_slice(format!("{{\"cursor\":{},\"events\":[", cursor + 1).as_bytes());
             write_event_json(&mut out, &event);
             out.extend_from_slice(b"]}");
@@ -245,7 +270,7 @@ impl<B> Relay<B> {
     /// What ends an event: a blank line in SSE, a newline in NDJSON.
     fn separator(&self) -> &'static [u8] {
         match self.kind {
-            Kind::Sse => b"\n\n",
+            Kind::Sse | Kind::Channel(ChannelPart::Sse) => b"\n\n",
             _ => b"\n",
         }
     }
@@ -254,15 +279,28 @@ impl<B> Relay<B> {
         let sep = self.separator();
         let end = memchr::memmem::rfind(&self.pending, sep)? + sep.len();
         let chunk = self.pending.split_to(end).freeze();
-        if let Some(id) = last_event_id(&chunk, self.kind) {
-            self.last_id = id;
-        }
+        self.note_id(&chunk);
         Some(chunk)
     }
 
-    fn broken(&mut self) -> Bytes {
+    /// Notes the last event id of a session reader's chunk (a channel's
+    /// events carry their sessions' ids, not the reader's).
+    fn note_id(&mut self, chunk: &[u8]) {
+        if self.kind.reads_session()
+            && let Some(id) = last_event_id(chunk, self.kind)
+        {
+            self.last_id = id;
+        }
+    }
+
+    /// What ends a broken reader: a session's close event 1006, or for a
+    /// channel nothing (its response ends, as an ended channel's does).
+    fn broken(&mut self) -> Option<Bytes> {
         self.done = true;
         self.pending.clear();
+        if !self.kind.reads_session() {
+            return None;
+        }
         let mut out = Vec::with_capacity(128);
         let event = close_event(self.last_id + 1);
         match self.kind {
@@ -272,7 +310,7 @@ impl<B> Relay<B> {
                 out.push(b'\n');
             }
         }
-        Bytes::from(out)
+        Some(Bytes::from(out))
     }
 }
 
@@ -303,9 +341,7 @@ where
                     };
                     if this.pending.is_empty() && data.ends_with(this.separator()) {
                         // The common case, whole events: passed on uncopied.
-                        if let Some(id) = last_event_id(&data, this.kind) {
-                            this.last_id = id;
-                        }
+                        this.note_id(&data);
                         return Poll::Ready(Some(Ok(Frame::data(data))));
                     }
                     this.pending.extend_from_slice(&data);
@@ -314,12 +350,12 @@ where
                     }
                     if this.pending.len() > this.limit {
                         tracing::warn!("forwarded reader sent an event larger than any frame");
-                        return Poll::Ready(Some(Ok(Frame::data(this.broken()))));
+                        return Poll::Ready(this.broken().map(|b| Ok(Frame::data(b))));
                     }
                 }
                 Some(Err(e)) => {
                     tracing::debug!(error = %e, "forwarded reader broke off");
-                    return Poll::Ready(Some(Ok(Frame::data(this.broken()))));
+                    return Poll::Ready(this.broken().map(|b| Ok(Frame::data(b))));
                 }
                 None => {
                     this.done = true;
@@ -430,6 +466,39 @@ mod tests {
         )
         .await;
         assert!(got.starts_with("{\"id\":4,\"type\":\"text\",\"data\":\"a\"}\n{\"id\":5,\"type\":\"close\",\"code\":1006,"), "{got}");
+    }
+
+    #[tokio::test]
+    async fn a_broken_channel_reader_ends_on_an_event_boundary_with_nothing_added() {
+        // A channel's events are its sessions': no close of the reader's own
+        // is made up; the response ends, as an ended channel's does.
+        let got = relayed(
+            Kind::Channel(ChannelPart::Sse),
+            &[
+                "data: {\"session\":\"S\",\"id\":4,\"type\":\"text\",\"data\":\"a\"}\n\nda",
+                "ta: {\"session\":\"T\",\"id\":9",
+            ],
+            true,
+        )
+        .await;
+        assert_eq!(
+            got,
+            "data: {\"session\":\"S\",\"id\":4,\"type\":\"text\",\"data\":\"a\"}\n\n"
+        );
+        let got = relayed(
+            Kind::Channel(ChannelPart::Stream),
+            &["{\"session\":\"S\",\"id\":4,\"type\":\"text\",\"data\":\"a\"}\n{\"sess"],
+            true,
+        )
+        .await;
+        assert_eq!(
+            got,
+            "{\"session\":\"S\",\"id\":4,\"type\":\"text\",\"data\":\"a\"}\n"
+        );
+        assert_eq!(
+            relayed(Kind::Channel(ChannelPart::Sse), &[], true).await,
+            ""
+        );
     }
 
     #[test]

@@ -35,6 +35,7 @@ use crate::body::{Body, RequestBody, status_only};
 use crate::config::{ClusterConfig, Config};
 use crate::error::BridgeError;
 use crate::metrics::Metrics;
+use crate::routing::ChannelPart;
 
 /// Who holds a session, by its id.
 #[derive(Debug, PartialEq, Eq)]
@@ -139,9 +140,11 @@ impl Cluster {
         }
     }
 
-    /// Forwards a session request to the replica that owns it (`None`: it
-    /// is gone). A reader whose owner cannot be reached gets a close event
-    /// 1006; a send, `410` with that close; a close, `204` (it is closed).
+    /// Forwards a session or channel request to the replica that owns it
+    /// (`Err`: it is gone). A session reader whose owner cannot be reached
+    /// gets a close event 1006; a send, `410` with that close; a close,
+    /// `204` (it is closed). A channel request gets `404 unknown_channel`
+    /// (a DELETE `204`): the channel ended with its owner.
     pub async fn forward(
         &self,
         kind: Kind,
@@ -151,10 +154,14 @@ impl Cluster {
         metrics: &Metrics,
         drain: CancellationToken,
     ) -> Result<Response<Body>, BridgeError> {
-        let cursor = match kind {
-            Kind::Sse | Kind::Stream | Kind::Poll => resume_cursor(&req),
-            Kind::Send | Kind::Close => 0,
+        // A channel reader resumes each session from `?cursors`; only a
+        // session reader's cursor goes into a synthesised close.
+        let cursor = if kind.reads_session() {
+            resume_cursor(&req)
+        } else {
+            0
         };
+        let req_method_delete = req.method() == http::Method::DELETE;
         let failure = match owner {
             Ok(peer) => {
                 let start = Instant::now();
@@ -190,6 +197,13 @@ impl Cluster {
                 reason: "the replica holding this session is unreachable".into(),
             }),
             Kind::Close => Ok(status_only(http::StatusCode::NO_CONTENT)),
+            // A channel whose owner is lost has ended with it (its sessions
+            // lived there): a DELETE has nothing left to end, anything else
+            // gets the ended channel's answer.
+            Kind::Channel(ChannelPart::Root) if req_method_delete => {
+                Ok(status_only(http::StatusCode::NO_CONTENT))
+            }
+            Kind::Channel(_) => Err(BridgeError::UnknownChannel),
         }
     }
 }

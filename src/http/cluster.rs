@@ -1,5 +1,5 @@
-//! The cluster's two hooks into the service: a session request whose id
-//! names another replica is forwarded there before dispatch, and the
+//! The cluster's two hooks into the service: a session or channel request
+//! whose id names another replica is forwarded there before dispatch, and the
 //! internal listener's requests (peers', authenticated) are dispatched
 //! here without a second look at the owner.
 
@@ -27,12 +27,12 @@ pub(super) async fn dispatch(
     conn: ConnInfo,
     state: &Arc<AppState>,
 ) -> Response<Body> {
-    let (Some(cluster), Some((id, kind))) = (state.cluster.as_deref(), session_of(endpoint)) else {
+    let (Some(cluster), Some((id, kind))) = (state.cluster.as_deref(), owned_by(endpoint)) else {
         return local(endpoint, req, conn, state).await;
     };
     let owner = match cluster.owner(id) {
         Owner::Local => return local(endpoint, req, conn, state).await,
-        Owner::Invalid => return error_response(BridgeError::UnknownSession),
+        Owner::Invalid => return error_response(unknown(kind)),
         Owner::Peer(addr) => Ok(addr),
         Owner::Gone(tag) => Err(tag),
     };
@@ -61,8 +61,8 @@ async fn local(
         .unwrap_or_else(error_response)
 }
 
-/// A request on the internal listener: a peer's, for a session this
-/// replica owns, on a session endpoint; anything else is refused.
+/// A request on the internal listener: a peer's, for a session or channel
+/// this replica owns, on its endpoints; anything else is refused.
 pub(crate) async fn internal(
     req: Request<Incoming>,
     peer: SocketAddr,
@@ -78,15 +78,15 @@ pub(crate) async fn internal(
     };
     let path = req.uri().path().to_owned();
     let endpoint = routing::classify(&state.config.server.prefix, &path);
-    let Some((id, _)) = endpoint.and_then(session_of) else {
+    let Some((id, kind)) = endpoint.and_then(owned_by) else {
         return error_response(BridgeError::NotFound);
     };
-    // Only this replica's own sessions: a forwarded request is never
-    // forwarded again.
+    // Only this replica's own sessions and channels: a forwarded request
+    // is never forwarded again.
     if cluster.owner(id) != Owner::Local {
-        return error_response(BridgeError::UnknownSession);
+        return error_response(unknown(kind));
     }
-    let endpoint = endpoint.expect("a session endpoint was classified");
+    let endpoint = endpoint.expect("a session or channel endpoint was classified");
     let conn = ConnInfo {
         peer: SocketAddr::new(client, 0),
         tls: false,
@@ -97,14 +97,24 @@ pub(crate) async fn internal(
     cluster.track(resp)
 }
 
-/// The session a request names, and which forwarded kind it is.
-fn session_of(endpoint: Endpoint<'_>) -> Option<(&str, Kind)> {
+/// The session or channel a request names (its id names the owner), and
+/// which forwarded kind it is. Opening a channel, as a session, is local.
+fn owned_by(endpoint: Endpoint<'_>) -> Option<(&str, Kind)> {
     match endpoint {
+        Endpoint::Channel(id, part) => Some((id, Kind::Channel(part))),
         Endpoint::Sse(id) => Some((id, Kind::Sse)),
         Endpoint::Stream(id) => Some((id, Kind::Stream)),
         Endpoint::Poll(id) => Some((id, Kind::Poll)),
         Endpoint::Send(id) => Some((id, Kind::Send)),
         Endpoint::Session(id) => Some((id, Kind::Close)),
         _ => None,
+    }
+}
+
+/// The unknown-id answer for what a request names.
+fn unknown(kind: Kind) -> BridgeError {
+    match kind {
+        Kind::Channel(_) => BridgeError::UnknownChannel,
+        _ => BridgeError::UnknownSession,
     }
 }

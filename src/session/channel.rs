@@ -24,7 +24,7 @@ use std::time::Duration;
 use dashmap::DashMap;
 use tokio::time::Instant;
 
-use super::registry::{ID_LEN, new_id};
+use super::registry::id_len_ok;
 use super::replay::{Event, EventData, encoded_len};
 use super::{Batch, Reader, Session};
 use crate::config::{ChannelConfig, Transport};
@@ -128,8 +128,10 @@ impl ChannelRegistry {
         }
     }
 
-    /// Opens a channel, or says why not.
-    pub fn create(&self) -> Result<Arc<Channel>, BridgeError> {
+    /// Opens a channel with the fresh id `id` (a lone replica's
+    /// `registry::new_id`, or in a cluster one naming this replica), or
+    /// says why not.
+    pub fn create(&self, id: String) -> Result<Arc<Channel>, BridgeError> {
         if self.count.fetch_add(1, Ordering::AcqRel) >= self.limits.max_channels {
             self.count.fetch_sub(1, Ordering::AcqRel);
             return Err(BridgeError::Unavailable {
@@ -138,7 +140,7 @@ impl ChannelRegistry {
             });
         }
         let channel = Arc::new(Channel {
-            id: new_id().into(),
+            id: id.into(),
             state: Mutex::new(State {
                 members: Vec::new(),
                 notices: VecDeque::new(),
@@ -162,7 +164,7 @@ impl ChannelRegistry {
 
     /// Looks a channel up. Unknown, malformed and ended ids alike are `None`.
     pub fn get(&self, id: &str) -> Option<Arc<Channel>> {
-        if id.len() != ID_LEN {
+        if !id_len_ok(id) {
             return None;
         }
         self.channels.get(id).map(|c| Arc::clone(c.value()))
@@ -564,7 +566,7 @@ pub async fn watch_idle(channel: Arc<Channel>, registry: Arc<ChannelRegistry>, i
 mod tests {
     use super::*;
     use crate::config::Overflow;
-    use crate::session::registry::Registry;
+    use crate::session::registry::{Registry, new_id};
     use crate::session::testing::{limits, session};
     use bytes::Bytes;
 
@@ -606,7 +608,7 @@ mod tests {
             busy.push(text());
         }
         quiet.push(text());
-        let a = channels.create().unwrap();
+        let a = channels.create(new_id()).unwrap();
         channels.attach(&a, &busy, 0).unwrap();
         channels.attach(&a, &quiet, 0).unwrap();
         let mut reader = a.attach_reader(Transport::Stream, &[]).unwrap();
@@ -626,7 +628,7 @@ mod tests {
             Err(BridgeError::BadCursor)
         ));
         // Moved to another channel: the first one's reader is told.
-        let b = channels.create().unwrap();
+        let b = channels.create(new_id()).unwrap();
         channels.attach(&b, &quiet, 1).unwrap();
         assert!(a.session(&quiet.id).is_none());
         let got = counts(reader.try_next(1000, 1 << 20));
@@ -634,7 +636,7 @@ mod tests {
         // A newer reader supersedes; ending the channel ends its reader.
         let mut newer = a.attach_reader(Transport::Poll, &[]).unwrap();
         assert!(matches!(reader.try_next(10, 10), ChannelBatch::Superseded));
-        assert!(channels.create().is_err(), "max_channels");
+        assert!(channels.create(new_id()).is_err(), "max_channels");
         channels.end(&a);
         assert!(matches!(newer.try_next(10, 10), ChannelBatch::Ended));
         assert!(channels.get(&a.id).is_none());

@@ -22,7 +22,7 @@ const ID_BYTES: usize = 16;
 /// Length of an id as text (base64url, no padding).
 pub const ID_LEN: usize = 22;
 /// Length of a cluster id (`[cluster]`: owner tag and MAC added).
-const CLUSTER_ID_LEN: usize = 40;
+pub const CLUSTER_ID_LEN: usize = 40;
 /// What a client is told to wait when the session limits are reached.
 const RETRY_AFTER_FULL: Duration = Duration::from_secs(5);
 
@@ -121,7 +121,7 @@ impl Registry {
 
     /// Looks a session up. Unknown and malformed ids alike are `None`.
     pub fn get(&self, id: &str) -> Option<Arc<Session>> {
-        if id.len() != ID_LEN && id.len() != CLUSTER_ID_LEN {
+        if !id_len_ok(id) {
             return None;
         }
         self.sessions.get(id).map(|s| Arc::clone(s.value()))
@@ -149,6 +149,12 @@ impl Registry {
             .map(|e| Arc::clone(e.value()))
             .collect()
     }
+}
+
+/// Whether `id` has the length of an id of either form (a lone replica's
+/// or a cluster's): anything else is unknown without a lookup.
+pub fn id_len_ok(id: &str) -> bool {
+    id.len() == ID_LEN || id.len() == CLUSTER_ID_LEN
 }
 
 /// A fresh session id: 128 bits from the OS CSPRNG, base64url.

@@ -21,7 +21,7 @@ use super::{
 use crate::body::{Body, BoxError};
 use crate::error::BridgeError;
 use crate::session::channel::{ChannelBatch, ChannelReader, Item};
-use crate::session::registry::ID_LEN;
+use crate::session::registry::id_len_ok;
 
 /// Parses `?cursors=SID:N,SID:N`: session ids in the id format, each with
 /// a cursor in the cursor grammar, none repeated, at most `max` of them.
@@ -33,7 +33,7 @@ pub fn parse_cursors(text: &str, max: usize) -> Result<Vec<(String, u64)>, Bridg
     }
     for entry in text.split(',') {
         let (id, cursor) = entry.split_once(':').ok_or(BridgeError::BadCursor)?;
-        let id_ok = id.len() == ID_LEN
+        let id_ok = id_len_ok(id)
             && id
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
