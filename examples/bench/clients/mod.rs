@@ -183,7 +183,9 @@ struct JsonEvent<'a> {
 impl JsonEvent<'_> {
     fn item(&self, last_id: &mut u64) -> Result<Item> {
         match &*self.kind {
-            "heartbeat" => Ok(Item::Skip),
+            // The stream's prelude (padding against buffering middleboxes) and
+            // heartbeats carry no event.
+            "heartbeat" | "prelude" => Ok(Item::Skip),
             "text" => {
                 next_event_id(last_id, self.id)?;
                 let data = self.data.as_deref().ok_or("text event without data")?;
