@@ -14,51 +14,21 @@ mod harness;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use futures_util::StreamExt;
 use harness::Cluster;
 use reqwest::StatusCode;
 use serde_json::Value;
-use support::{Backend, Ev, NdjsonClient, PATIENCE, SseClient, assert_sequence};
+use support::soak::{self, Soak};
+use support::{Backend, Ev, NdjsonClient, PATIENCE, SseClient};
 
-const FRAMES: u64 = 2000;
+/// The soak through HAProxy: fewer frames than tests/soak.rs, each request
+/// may land on any replica.
+const CUTS: Soak = Soak {
+    frames: 2000,
+    keep_at_most: 300,
+    deadline: Duration::from_secs(90),
+    pace: false,
+};
 const SOAK: &str = "[replay]\nmax_events = 8192\n";
-
-/// A small deterministic generator; the seed is printed so a failure replays.
-struct Rng(u64);
-
-impl Rng {
-    fn new() -> Rng {
-        let seed = std::env::var("SOAK_SEED")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| {
-                SystemTime::now()
-                    .duration_since(UNIX_EPOCH)
-                    .unwrap()
-                    .as_nanos() as u64
-                    | 1
-            });
-        eprintln!("soak seed: SOAK_SEED={seed}");
-        Rng(seed)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n
-    }
-}
-
-fn accept(got: &mut Vec<Ev>, cursor: &mut u64, ev: Ev) {
-    assert!(
-        !matches!(ev, Ev::Gap(..)),
-        "no gap expected: {ev:?} after {cursor}"
-    );
-    assert_eq!(ev.id(), *cursor + 1, "ids continue the cursor: {ev:?}");
-    *cursor = ev.id();
-    got.push(ev);
-}
 
 /// Forwarded requests that reached their owner, over every live replica.
 async fn forwarded_ok(c: &Cluster) -> f64 {
@@ -149,37 +119,8 @@ async fn sse_soak_through_haproxy_with_random_cuts() {
     let Some(c) = Cluster::start(&backend, 3, SOAK).await else {
         return;
     };
-    let s = c.open(&format!("/burst?n={FRAMES}&size=16")).await;
-    let (mut rng, mut got, mut cursor) = (Rng::new(), Vec::new(), 0u64);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
-    while cursor < FRAMES {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "soak took too long at {cursor}"
-        );
-        let resp = c
-            .http
-            .get(s.url("/sse"))
-            .header("last-event-id", cursor.to_string())
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), StatusCode::OK);
-        let mut sse = SseClient::new(resp);
-        let keep = 1 + rng.below(300);
-        for _ in 0..keep {
-            let Some(raw) = sse.next_raw().await else {
-                break;
-            };
-            if let Some(ev) = Ev::from_sse(&raw) {
-                accept(&mut got, &mut cursor, ev);
-            }
-            if cursor == FRAMES {
-                break;
-            }
-        }
-    }
-    assert_sequence(&got, FRAMES);
+    let s = c.open(&format!("/burst?n={}&size=16", CUTS.frames)).await;
+    soak::sse(&s, CUTS).await;
     assert!(forwarded_ok(&c).await > 0.0);
 }
 
@@ -189,35 +130,8 @@ async fn stream_soak_through_haproxy_with_random_cuts() {
     let Some(c) = Cluster::start(&backend, 3, SOAK).await else {
         return;
     };
-    let s = c.open(&format!("/burst?n={FRAMES}&size=16")).await;
-    let (mut rng, mut got, mut cursor) = (Rng::new(), Vec::new(), 0u64);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
-    while cursor < FRAMES {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "soak took too long at {cursor}"
-        );
-        let resp = c
-            .http
-            .get(s.url(&format!("/stream?cursor={cursor}")))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), StatusCode::OK);
-        let mut lines = NdjsonClient::new(resp);
-        let keep = 1 + rng.below(300);
-        for _ in 0..keep {
-            let Some(v) = lines.next().await else { break };
-            if v["type"] == "heartbeat" {
-                continue;
-            }
-            accept(&mut got, &mut cursor, Ev::from_json(&v));
-            if cursor == FRAMES {
-                break;
-            }
-        }
-    }
-    assert_sequence(&got, FRAMES);
+    let s = c.open(&format!("/burst?n={}&size=16", CUTS.frames)).await;
+    soak::stream(&s, CUTS).await;
     assert!(forwarded_ok(&c).await > 0.0);
 }
 
@@ -228,36 +142,8 @@ async fn poll_soak_through_haproxy_with_lost_responses() {
     let Some(c) = Cluster::start(&backend, 3, &config).await else {
         return;
     };
-    let s = c.open(&format!("/burst?n={FRAMES}&size=16")).await;
-    let (mut rng, mut got, mut cursor) = (Rng::new(), Vec::new(), 0u64);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
-    while cursor < FRAMES {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "soak took too long at {cursor}"
-        );
-        let resp = c
-            .http
-            .get(s.url(&format!("/poll?cursor={cursor}&wait=5")))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), StatusCode::OK);
-        if rng.below(4) == 0 {
-            // The response is lost: read part of the body, or none, and cut.
-            let mut body = resp.bytes_stream();
-            if rng.below(2) == 0 {
-                let _ = body.next().await;
-            }
-            continue;
-        }
-        let v: Value = resp.json().await.unwrap();
-        for e in v["events"].as_array().unwrap() {
-            accept(&mut got, &mut cursor, Ev::from_json(e));
-        }
-        assert_eq!(v["cursor"].as_u64().unwrap(), cursor);
-    }
-    assert_sequence(&got, FRAMES);
+    let s = c.open(&format!("/burst?n={}&size=16", CUTS.frames)).await;
+    soak::poll(&s, CUTS).await;
     assert!(forwarded_ok(&c).await > 0.0);
 }
 

@@ -9,6 +9,8 @@
 //! ```
 #![allow(dead_code)] // each test file uses a different part of the harness
 
+pub mod soak;
+
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
