@@ -1411,7 +1411,7 @@ class BridgeSocket extends EventTarget {
         });
         this.#announceOpen(started, websocketFailed, connectStarted);
         this.dispatchEvent(new Event("open"));
-        if (m.reconnecting && this.#readyState === BridgeSocket.OPEN) this.#sharedMessage({ t: "state", state: "reconnecting", reason: "the shared connection is reconnecting" });
+        if (m.reconnecting && this.#readyState === BridgeSocket.OPEN) this.#sharedMessage({ t: "state", state: "reconnecting", reason: "the shared connection dropped" });
         for (const p of pending) this.#sharedMessage(p);
         this.#pump();
       };
@@ -1501,10 +1501,10 @@ class BridgeSocket extends EventTarget {
         if (this.#readyState !== BridgeSocket.OPEN) break;
         if (m.state === "reconnecting" && !this.#reconnecting) {
           this.#reconnecting = true;
-          this.#dispatchState("reconnecting", m.reason);
+          this.#dispatchState("reconnecting", `${m.reason}; reconnecting from event ${this.#cursor}`);
         } else if (m.state === "resumed" && this.#reconnecting) {
           this.#reconnecting = false;
-          this.#dispatchState("resumed", m.reason);
+          this.#dispatchState("resumed", `${m.reason}, resumed from event ${this.#cursor}`);
         }
         break;
       case "transport":
@@ -2050,6 +2050,9 @@ class ChannelHub {
       }
       if (response && response.status === 204) {
         s.attached = true;
+        // Its frames waited for this: a frame of a session not on the
+        // channel is 404 there.
+        queueMicrotask(() => this.#pump());
         return "ok";
       }
       const code = response && response.json && response.json.error;
@@ -2209,7 +2212,7 @@ class ChannelHub {
     }
     if (this.#reconnecting) {
       this.#reconnecting = false;
-      this.#broadcast({ t: "state", state: "resumed", transport: this.#transport, reason: `the shared ${this.#transport} connection is back, every socket resumed from its last event` });
+      this.#broadcast({ t: "state", state: "resumed", transport: this.#transport, reason: `the shared ${this.#transport} connection is back` });
     }
   }
 
@@ -2228,7 +2231,7 @@ class ChannelHub {
     }
     if (!this.#reconnecting) {
       this.#reconnecting = true;
-      this.#broadcast({ t: "state", state: "reconnecting", transport: this.#transport, reason: `the shared ${this.#transport} connection dropped; reconnecting every socket from its last event` });
+      this.#broadcast({ t: "state", state: "reconnecting", transport: this.#transport, reason: `the shared ${this.#transport} connection dropped` });
     }
     const now = Date.now();
     if (!this.#downSince) this.#downSince = now;
@@ -2540,7 +2543,7 @@ class ChannelHub {
         let bytes = 0;
         let wakeAt = Infinity;
         // Round-robin: one frame per session per pass.
-        const ready = Array.from(this.#sessions.values()).filter((s) => s.queue.length && !s.closed);
+        const ready = Array.from(this.#sessions.values()).filter((s) => s.queue.length && s.attached && !s.closed);
         if (!ready.length) break;
         const cursors = new Map(ready.map((s) => [s, 0]));
         for (let more = true; more && batch.length < this.#batchFrames; ) {
@@ -2696,15 +2699,34 @@ class HubClient {
     };
     const locks = globalThis.navigator && globalThis.navigator.locks;
     this.#locks = locks && typeof locks.request === "function" ? locks : null;
-    // Held for this tab's life: a hub elsewhere that is granted it knows the
-    // tab is gone (a crashed tab sends no bye).
-    if (this.#locks) this.#locks.request(this.#tabLock(), () => new Promise(() => {})).catch(() => null);
     if (typeof globalThis.addEventListener === "function") {
       globalThis.addEventListener("pagehide", () => this.#post({ t: "bye" }));
     }
     const mode = options.shareMode;
-    if (mode !== "tabs" && typeof globalThis.SharedWorker === "function" && this.#startWorker(options.workerUrl || httpOrigin + options.prefix + "/client.js")) return;
-    this.#fallback(mode);
+    const start = () => {
+      if (mode !== "tabs" && typeof globalThis.SharedWorker === "function" && this.#startWorker(options.workerUrl || httpOrigin + options.prefix + "/client.js")) return;
+      this.#fallback(mode);
+    };
+    if (!this.#locks) {
+      start();
+      return;
+    }
+    // Held for this tab's life: a hub elsewhere that is granted it knows the
+    // tab is gone (a crashed tab sends no bye). Held before any hub hears of
+    // this tab, or the hub could be granted it first.
+    let started = false;
+    const once = () => {
+      if (started) return;
+      started = true;
+      start();
+    };
+    this.#locks
+      .request(this.#tabLock(), () => {
+        once();
+        return new Promise(() => {});
+      })
+      .catch(once);
+    setTimeout(once, WORKER_ANSWER_TIMEOUT_MS);
   }
 
   #locks;
