@@ -2703,6 +2703,7 @@ class HubClient {
       globalThis.addEventListener("pagehide", () => this.#post({ t: "bye" }));
     }
     const mode = options.shareMode;
+    this.#shareMode = mode;
     const start = () => {
       if (mode !== "tabs" && typeof globalThis.SharedWorker === "function" && this.#startWorker(options.workerUrl || httpOrigin + options.prefix + "/client.js")) return;
       this.#fallback(mode);
@@ -2730,6 +2731,7 @@ class HubClient {
   }
 
   #locks;
+  #shareMode;
 
   #tabLock() {
     return `${this.#name}:tab:${this.#tab}`;
@@ -2767,7 +2769,7 @@ class HubClient {
         // closed
       }
       this.#toHub = null;
-      this.#fallback("auto");
+      this.#fallback(this.#shareMode);
     };
     const timer = setTimeout(fail, WORKER_ANSWER_TIMEOUT_MS);
     worker.addEventListener("error", fail);
