@@ -1519,7 +1519,7 @@ class BridgeSocket extends EventTarget {
         break;
       case "memory":
         // The tab writes what the hub learned (a worker has no localStorage).
-        if (this.#options.remember && this.#options.transports.includes(m.transport)) writeMemory(this.#memoryKey, { transport: m.transport, at: Date.now() });
+        if (this.#options.remember && this.#options.transports.length > 1 && this.#options.transports.includes(m.transport)) writeMemory(this.#memoryKey, { transport: m.transport, at: Date.now() });
         break;
       default:
         break;
@@ -2001,6 +2001,7 @@ class ChannelHub {
       queue: [],
       queuedSeq: old ? old.queuedSeq : 0,
       retryAt: 0,
+      order: Array.from(m.order || WSBRIDGE_BRIDGED), // the socket's transports: the reader never moves off them
     };
     this.#sessions.set(s.id, s);
     this.#queueFrames(s, m.frames || []);
@@ -2508,8 +2509,10 @@ class ChannelHub {
     if (this.#transport !== "poll" || !(every > 0)) return;
     this.#reprobeTimer = setTimeout(async () => {
       if (this.#transport !== "poll" || !this.#channel) return;
-      const order = WSBRIDGE_BRIDGED.filter((t) => t !== "poll" && this.#channel.links[t]);
-      const found = await probeStreamingTransport(this.#config.origin, this.#config.prefix, this.#config.withCredentials, this.#config.probeTimeout, order);
+      // Only where every socket on the channel may go.
+      const sessions = Array.from(this.#sessions.values());
+      const order = WSBRIDGE_BRIDGED.filter((t) => t !== "poll" && this.#channel.links[t] && sessions.every((s) => s.order.includes(t)));
+      const found = order.length ? await probeStreamingTransport(this.#config.origin, this.#config.prefix, this.#config.withCredentials, this.#config.probeTimeout, order) : null;
       if (found && this.#transport === "poll" && this.#channel) {
         this.#broadcast({ t: "memory", transport: found });
         this.#transport = found;
