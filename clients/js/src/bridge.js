@@ -2475,7 +2475,19 @@ class ChannelHub {
         this.#connected(generation);
         if (!this.#items(generation, body.events || [])) return;
         if (body.superseded) {
-          this.#superseded(generation);
+          // A poll says `superseded` for an ended channel too: ask which,
+          // harmlessly (a detach of no session: unknown_channel or
+          // unknown_session).
+          let code = null;
+          try {
+            const probe = await this.#request(this.#channel.links.detach, this.#json({ session: "A".repeat(22) }));
+            code = probe.json && probe.json.error;
+          } catch {
+            // unreachable: taken as superseded
+          }
+          if (generation !== this.#generation) return;
+          if (code === "unknown_channel") this.#dropped(generation, 404, code);
+          else this.#superseded(generation);
           return;
         }
         wait = POLL_WAIT_S;
