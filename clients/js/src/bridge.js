@@ -1405,9 +1405,9 @@ class BridgeSocket extends EventTarget {
         this.#readyState = BridgeSocket.OPEN;
         liveBridgeSockets.set(this, {
           goingAway: () => this.#deleteSessionQuietly(1001),
-          // The hub watches the shared reader itself.
-          offline: () => {},
-          online: () => {},
+          // The shared reader is the hub's: it hears what the tab heard.
+          offline: () => this.#hubClient && this.#hubClient.post({ t: "offline" }),
+          online: () => this.#hubClient && this.#hubClient.post({ t: "online" }),
         });
         this.#announceOpen(started, websocketFailed, connectStarted);
         this.dispatchEvent(new Event("open"));
@@ -1900,6 +1900,17 @@ class ChannelHub {
         break;
       case "leave":
         if (s) this.#forget(s, true);
+        break;
+      // A tab's browser went offline or online: as a socket alone, drop the
+      // reader at once, or reconnect without waiting for the backoff.
+      case "offline":
+        if (!this.#reconnecting && this.#transport && !this.#proofWaiter) this.#dropped(this.#generation, null);
+        break;
+      case "online":
+        if (this.#reconnecting && this.#reconnectTimer) {
+          this.#failures = 0;
+          this.#read();
+        }
         break;
       default:
         break;
