@@ -2540,7 +2540,7 @@ class ChannelHub {
         this.#broadcast({ t: "memory", transport: found });
         this.#transport = found;
         this.#attempts.push({ transport: found, result: "open", ms: 0 });
-        this.#broadcast({ t: "transport", transport: found, previous: "poll", reason: `${found} delivers again (background check); the shared reader moved over from poll, resuming every socket from its last event` });
+        this.#broadcast({ t: "transport", transport: found, previous: "poll", reason: `${found} delivers (a background check while on poll); the shared reader moved over, every socket resuming from its last event` });
         this.#read();
         return;
       }
