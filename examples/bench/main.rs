@@ -3,7 +3,7 @@
 //! every browser transport measured beside a direct WebSocket in the same run.
 //!
 //! ```text
-//! cargo run --release --example bench -- --scenario all     # every scenario (~7 min)
+//! cargo run --release --example bench -- --scenario all     # every scenario (~10 min)
 //! cargo run --release --example bench -- --scenario light   # or throughput, echo, many, reuse, cpu, cluster, channel
 //! cargo run --release --example bench -- --scenario time-to-open  # Chromium behind a buffering nginx
 //! cargo run --release --example bench -- --smoke            # correctness only, for CI (~15 s)
