@@ -793,3 +793,26 @@ async fn sse_with_named_heartbeats_sends_one_at_once_for_the_clients_probe() {
     }
     assert!(text.starts_with(&expected), "{text:?}");
 }
+
+#[tokio::test]
+async fn many_flooding_sessions_through_small_windows_each_get_every_event_once() {
+    // Every session pauses on its own 16 KiB and resumes only when the one
+    // reader takes its events, so each resume hangs on that session waking
+    // the waiting reader: a lost wake-up is a stalled session here.
+    let backend = Backend::start().await;
+    let proxy = Proxy::start(&backend, "[replay]\nmax_pending_bytes = \"16KiB\"\n").await;
+    for transport in ["stream", "sse"] {
+        let chan = open_channel(&proxy).await;
+        let mut ids = Vec::new();
+        for _ in 0..12 {
+            ids.push(chan.open("/flood?n=1500&size=100").await);
+        }
+        let want: HashMap<String, usize> = ids.iter().map(|s| (s.clone(), 1500)).collect();
+        let mut reader = Reader::open(&chan, transport, "").await;
+        let got = collect(&mut reader, &want).await;
+        for s in &ids {
+            assert_sequence(&got[s], 1500);
+            assert_eq!(got[s].len(), 1500, "{transport}: nothing doubled");
+        }
+    }
+}

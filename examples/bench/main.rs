@@ -3,8 +3,8 @@
 //! every browser transport measured beside a direct WebSocket in the same run.
 //!
 //! ```text
-//! cargo run --release --example bench -- --scenario all     # every scenario (~7 min)
-//! cargo run --release --example bench -- --scenario light   # or throughput, echo, many, reuse, cpu, cluster
+//! cargo run --release --example bench -- --scenario all     # every scenario (~10 min)
+//! cargo run --release --example bench -- --scenario light   # or throughput, echo, many, reuse, cpu, cluster, channel
 //! cargo run --release --example bench -- --scenario time-to-open  # Chromium behind a buffering nginx
 //! cargo run --release --example bench -- --smoke            # correctness only, for CI (~15 s)
 //! ```
@@ -30,12 +30,15 @@
 //! - `probe`: /proc readings (CPU ticks, RSS, socket memory), rlimits, machine.
 //! - `clients`: one client per transport, each checking what it receives.
 //! - `fleet`: many clients at once, their counters and histograms.
+//! - `channel_fleet`: many sessions on a few multiplexed channels, one
+//!   reader each.
 //! - `nginx`: a real nginx as a buffering firewall (time-to-open).
-//! - `scenarios`: light, throughput, echo, many, reuse, cluster, smoke,
+//! - `scenarios`: light, throughput, echo, many, reuse, cluster, channel, smoke,
 //!   time-to-open (which drives Chromium with `time_to_open.mjs`).
 //! - `report`: tables, JSON lines and the targets.
 
 mod backend;
+mod channel_fleet;
 mod clients;
 mod fleet;
 mod nginx;
@@ -123,6 +126,9 @@ enum Which {
     /// Two `[cluster]` replicas: SSE throughput and echo through the
     /// replica that does not own the session, against the owner.
     Cluster,
+    /// Many sessions on one multiplexed channel's reader against a reader
+    /// each: throughput, proxy RSS per session, batched-send echo.
+    Channel,
     /// The proxy's CPU per delivered message, from the throughput run.
     Cpu,
     /// Time-to-open in headless Chromium behind a buffering nginx (first
@@ -245,6 +251,12 @@ async fn bench(cli: Cli) -> Result<ExitCode> {
             let reuse = scenarios::reuse::run(&ctx).await;
             ctx.out.table(&reuse);
             tables.push(reuse);
+        }
+        if matches!(w, Which::All | Which::Channel) {
+            for table in scenarios::channel::run(&ctx).await {
+                ctx.out.table(&table);
+                tables.push(table);
+            }
         }
         if w == Which::TimeToOpen {
             let opened = scenarios::time_to_open::run(&ctx).await;

@@ -227,7 +227,43 @@ struct Target {
     unit: &'static str,
 }
 
-const TARGETS: [Target; 16] = [
+const TARGETS: [Target; 20] = [
+    Target {
+        name: "channel: sse, one reader for 100 sessions >= 0.8x a reader each",
+        scenario: "channel",
+        transport: "sse-channel",
+        column: "ratio_vs_own",
+        at_least: true,
+        limit: 0.8,
+        unit: "x",
+    },
+    Target {
+        name: "channel: stream, one reader for 100 sessions >= 0.8x a reader each",
+        scenario: "channel",
+        transport: "stream-channel",
+        column: "ratio_vs_own",
+        at_least: true,
+        limit: 0.8,
+        unit: "x",
+    },
+    Target {
+        name: "channel: RSS per session, 100 on a channel <= 0.5x a reader each",
+        scenario: "channel-memory",
+        transport: "sse-channel-100",
+        column: "ratio_vs_own",
+        at_least: false,
+        limit: 0.5,
+        unit: "x",
+    },
+    Target {
+        name: "channel: RSS per session, many on channels <= 0.5x a reader each",
+        scenario: "channel-memory",
+        transport: "sse-channel",
+        column: "ratio_vs_own",
+        at_least: false,
+        limit: 0.5,
+        unit: "x",
+    },
     Target {
         name: "cluster: forwarded sse throughput >= 0.7x owner",
         scenario: "cluster",

@@ -11,14 +11,22 @@
 //! taken pauses its own upstream as it would alone. Memory per channel is
 //! one small entry per session and a bounded list of pending notices.
 //!
+//! Wake-ups: each member polls its session with a waker of its own, which
+//! marks that member ready before it wakes the reader's task, so a pass
+//! looks only at the sessions that have had news since their last look
+//! (with 100 flooding sessions, looking at every one on every wake-up cost
+//! more than the events it found).
+//!
 //! Locking: one `std::sync::Mutex` per channel, never held across an
 //! `.await`. Under it the channel may take a session's lock (to read or
-//! attach); a session never takes a channel's, so the order is fixed.
+//! attach); a session never takes a channel's, so the order is fixed. The
+//! reader task's waker has a small lock of its own, taken last and alone
+//! (a session wakes a member after unlocking itself).
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
 use dashmap::DashMap;
@@ -58,9 +66,58 @@ pub struct Channel {
     /// The bearer capability, in the session id format. Never logged whole.
     pub id: Arc<str>,
     state: Mutex<State>,
+    /// The live reader's task, when it waits: woken by a member with news,
+    /// a newer reader, an attach, a notice or the end.
+    task: Arc<TaskWaker>,
     owners: Arc<Owners>,
     metrics: Arc<Metrics>,
     max_sessions: usize,
+}
+
+/// The reader task's waker, behind a lock of its own: members' wakers take
+/// it from sessions, which must not take the channel's state lock.
+#[derive(Default)]
+struct TaskWaker(Mutex<Option<Waker>>);
+
+impl TaskWaker {
+    fn slot(&self) -> MutexGuard<'_, Option<Waker>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn register(&self, waker: &Waker) {
+        let mut slot = self.slot();
+        match &*slot {
+            Some(w) if w.will_wake(waker) => {}
+            _ => *slot = Some(waker.clone()),
+        }
+    }
+
+    fn wake(&self) {
+        let waker = self.slot().take();
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+}
+
+/// A member's waker: what its session wakes when it has events (or a newer
+/// reader) for the channel.
+struct MemberWake {
+    /// Set by a wake-up, cleared by the pass that then looks: only members
+    /// with this set are polled.
+    ready: AtomicBool,
+    task: Arc<TaskWaker>,
+}
+
+impl Wake for MemberWake {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.ready.store(true, Ordering::Release);
+        self.task.wake();
+    }
 }
 
 /// One session on a channel.
@@ -74,6 +131,33 @@ struct Member {
     /// stays (so a reader that resumes before it has the close gets it
     /// again) until a reader no longer needs it or its place is needed.
     finished: bool,
+    /// Whether the session may have something new (see [`MemberWake`]).
+    wake: Arc<MemberWake>,
+    /// `wake` as the waker the session keeps: made once, so the session's
+    /// `will_wake` check spares a clone on every pass.
+    waker: Waker,
+}
+
+impl Member {
+    fn new(reader: Reader, cursor: u64, task: &Arc<TaskWaker>) -> Member {
+        let wake = Arc::new(MemberWake {
+            ready: AtomicBool::new(true),
+            task: Arc::clone(task),
+        });
+        Member {
+            reader,
+            cursor,
+            finished: false,
+            waker: Waker::from(Arc::clone(&wake)),
+            wake,
+        }
+    }
+
+    /// Poll it on the next pass (a new reader, a turn that may have left
+    /// events behind).
+    fn mark_ready(&self) {
+        self.wake.ready.store(true, Ordering::Release);
+    }
 }
 
 struct State {
@@ -83,9 +167,6 @@ struct State {
     notices: VecDeque<String>,
     /// Generation of the newest reader; older ones are superseded.
     generation: u64,
-    /// The live reader's waker, when it found nothing: woken by a newer
-    /// reader, an attach, a notice or the end. Sessions keep their own.
-    waker: Option<Waker>,
     /// The newest reader's transport: what attached sessions are read as.
     transport: Transport,
     /// Attached readers (an old one may linger for a moment when superseded).
@@ -145,13 +226,13 @@ impl ChannelRegistry {
                 members: Vec::new(),
                 notices: VecDeque::new(),
                 generation: 0,
-                waker: None,
                 transport: Transport::Poll,
                 readers: 0,
                 last_activity: Instant::now(),
                 next_turn: 0,
                 ended: false,
             }),
+            task: Arc::default(),
             owners: Arc::clone(&self.owners),
             metrics: Arc::clone(&self.metrics),
             max_sessions: self.limits.max_sessions_per_channel,
@@ -219,12 +300,9 @@ impl Channel {
     }
 
     /// Wakes the live reader after the lock is released.
-    fn wake(mut st: MutexGuard<'_, State>) {
-        let waker = st.waker.take();
+    fn wake(&self, st: MutexGuard<'_, State>) {
         drop(st);
-        if let Some(w) = waker {
-            w.wake();
-        }
+        self.task.wake();
     }
 
     fn add(&self, session: &Arc<Session>, cursor: u64) -> Result<(), BridgeError> {
@@ -255,17 +333,14 @@ impl Channel {
                 m.reader = reader;
                 m.cursor = cursor;
                 m.finished = false;
+                m.mark_ready();
             }
             None => {
-                st.members.push(Member {
-                    reader,
-                    cursor,
-                    finished: false,
-                });
+                st.members.push(Member::new(reader, cursor, &self.task));
                 self.metrics.channel.sessions.inc();
             }
         }
-        Self::wake(st);
+        self.wake(st);
         Ok(())
     }
 
@@ -284,7 +359,7 @@ impl Channel {
         if notice {
             push_notice(&mut st, session_id.to_owned());
         }
-        Self::wake(st);
+        self.wake(st);
         true
     }
 
@@ -306,7 +381,7 @@ impl Channel {
             self.drop_member(&mut st, last);
         }
         st.notices.clear();
-        Self::wake(st);
+        self.wake(st);
     }
 
     /// The session `id` if it is on this channel. One whose reader was
@@ -321,7 +396,7 @@ impl Channel {
         if !st.members[i].reader.is_live() {
             self.drop_member(&mut st, i);
             push_notice(&mut st, id.to_owned());
-            Self::wake(st);
+            self.wake(st);
             return None;
         }
         Some(Arc::clone(st.members[i].reader.session()))
@@ -396,6 +471,7 @@ impl Channel {
                     let m = &mut st.members[i];
                     m.reader = reader;
                     m.finished = false;
+                    m.mark_ready();
                     i += 1;
                 }
                 // The client has its close event: the session is done here.
@@ -407,7 +483,7 @@ impl Channel {
         st.readers += 1;
         let generation = st.generation;
         // The superseded reader, if waiting, learns at once.
-        Self::wake(st);
+        self.wake(st);
         Ok(ChannelReader {
             channel: Arc::clone(self),
             generation,
@@ -450,7 +526,7 @@ impl ChannelReader {
     /// stopped: each gives at most a turn's worth, until the batch is full.
     fn poll_take(
         &mut self,
-        mut cx: Option<&mut Context<'_>>,
+        cx: Option<&mut Context<'_>>,
         max_events: usize,
         max_bytes: usize,
     ) -> Poll<ChannelBatch> {
@@ -461,6 +537,12 @@ impl ChannelReader {
         }
         if st.generation != self.generation {
             return Poll::Ready(ChannelBatch::Superseded);
+        }
+        if let Some(cx) = cx.as_ref() {
+            // Before looking, under the state lock (so a superseded reader
+            // never takes a newer one's place): a member woken during the
+            // pass then wakes this task again, and nothing is lost.
+            channel.task.register(cx.waker());
         }
         let mut items: Vec<Item> = st.notices.drain(..).map(Item::Detached).collect();
         let (mut events, mut bytes) = (0usize, 0usize);
@@ -481,8 +563,14 @@ impl ChannelReader {
             }
             let turn_events = TURN_EVENTS.min(max_events - events);
             let turn_bytes = TURN_BYTES.min(max_bytes - bytes);
-            let got = match cx.as_mut() {
-                Some(cx) => m.reader.poll_next(cx, turn_events, turn_bytes),
+            let got = match cx {
+                // Only members with news; a member's own waker stays with
+                // its session when it has none.
+                Some(_) if !m.wake.ready.swap(false, Ordering::AcqRel) => continue,
+                Some(_) => {
+                    let mut member_cx = Context::from_waker(&m.waker);
+                    m.reader.poll_next(&mut member_cx, turn_events, turn_bytes)
+                }
                 None => match m.reader.try_next(turn_events, turn_bytes) {
                     Batch::Events(e) if e.is_empty() => Poll::Pending,
                     other => Poll::Ready(other),
@@ -490,6 +578,8 @@ impl ChannelReader {
             };
             match got {
                 Poll::Ready(Batch::Events(evs)) if !evs.is_empty() => {
+                    // A turn may leave events behind: look again next pass.
+                    m.mark_ready();
                     events += evs.len();
                     bytes += evs.iter().map(|e| encoded_len(&e.data)).sum::<usize>();
                     if matches!(evs.last().map(|e| &e.data), Some(EventData::Close { .. })) {
@@ -512,12 +602,6 @@ impl ChannelReader {
             items.push(Item::Detached(id));
         }
         if items.is_empty() {
-            if let Some(cx) = cx {
-                match &st.waker {
-                    Some(w) if w.will_wake(cx.waker()) => {}
-                    _ => st.waker = Some(cx.waker().clone()),
-                }
-            }
             return Poll::Pending;
         }
         Poll::Ready(ChannelBatch::Items(items))
@@ -545,7 +629,8 @@ impl Drop for ChannelReader {
         st.readers = st.readers.saturating_sub(1);
         st.last_activity = Instant::now();
         if st.generation == self.generation {
-            st.waker = None;
+            // Under the state lock: a newer reader's waker is never cleared.
+            *self.channel.task.slot() = None;
         }
     }
 }
@@ -646,5 +731,74 @@ mod tests {
                 .render(&Default::default(), crate::metrics::Format::Prometheus)
                 .contains("wsbridge_channel_sessions 1")
         );
+    }
+
+    /// Counts its wake-ups.
+    #[derive(Default)]
+    struct Count(AtomicUsize);
+
+    impl Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn a_waiting_reader_is_woken_by_whichever_session_has_news() {
+        let metrics = Arc::new(Metrics::new());
+        let registry = Registry::new(10, 0, 1 << 20);
+        let mut cfg = config();
+        cfg.max_sessions_per_channel = 3;
+        let channels = ChannelRegistry::new(cfg, Arc::clone(&metrics));
+        let l = limits(1 << 20, Overflow::Backpressure);
+        let sessions: Vec<_> = (0..3)
+            .map(|_| session(&registry, l, Arc::clone(&metrics)))
+            .collect();
+        let a = channels.create(new_id()).unwrap();
+        for (s, _) in &sessions {
+            channels.attach(&a, s, 0).unwrap();
+        }
+        let mut reader = a.attach_reader(Transport::Stream, &[]).unwrap();
+        let count = Arc::new(Count::default());
+        let waker = Waker::from(Arc::clone(&count));
+        let mut cx = Context::from_waker(&waker);
+        assert!(reader.poll_take(Some(&mut cx), 1000, 1 << 20).is_pending());
+        // Each session in turn, the reader waiting each time: every push
+        // wakes it and the next pass finds that session's event.
+        for (k, (s, _)) in sessions.iter().enumerate().rev() {
+            s.push(text());
+            assert_eq!(
+                count.0.load(Ordering::SeqCst),
+                3 - k,
+                "woken by session {k}"
+            );
+            let Poll::Ready(batch) = reader.poll_take(Some(&mut cx), 1000, 1 << 20) else {
+                panic!("session {k}'s event not found");
+            };
+            assert_eq!(counts(batch), [(s.id.clone(), 1)]);
+            assert!(reader.poll_take(Some(&mut cx), 1000, 1 << 20).is_pending());
+        }
+        // A busy session that gave a full turn is looked at again on the
+        // next pass without a wake-up: what it left behind is not lost.
+        let (busy, quiet) = (&sessions[0].0, &sessions[1].0);
+        for _ in 0..(TURN_EVENTS + 1) {
+            busy.push(text());
+        }
+        quiet.push(text());
+        let got = counts(reader.try_next(1000, 1 << 20));
+        assert_eq!(got.len(), 2);
+        let Poll::Ready(batch) = reader.poll_take(Some(&mut cx), 1000, 1 << 20) else {
+            panic!("the busy session's last event was left behind");
+        };
+        assert_eq!(counts(batch), [(busy.id.clone(), 1)]);
+        assert!(reader.poll_take(Some(&mut cx), 1000, 1 << 20).is_pending());
+        // A newer reader wakes the waiting one, which learns at once.
+        let woken = count.0.load(Ordering::SeqCst);
+        let _newer = a.attach_reader(Transport::Sse, &[]).unwrap();
+        assert!(count.0.load(Ordering::SeqCst) > woken);
+        assert!(matches!(
+            reader.poll_take(Some(&mut cx), 1000, 1 << 20),
+            Poll::Ready(ChannelBatch::Superseded)
+        ));
     }
 }

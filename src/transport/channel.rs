@@ -22,6 +22,7 @@ use crate::body::{Body, BoxError};
 use crate::error::BridgeError;
 use crate::session::channel::{ChannelBatch, ChannelReader, Item};
 use crate::session::registry::id_len_ok;
+use crate::session::replay::encoded_len;
 
 /// Parses `?cursors=SID:N,SID:N`: session ids in the id format, each with
 /// a cursor in the cursor grammar, none repeated, at most `max` of them.
@@ -60,15 +61,16 @@ enum Form {
     Ndjson,
 }
 
-/// Appends one item as its JSON object.
-pub fn write_item_json(out: &mut Vec<u8>, item: &Item, scratch: &mut Vec<u8>) {
+/// Appends one item as its JSON object (a session's events separated by
+/// line breaks).
+pub fn write_item_json(out: &mut Vec<u8>, item: &Item) {
     match item {
         Item::Events(id, events) => {
             for (i, event) in events.iter().enumerate() {
                 if i > 0 {
                     out.push(b'\n');
                 }
-                write_tagged(out, id, event, scratch);
+                write_tagged(out, id, event);
             }
         }
         Item::Detached(id) => {
@@ -79,57 +81,61 @@ pub fn write_item_json(out: &mut Vec<u8>, item: &Item, scratch: &mut Vec<u8>) {
     }
 }
 
-/// `{"session":"S",` then the event object without its `{`.
-fn write_tagged(
-    out: &mut Vec<u8>,
-    id: &str,
-    event: &crate::session::replay::Event,
-    scratch: &mut Vec<u8>,
-) {
-    scratch.clear();
-    write_event_json(scratch, event);
+/// `{"session":"S",` then the event object without its `{`, written in
+/// place: the event's `{` becomes the comma, so nothing is copied twice.
+fn write_tagged(out: &mut Vec<u8>, id: &str, event: &crate::session::replay::Event) {
     out.extend_from_slice(b"{\"session\":");
     write_json_str(out, id.as_bytes());
-    out.push(b',');
-    out.extend_from_slice(&scratch[1..]);
+    let brace = out.len();
+    write_event_json(out, event);
+    out[brace] = b',';
 }
 
-/// Every item of a batch, one object per line (`data: ` first for SSE).
+/// Every item of a batch, one object per line (`data: ` first for SSE),
+/// into one buffer sized for the batch.
 fn encode(items: &[Item], form: Form) -> Vec<u8> {
-    let mut out = Vec::with_capacity(256);
-    let mut scratch = Vec::with_capacity(128);
-    let mut line = Vec::with_capacity(128);
+    // Data, the id twice over (escapes are rare) and the framing.
+    let hint: usize = items
+        .iter()
+        .map(|item| match item {
+            Item::Events(id, events) => events
+                .iter()
+                .map(|e| encoded_len(&e.data) + 2 * id.len() + 64)
+                .sum(),
+            Item::Detached(id) => 2 * id.len() + 48,
+        })
+        .sum();
+    let mut out = Vec::with_capacity(hint);
     for item in items {
         match item {
             Item::Events(id, events) => {
                 for event in events {
-                    line.clear();
-                    write_tagged(&mut line, id, event, &mut scratch);
-                    push_line(&mut out, &line, form);
+                    open_line(&mut out, form);
+                    write_tagged(&mut out, id, event);
+                    close_line(&mut out, form);
                 }
             }
             Item::Detached(_) => {
-                line.clear();
-                write_item_json(&mut line, item, &mut scratch);
-                push_line(&mut out, &line, form);
+                open_line(&mut out, form);
+                write_item_json(&mut out, item);
+                close_line(&mut out, form);
             }
         }
     }
     out
 }
 
-fn push_line(out: &mut Vec<u8>, json: &[u8], form: Form) {
+// The JSON has no raw line breaks (they are escaped), so one line each.
+fn open_line(out: &mut Vec<u8>, form: Form) {
+    if form == Form::Sse {
+        out.extend_from_slice(b"data: ");
+    }
+}
+
+fn close_line(out: &mut Vec<u8>, form: Form) {
     match form {
-        // The JSON has no raw line breaks (they are escaped), so one line.
-        Form::Sse => {
-            out.extend_from_slice(b"data: ");
-            out.extend_from_slice(json);
-            out.extend_from_slice(b"\n\n");
-        }
-        Form::Ndjson => {
-            out.extend_from_slice(json);
-            out.push(b'\n');
-        }
+        Form::Sse => out.extend_from_slice(b"\n\n"),
+        Form::Ndjson => out.push(b'\n'),
     }
 }
 
@@ -273,7 +279,6 @@ pub fn poll(
             ChannelBatch::Items(items) => (items, false),
             ChannelBatch::Superseded | ChannelBatch::Ended => (Vec::new(), true),
         };
-        let mut scratch = Vec::with_capacity(128);
         let mut first = true;
         for item in &items {
             if !first {
@@ -281,7 +286,7 @@ pub fn poll(
             }
             first = false;
             let start = out.len();
-            write_item_json(&mut out, item, &mut scratch);
+            write_item_json(&mut out, item);
             // write_item_json separates a session's events by line breaks.
             for b in &mut out[start..] {
                 if *b == b'\n' {
@@ -321,6 +326,40 @@ mod tests {
 
     const A: &str = "AAAAAAAAAAAAAAAAAAAAAA";
     const B: &str = "BBBBBBBBBBBBBBBBBBBBB_";
+
+    #[test]
+    fn events_are_tagged_in_place_for_both_forms() {
+        use crate::session::replay::{Event, EventData};
+        let event = |id, data: EventData| Event { id, data };
+        let items = [
+            Item::Events(
+                A.into(),
+                vec![
+                    event(7, EventData::Text(Bytes::from_static(b"a\"b"))),
+                    event(
+                        8,
+                        EventData::Close {
+                            code: 1000,
+                            reason: "bye".into(),
+                        },
+                    ),
+                ],
+            ),
+            Item::Detached(B.to_owned()),
+        ];
+        let lines = [
+            format!(r#"{{"session":"{A}","id":7,"type":"text","data":"a\"b"}}"#),
+            format!(r#"{{"session":"{A}","id":8,"type":"close","code":1000,"reason":"bye"}}"#),
+            format!(r#"{{"session":"{B}","type":"detached"}}"#),
+        ];
+        let ndjson: String = lines.iter().map(|l| format!("{l}\n")).collect();
+        let sse: String = lines.iter().map(|l| format!("data: {l}\n\n")).collect();
+        assert_eq!(
+            String::from_utf8(encode(&items, Form::Ndjson)).unwrap(),
+            ndjson
+        );
+        assert_eq!(String::from_utf8(encode(&items, Form::Sse)).unwrap(), sse);
+    }
 
     #[test]
     fn cursors_grammar() {

@@ -5,6 +5,7 @@
 //! protocol as it goes (event ids in order, no gap, a clean close).
 
 mod body;
+pub mod channel;
 pub mod http;
 mod poll;
 mod sse;
@@ -153,7 +154,14 @@ fn check_close(code: Option<u16>, reason: &str) -> Result<()> {
 /// the id, the data and the bytes taken. Anything else (another event, an
 /// escape, other spacing) is `None` and goes through serde.
 fn plain_text_event(s: &[u8]) -> Option<(u64, &[u8], usize)> {
-    let rest = s.strip_prefix(b"{\"id\":")?;
+    let (id, data, taken) = plain_text_fields(s.strip_prefix(b"{")?)?;
+    Some((id, data, taken + 1))
+}
+
+/// [`plain_text_event`] after its `{`: `"id":N,"type":"text","data":"…"}`
+/// (a channel event has its `"session"` field before these).
+fn plain_text_fields(s: &[u8]) -> Option<(u64, &[u8], usize)> {
+    let rest = s.strip_prefix(b"\"id\":")?;
     let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
     let id = parse_u64(&rest[..digits])?;
     let rest = rest[digits..].strip_prefix(b",\"type\":\"text\",\"data\":\"")?;

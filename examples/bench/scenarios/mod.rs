@@ -2,6 +2,7 @@
 //! transport against a fresh backend and proxy (see [`Rig`]), one after
 //! another, direct WebSocket first since every ratio is against it.
 
+pub mod channel;
 pub mod cluster;
 pub mod echo;
 pub mod light;
@@ -114,13 +115,25 @@ pub async fn each_transport(
     ctx: &Ctx,
     table: &mut Table,
     runs: Runs,
-    mut measure: impl AsyncFnMut(&mut Rig, Transport) -> Result<Measured>,
+    measure: impl AsyncFnMut(&mut Rig, Transport) -> Result<Measured>,
+) {
+    let variants: Vec<_> = ctx.transports.iter().map(|&t| (t.name(), t, t)).collect();
+    each_variant(ctx, table, runs, &variants, measure).await;
+}
+
+/// [`each_transport`] over named variants of one scenario: `(row name,
+/// the transport the rig is started for, what `measure` is given)`.
+pub async fn each_variant<V: Copy>(
+    ctx: &Ctx,
+    table: &mut Table,
+    runs: Runs,
+    variants: &[(&'static str, Transport, V)],
+    mut measure: impl AsyncFnMut(&mut Rig, V) -> Result<Measured>,
 ) {
     let rounds = runs.median_of.map_or(1, |_| ctx.repeat.max(1));
-    let mut rows: Vec<Vec<Row>> = vec![Vec::new(); ctx.transports.len()];
+    let mut rows: Vec<Vec<Row>> = vec![Vec::new(); variants.len()];
     for round in 1..=rounds {
-        for (k, &t) in ctx.transports.iter().enumerate() {
-            let name = t.name();
+        for (k, &(name, t, v)) in variants.iter().enumerate() {
             let of = if rounds > 1 {
                 format!(" (run {round} of {rounds})")
             } else {
@@ -135,7 +148,7 @@ pub async fn each_transport(
                     Row::new(name)
                 }
                 Ok(mut rig) => {
-                    let measured = measure(&mut rig, t).await;
+                    let measured = measure(&mut rig, v).await;
                     rig.stop(&mut findings).await;
                     match measured {
                         Ok(m) => {

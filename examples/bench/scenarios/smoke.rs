@@ -1,14 +1,21 @@
 //! The CI smoke run: correctness only, seconds per transport. Paced
 //! sessions plus a full-speed flood through a small replay window (64 KiB
 //! before backpressure, so the proxy pauses and resumes the upstream many
-//! times), then a few echo round trips. Any loss, duplicate, reorder, stall
-//! or proxy crash fails the run.
+//! times), then a few echo round trips; then the same over multiplexed
+//! channels (paced sessions on an SSE channel reader, the flood on an
+//! NDJSON one, echo through the batched send). Any loss, duplicate,
+//! reorder, stall or proxy crash fails the run.
 
 use std::time::Duration;
 
-use super::{Ctx, Measured, Runs, WS_READ_BUFFER, attached, each_transport, echo, failures};
-use crate::fleet::{Fleet, Load};
-use crate::procs::ProxySettings;
+use super::{
+    Ctx, Measured, Rig, Runs, WS_READ_BUFFER, attached, channel, each_transport, echo, failures,
+};
+use crate::channel_fleet::ChannelFleet;
+use crate::clients::Transport;
+use crate::clients::channel::Form;
+use crate::fleet::{Fleet, Load, Outcome};
+use crate::procs::{Findings, ProxySettings};
 use crate::report::{Row, Table};
 
 const PACED: Load = Load {
@@ -32,6 +39,10 @@ const FLOOD: Load = Load {
 };
 
 const ROUND_TRIPS: usize = 50;
+/// Backpressure from 64 KiB of undelivered events per session.
+const SMALL_WINDOW: ProxySettings = ProxySettings {
+    max_pending: "64KiB",
+};
 const WITHIN: Duration = Duration::from_secs(30);
 
 pub async fn run(ctx: &Ctx) -> Table {
@@ -43,9 +54,7 @@ pub async fn run(ctx: &Ctx) -> Table {
         ),
     );
     let runs = Runs {
-        settings: ProxySettings {
-            max_pending: "64KiB",
-        },
+        settings: SMALL_WINDOW,
         median_of: None,
     };
     each_transport(ctx, &mut table, runs, async |rig, t| {
@@ -78,5 +87,69 @@ pub async fn run(ctx: &Ctx) -> Table {
         })
     })
     .await;
+    channels(ctx, &mut table).await;
     table
+}
+
+/// The `channel` row: the same loads with every session on a channel.
+async fn channels(ctx: &Ctx, table: &mut Table) {
+    const NAME: &str = "channel";
+    ctx.out.info(&format!("[smoke] {NAME} ..."));
+    let mut findings = Findings::default();
+    let mut row = Row::new(NAME);
+    match Rig::start(ctx, Transport::Sse, SMALL_WINDOW).await {
+        Err(e) => findings.failures.push(format!("cannot start: {e}")),
+        Ok(mut rig) => {
+            let mut fails = Vec::new();
+            let mut tally = (0, 0);
+            match channel_loads(&mut rig).await {
+                Ok((paced, flood)) => {
+                    for o in [&paced, &flood] {
+                        fails.extend(failures(o));
+                        tally = (tally.0 + o.received, tally.1 + o.failed);
+                    }
+                }
+                Err(e) => fails.push(e.to_string()),
+            }
+            let echoed = match channel::channel_round_trips(&rig, 0, ROUND_TRIPS).await {
+                Ok(h) => h.len(),
+                Err(e) => {
+                    fails.push(format!("echo: {e}"));
+                    0
+                }
+            };
+            rig.stop(&mut findings).await;
+            row.int("frames", tally.0)
+                .int(
+                    "expected",
+                    PACED.count * PACED.sessions as u64 + FLOOD.count * FLOOD.sessions as u64,
+                )
+                .int("round_trips", echoed)
+                .int("failed_sessions", tally.1 as u64)
+                .text("result", if fails.is_empty() { "ok" } else { "FAILED" });
+            findings.failures.extend(fails);
+        }
+    }
+    table
+        .failures
+        .extend(findings.failures.iter().map(|f| format!("{NAME}: {f}")));
+    table
+        .notes
+        .extend(findings.notes.iter().map(|n| format!("{NAME}: {n}")));
+    table.rows.push(row);
+}
+
+/// The paced load on one SSE channel, the flood on one NDJSON channel.
+async fn channel_loads(rig: &mut Rig) -> crate::Result<(Outcome, Outcome)> {
+    let proxy = rig.addrs().proxy.ok_or("no proxy")?;
+    let paced = ChannelFleet::spawn(Form::Sse, proxy, PACED, 1);
+    let flood = ChannelFleet::spawn(Form::Stream, proxy, FLOOD, 1);
+    let (a, b) = tokio::join!(paced.attached(WITHIN), flood.attached(WITHIN));
+    if let Err(e) = a.and(b) {
+        let (p, f) = tokio::join!(paced.stop(), flood.stop());
+        let first = p.failures.iter().chain(&f.failures).next().cloned();
+        crate::fail!("{e}; first failure: {}", first.unwrap_or_default());
+    }
+    rig.backend.go().await?;
+    Ok(tokio::join!(paced.finish(WITHIN), flood.finish(WITHIN)))
 }
