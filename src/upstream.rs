@@ -40,7 +40,7 @@ use crate::error::UpstreamError;
 use crate::metrics::{CloseReason, Metrics};
 use crate::session::registry::Registry;
 use crate::session::replay::EventData;
-use crate::session::{Frame, Outbound, Pushed, Session, UpstreamHandle};
+use crate::session::{Frame, Outbound, Pushed, Session, UpstreamHandle, WakeLater};
 
 pub type UpstreamSocket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
@@ -322,8 +322,12 @@ where
     tokio::pin!(cancelled);
     // What the last push said; checked again under the lock before waiting.
     let mut pause = false;
+    // The reader's wake-up, put off while frames already read are pushed;
+    // woken before every wait below, and on return when dropped.
+    let mut wake = WakeLater::default();
     loop {
         if pause {
+            wake.wake();
             if session.must_pause() {
                 paused.store(true, Ordering::Release);
                 metrics.backpressure_paused();
@@ -338,8 +342,20 @@ where
             pause = false;
         }
         let next = tokio::select! {
-            // `next` is cancel-safe: a frame is either returned or stays buffered.
-            next = stream.next() => next,
+            // Biased: the stream first, so a frame that is ready costs no
+            // poll of the cancellation (a stop is seen once the socket has
+            // nothing ready, at the latest when tokio's budget says so).
+            biased;
+            // `poll_next` is cancel-safe: a frame is either returned or stays
+            // buffered. Only when the socket has nothing more is the reader
+            // woken, once for every frame pushed since it last was.
+            next = std::future::poll_fn(|cx| {
+                let next = stream.poll_next_unpin(cx);
+                if next.is_pending() {
+                    wake.wake();
+                }
+                next
+            }) => next,
             _ = &mut cancelled => return ReadEnd::Cut,
         };
         let data = match next {
@@ -382,9 +398,15 @@ where
                 return ReadEnd::Closed;
             }
         };
-        pause = match session.push(data) {
-            Pushed::Queued { pause } => pause,
+        pause = match session.push_deferred(data, &mut wake) {
+            Pushed::Queued { pause } => {
+                if wake.due() {
+                    wake.wake();
+                }
+                pause
+            }
             Pushed::NoRoom(data) => {
+                wake.wake();
                 match push_when_room(session, data, link, metrics, &mut cancelled).await {
                     Some(pause) => pause,
                     None => return ReadEnd::Cut,
@@ -864,5 +886,60 @@ mod tests {
             assert_eq!((text[0], text.len()), (b'0' + i as u8, *len));
         }
         assert!(registry.budget().used() <= 100);
+    }
+
+    /// Counts its wake-ups: stands in for a reader's task.
+    struct CountingWaker(std::sync::atomic::AtomicUsize);
+
+    impl std::task::Wake for CountingWaker {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_reader_is_woken_once_for_the_frames_the_socket_already_had() {
+        let metrics = Arc::new(Metrics::new());
+        let registry = Registry::new(10, 0, 1 << 20);
+        let (session, handle) = session(
+            &registry,
+            limits(1 << 20, Overflow::Backpressure),
+            Arc::clone(&metrics),
+        );
+        let mut reader = session.attach(Transport::Sse, 0).unwrap();
+        let counter = Arc::new(CountingWaker(std::sync::atomic::AtomicUsize::new(0)));
+        let waker = std::task::Waker::from(Arc::clone(&counter));
+        let mut cx = std::task::Context::from_waker(&waker);
+        assert!(reader.poll_next(&mut cx, 100, 1 << 20).is_pending());
+        // A socket holding three frames, then nothing for now: the stream
+        // notes, as it hands out each frame, how often the reader was woken.
+        let mut held: std::collections::VecDeque<Incoming> = (1..=3)
+            .map(|i| Ok(Message::text(format!("f{i}"))))
+            .collect();
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (c, s) = (Arc::clone(&counter), Arc::clone(&seen));
+        let stream = futures_util::stream::poll_fn(move |_cx| match held.pop_front() {
+            Some(frame) => {
+                s.lock().unwrap().push(c.0.load(Ordering::SeqCst));
+                std::task::Poll::Ready(Some(frame))
+            }
+            None => std::task::Poll::Pending,
+        });
+        let (outgoing, _got) = mpsc::channel::<Message>(16);
+        let (s, m) = (Arc::clone(&session), Arc::clone(&metrics));
+        let timers = timers(HOUR, HOUR, HOUR);
+        let pump = tokio::spawn(async move {
+            pump(&s, stream, PollSender::new(outgoing), handle, timers, &m).await
+        });
+        // Until the socket runs dry, no wake-up; then exactly one, for all three.
+        sleep(Duration::from_secs(1)).await;
+        assert_eq!(*seen.lock().unwrap(), [0, 0, 0]);
+        assert_eq!(counter.0.load(Ordering::SeqCst), 1);
+        let std::task::Poll::Ready(Batch::Events(events)) = reader.poll_next(&mut cx, 100, 1 << 20)
+        else {
+            panic!("no events after the wake-up")
+        };
+        assert_eq!(events.iter().map(|e| e.id).collect::<Vec<_>>(), [1, 2, 3]);
+        pump.abort();
     }
 }

@@ -335,8 +335,19 @@ impl Session {
     }
 
     /// Queues an upstream frame as an event, once the process-wide budget
-    /// has room for it; see [`Pushed`].
+    /// has room for it; see [`Pushed`]. Wakes a waiting reader at once.
     pub fn push(&self, data: EventData) -> Pushed {
+        let mut wake = WakeLater::default();
+        let pushed = self.push_deferred(data, &mut wake);
+        wake.wake();
+        pushed
+    }
+
+    /// [`Session::push`], but a waiting reader's waker is handed to `wake`
+    /// instead of woken: the upstream reader pushes every frame it already
+    /// holds and wakes the reader once for all of them, so the reader takes
+    /// (and writes) them as one batch rather than one at a time.
+    pub fn push_deferred(&self, data: EventData, wake: &mut WakeLater) -> Pushed {
         let mut st = self.state();
         if st.closed.is_some() {
             return Pushed::Queued { pause: false };
@@ -352,7 +363,9 @@ impl Session {
         self.account(&mut st);
         st.events_down += 1;
         let pause = st.queue.must_pause();
-        Self::wake_reader(st);
+        let waker = st.reader_waker.take();
+        drop(st);
+        wake.owe(waker, len);
         Pushed::Queued { pause }
     }
 
@@ -662,6 +675,58 @@ impl Drop for Session {
 
 pub fn log_id(id: &str) -> &str {
     id.get(..6).unwrap_or("?")
+}
+
+/// A reader's wake-up put off while the upstream reader pushes what it
+/// already holds: woken when [`WakeLater::due`] says so, before the upstream
+/// reader waits for anything, and when dropped, so no path can lose it.
+#[derive(Default)]
+pub struct WakeLater {
+    waker: Option<Waker>,
+    /// Frames and bytes pushed since the last wake: a backend that never
+    /// lets the socket run dry still has its frames delivered in batches of
+    /// at most [`WakeLater::FRAMES`] or [`WakeLater::BYTES`].
+    frames: usize,
+    bytes: usize,
+}
+
+impl WakeLater {
+    pub const FRAMES: usize = 64;
+    pub const BYTES: usize = 16 * 1024;
+
+    fn owe(&mut self, waker: Option<Waker>, len: usize) {
+        if let Some(new) = waker {
+            // The reader waited again since the last take: both wakers are
+            // owed, though they are nearly always the same task's.
+            if let Some(old) = self.waker.replace(new)
+                && !self.waker.as_ref().is_some_and(|w| w.will_wake(&old))
+            {
+                old.wake();
+            }
+        }
+        self.frames += 1;
+        self.bytes += len;
+    }
+
+    /// True once enough was pushed that the reader should have it now.
+    pub fn due(&self) -> bool {
+        self.frames >= Self::FRAMES || self.bytes >= Self::BYTES
+    }
+
+    /// Wakes the reader, if one was waiting.
+    pub fn wake(&mut self) {
+        self.frames = 0;
+        self.bytes = 0;
+        if let Some(w) = self.waker.take() {
+            w.wake();
+        }
+    }
+}
+
+impl Drop for WakeLater {
+    fn drop(&mut self) {
+        self.wake();
+    }
 }
 
 /// What a reader got.
