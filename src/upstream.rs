@@ -18,8 +18,10 @@
 //! down, with no unread byte left in the kernel's buffer (which would make
 //! it send RST, and the upstream see 1006 instead of our close).
 
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -40,7 +42,9 @@ use crate::error::UpstreamError;
 use crate::metrics::{CloseReason, Metrics};
 use crate::session::registry::Registry;
 use crate::session::replay::EventData;
-use crate::session::{Frame, Outbound, Pushed, Session, UpstreamHandle, WakeLater};
+use crate::session::{
+    ClaimedWriter, DirectWriter, Frame, Outbound, Pushed, Session, UpstreamHandle, WakeLater,
+};
 
 pub type UpstreamSocket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
@@ -249,9 +253,11 @@ where
     K::Error: std::fmt::Display + Send,
 {
     let link = Arc::new(Link::default());
+    let shared: SharedSink<K> = Arc::new(tokio::sync::Mutex::new(Some(sink)));
+    session.set_direct_writer(Arc::clone(&shared) as Arc<dyn DirectWriter>);
     let writer = tokio::spawn(write_loop(
         Arc::clone(session),
-        sink,
+        Arc::clone(&shared),
         handle,
         Arc::clone(&link),
         timers,
@@ -259,9 +265,98 @@ where
     ));
     let end = read_loop(session, &mut stream, &link, metrics).await;
     // The writer ends once the reader has (the link says so), at most a
-    // close handshake later.
-    let sink = writer.await.ok();
+    // close handshake later; a send still writing is let finish (within
+    // its write timeout), and later ones find the half gone.
+    let sink = match writer.await {
+        Ok(()) => shared.lock().await.take(),
+        Err(_) => None,
+    };
     (stream, sink, end)
+}
+
+/// The upstream's write half, shared by the writer task and the sends that
+/// find it free (`session::DirectWriter`): whoever holds the lock writes.
+/// `None` once the pump has taken the half back to shut the socket. One
+/// allocation per session: it is itself what the session keeps.
+type SharedSink<K> = Arc<tokio::sync::Mutex<Option<K>>>;
+
+impl<K> DirectWriter for tokio::sync::Mutex<Option<K>>
+where
+    K: Sink<Message> + Unpin + Send + 'static,
+{
+    fn try_claim(self: Arc<Self>) -> Option<Box<dyn ClaimedWriter>> {
+        let guard = self.try_lock_owned().ok()?;
+        guard.is_some().then(|| {
+            Box::new(Claimed {
+                guard,
+                started: false,
+                failed: false,
+            }) as Box<dyn ClaimedWriter>
+        })
+    }
+}
+
+/// The write half held by a send.
+struct Claimed<K> {
+    guard: tokio::sync::OwnedMutexGuard<Option<K>>,
+    /// A frame was handed to the socket...
+    started: bool,
+    /// ...or the socket refused it (it is broken).
+    failed: bool,
+}
+
+impl<K> ClaimedWriter for Claimed<K>
+where
+    K: Sink<Message> + Unpin + Send + 'static,
+{
+    fn start(&mut self, frame: Frame) -> Result<(), Frame> {
+        let Some(sink) = self.guard.as_mut() else {
+            return Err(frame);
+        };
+        // Ready at once unless a frame is still on its way (the reader
+        // holds the socket this instant, or it is full): then the writer
+        // task, which can wait, takes it. The no-op waker is never needed:
+        // nothing waits on this poll.
+        let mut cx = Context::from_waker(Waker::noop());
+        if !matches!(
+            Pin::new(&mut *sink).poll_ready(&mut cx),
+            Poll::Ready(Ok(()))
+        ) {
+            return Err(frame);
+        }
+        let message = match frame {
+            Frame::Text(bytes) => match tungstenite::Utf8Bytes::try_from(bytes) {
+                Ok(text) => Message::Text(text),
+                // `send` validated it already; never forward a broken text frame.
+                Err(_) => return Ok(()),
+            },
+            Frame::Binary(bytes) => Message::Binary(bytes),
+        };
+        self.started = true;
+        if Pin::new(sink).start_send(message).is_err() {
+            self.failed = true;
+        }
+        Ok(())
+    }
+
+    fn started(&self) -> bool {
+        self.started && !self.failed
+    }
+
+    fn finish(mut self: Box<Self>) -> Pin<Box<dyn Future<Output = bool> + Send>> {
+        Box::pin(async move {
+            if self.failed {
+                return false;
+            }
+            if !self.started {
+                return true;
+            }
+            let Some(sink) = self.guard.as_mut() else {
+                return false;
+            };
+            matches!(timeout(WRITE_TIMEOUT, sink.flush()).await, Ok(Ok(())))
+        })
+    }
 }
 
 /// Keeps a finished session readable for `linger` from its close event
@@ -452,18 +547,28 @@ async fn push_when_room(
     pause
 }
 
+/// Writes queued frames and pings and carries out closes, each with the
+/// write half locked (a send may hold it meanwhile, writing its own frame).
 async fn write_loop<K>(
     session: Arc<Session>,
-    mut sink: K,
+    shared: SharedSink<K>,
     mut handle: UpstreamHandle,
     link: Arc<Link>,
     timers: Timers,
     metrics: Arc<Metrics>,
-) -> K
-where
+) where
     K: Sink<Message> + Unpin,
     K::Error: std::fmt::Display,
 {
+    // The half, locked: only the pump takes it away, after this loop ends.
+    macro_rules! locked {
+        ($guard:ident) => {
+            let mut $guard = shared.lock().await;
+            let Some($guard) = $guard.as_mut() else {
+                return;
+            };
+        };
+    }
     let session = &*session;
     let metrics = &*metrics;
     let Link {
@@ -484,18 +589,30 @@ where
             // First, so a close the reader asked for (an oversized frame) is
             // still sent after the reader has stopped.
             request = session.close_requested() => {
-                send_close(&mut sink, request.code, &request.reason).await;
+                {
+                    locked!(sink);
+                    send_close(sink, request.code, &request.reason).await;
+                }
                 // The reader reads on until the upstream answers the close
                 // (the stream then ends), for at most the grace.
                 let _ = timeout(CLOSE_GRACE, ended.cancelled()).await;
-                return sink;
+                return;
             }
             // The reader saw the upstream end: nothing left to write to.
-            _ = ended.cancelled() => return sink,
+            _ = ended.cancelled() => return,
             Some(out) = handle.outbound.recv() => {
-                if !write(session, &mut sink, out, metrics).await {
+                locked!(sink);
+                if !write(session, sink, out, metrics).await {
                     session.finish(1006, "", CloseReason::Dead);
-                    return sink;
+                    return;
+                }
+            }
+            // A send that started a frame was dropped before its flush.
+            () = session.flush_requested() => {
+                locked!(sink);
+                if !matches!(timeout(WRITE_TIMEOUT, sink.flush()).await, Ok(Ok(()))) {
+                    session.finish(1006, "", CloseReason::Dead);
+                    return;
                 }
             }
             _ = ping.tick() => {
@@ -503,20 +620,21 @@ where
                     ping_outstanding = false;
                     continue;
                 }
+                locked!(sink);
                 if ping_outstanding && !pong_seen.load(Ordering::Acquire) {
                     tracing::debug!(session = session.log_id(), "upstream missed a pong");
                     session.finish(1006, "", CloseReason::Dead);
                     // It may only be slow: tell it, as a handshake like any
                     // other close (1006 itself never goes on the wire).
-                    send_close(&mut sink, 1001, "no pong").await;
+                    send_close(sink, 1001, "no pong").await;
                     let _ = timeout(CLOSE_GRACE, ended.cancelled()).await;
-                    return sink;
+                    return;
                 }
                 pong_seen.store(false, Ordering::Release);
                 ping_outstanding = true;
                 if !matches!(timeout(WRITE_TIMEOUT, sink.send(Message::Ping(Bytes::new()))).await, Ok(Ok(()))) {
                     session.finish(1006, "", CloseReason::Dead);
-                    return sink;
+                    return;
                 }
             }
             _ = sleep_until(idle_at) => {
@@ -552,7 +670,10 @@ where
         Frame::Text(bytes) => match tungstenite::Utf8Bytes::try_from(bytes) {
             Ok(text) => Message::Text(text),
             // `send` validated it already; never forward a broken text frame.
-            Err(_) => return true,
+            Err(_) => {
+                session.frame_dropped(len);
+                return true;
+            }
         },
         Frame::Binary(bytes) => Message::Binary(bytes),
     };
