@@ -18,8 +18,10 @@
 //! down, with no unread byte left in the kernel's buffer (which would make
 //! it send RST, and the upstream see 1006 instead of our close).
 
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -40,7 +42,9 @@ use crate::error::UpstreamError;
 use crate::metrics::{CloseReason, Metrics};
 use crate::session::registry::Registry;
 use crate::session::replay::EventData;
-use crate::session::{Frame, Outbound, Pushed, Session, UpstreamHandle};
+use crate::session::{
+    ClaimedWriter, DirectWriter, Frame, Outbound, Pushed, Session, UpstreamHandle, WakeLater,
+};
 
 pub type UpstreamSocket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
@@ -249,9 +253,11 @@ where
     K::Error: std::fmt::Display + Send,
 {
     let link = Arc::new(Link::default());
+    let shared: SharedSink<K> = Arc::new(tokio::sync::Mutex::new(Some(sink)));
+    session.set_direct_writer(Arc::clone(&shared) as Arc<dyn DirectWriter>);
     let writer = tokio::spawn(write_loop(
         Arc::clone(session),
-        sink,
+        Arc::clone(&shared),
         handle,
         Arc::clone(&link),
         timers,
@@ -259,9 +265,98 @@ where
     ));
     let end = read_loop(session, &mut stream, &link, metrics).await;
     // The writer ends once the reader has (the link says so), at most a
-    // close handshake later.
-    let sink = writer.await.ok();
+    // close handshake later; a send still writing is let finish (within
+    // its write timeout), and later ones find the half gone.
+    let sink = match writer.await {
+        Ok(()) => shared.lock().await.take(),
+        Err(_) => None,
+    };
     (stream, sink, end)
+}
+
+/// The upstream's write half, shared by the writer task and the sends that
+/// find it free (`session::DirectWriter`): whoever holds the lock writes.
+/// `None` once the pump has taken the half back to shut the socket. One
+/// allocation per session: it is itself what the session keeps.
+type SharedSink<K> = Arc<tokio::sync::Mutex<Option<K>>>;
+
+impl<K> DirectWriter for tokio::sync::Mutex<Option<K>>
+where
+    K: Sink<Message> + Unpin + Send + 'static,
+{
+    fn try_claim(self: Arc<Self>) -> Option<Box<dyn ClaimedWriter>> {
+        let guard = self.try_lock_owned().ok()?;
+        guard.is_some().then(|| {
+            Box::new(Claimed {
+                guard,
+                started: false,
+                failed: false,
+            }) as Box<dyn ClaimedWriter>
+        })
+    }
+}
+
+/// The write half held by a send.
+struct Claimed<K> {
+    guard: tokio::sync::OwnedMutexGuard<Option<K>>,
+    /// A frame was handed to the socket...
+    started: bool,
+    /// ...or the socket refused it (it is broken).
+    failed: bool,
+}
+
+impl<K> ClaimedWriter for Claimed<K>
+where
+    K: Sink<Message> + Unpin + Send + 'static,
+{
+    fn start(&mut self, frame: Frame) -> Result<(), Frame> {
+        let Some(sink) = self.guard.as_mut() else {
+            return Err(frame);
+        };
+        // Ready at once unless a frame is still on its way (the reader
+        // holds the socket this instant, or it is full): then the writer
+        // task, which can wait, takes it. The no-op waker is never needed:
+        // nothing waits on this poll.
+        let mut cx = Context::from_waker(Waker::noop());
+        if !matches!(
+            Pin::new(&mut *sink).poll_ready(&mut cx),
+            Poll::Ready(Ok(()))
+        ) {
+            return Err(frame);
+        }
+        let message = match frame {
+            Frame::Text(bytes) => match tungstenite::Utf8Bytes::try_from(bytes) {
+                Ok(text) => Message::Text(text),
+                // `send` validated it already; never forward a broken text frame.
+                Err(_) => return Ok(()),
+            },
+            Frame::Binary(bytes) => Message::Binary(bytes),
+        };
+        self.started = true;
+        if Pin::new(sink).start_send(message).is_err() {
+            self.failed = true;
+        }
+        Ok(())
+    }
+
+    fn started(&self) -> bool {
+        self.started && !self.failed
+    }
+
+    fn finish(mut self: Box<Self>) -> Pin<Box<dyn Future<Output = bool> + Send>> {
+        Box::pin(async move {
+            if self.failed {
+                return false;
+            }
+            if !self.started {
+                return true;
+            }
+            let Some(sink) = self.guard.as_mut() else {
+                return false;
+            };
+            matches!(timeout(WRITE_TIMEOUT, sink.flush()).await, Ok(Ok(())))
+        })
+    }
 }
 
 /// Keeps a finished session readable for `linger` from its close event
@@ -322,8 +417,12 @@ where
     tokio::pin!(cancelled);
     // What the last push said; checked again under the lock before waiting.
     let mut pause = false;
+    // The reader's wake-up, put off while frames already read are pushed;
+    // woken before every wait below, and on return when dropped.
+    let mut wake = WakeLater::default();
     loop {
         if pause {
+            wake.wake();
             if session.must_pause() {
                 paused.store(true, Ordering::Release);
                 metrics.backpressure_paused();
@@ -338,8 +437,20 @@ where
             pause = false;
         }
         let next = tokio::select! {
-            // `next` is cancel-safe: a frame is either returned or stays buffered.
-            next = stream.next() => next,
+            // Biased: the stream first, so a frame that is ready costs no
+            // poll of the cancellation (a stop is seen once the socket has
+            // nothing ready, at the latest when tokio's budget says so).
+            biased;
+            // `poll_next` is cancel-safe: a frame is either returned or stays
+            // buffered. Only when the socket has nothing more is the reader
+            // woken, once for every frame pushed since it last was.
+            next = std::future::poll_fn(|cx| {
+                let next = stream.poll_next_unpin(cx);
+                if next.is_pending() {
+                    wake.wake();
+                }
+                next
+            }) => next,
             _ = &mut cancelled => return ReadEnd::Cut,
         };
         let data = match next {
@@ -382,9 +493,15 @@ where
                 return ReadEnd::Closed;
             }
         };
-        pause = match session.push(data) {
-            Pushed::Queued { pause } => pause,
+        pause = match session.push_deferred(data, &mut wake) {
+            Pushed::Queued { pause } => {
+                if wake.due() {
+                    wake.wake();
+                }
+                pause
+            }
             Pushed::NoRoom(data) => {
+                wake.wake();
                 match push_when_room(session, data, link, metrics, &mut cancelled).await {
                     Some(pause) => pause,
                     None => return ReadEnd::Cut,
@@ -430,18 +547,28 @@ async fn push_when_room(
     pause
 }
 
+/// Writes queued frames and pings and carries out closes, each with the
+/// write half locked (a send may hold it meanwhile, writing its own frame).
 async fn write_loop<K>(
     session: Arc<Session>,
-    mut sink: K,
+    shared: SharedSink<K>,
     mut handle: UpstreamHandle,
     link: Arc<Link>,
     timers: Timers,
     metrics: Arc<Metrics>,
-) -> K
-where
+) where
     K: Sink<Message> + Unpin,
     K::Error: std::fmt::Display,
 {
+    // The half, locked: only the pump takes it away, after this loop ends.
+    macro_rules! locked {
+        ($guard:ident) => {
+            let mut $guard = shared.lock().await;
+            let Some($guard) = $guard.as_mut() else {
+                return;
+            };
+        };
+    }
     let session = &*session;
     let metrics = &*metrics;
     let Link {
@@ -462,18 +589,30 @@ where
             // First, so a close the reader asked for (an oversized frame) is
             // still sent after the reader has stopped.
             request = session.close_requested() => {
-                send_close(&mut sink, request.code, &request.reason).await;
+                {
+                    locked!(sink);
+                    send_close(sink, request.code, &request.reason).await;
+                }
                 // The reader reads on until the upstream answers the close
                 // (the stream then ends), for at most the grace.
                 let _ = timeout(CLOSE_GRACE, ended.cancelled()).await;
-                return sink;
+                return;
             }
             // The reader saw the upstream end: nothing left to write to.
-            _ = ended.cancelled() => return sink,
+            _ = ended.cancelled() => return,
             Some(out) = handle.outbound.recv() => {
-                if !write(session, &mut sink, out, metrics).await {
+                locked!(sink);
+                if !write(session, sink, out, metrics).await {
                     session.finish(1006, "", CloseReason::Dead);
-                    return sink;
+                    return;
+                }
+            }
+            // A send that started a frame was dropped before its flush.
+            () = session.flush_requested() => {
+                locked!(sink);
+                if !matches!(timeout(WRITE_TIMEOUT, sink.flush()).await, Ok(Ok(()))) {
+                    session.finish(1006, "", CloseReason::Dead);
+                    return;
                 }
             }
             _ = ping.tick() => {
@@ -481,20 +620,21 @@ where
                     ping_outstanding = false;
                     continue;
                 }
+                locked!(sink);
                 if ping_outstanding && !pong_seen.load(Ordering::Acquire) {
                     tracing::debug!(session = session.log_id(), "upstream missed a pong");
                     session.finish(1006, "", CloseReason::Dead);
                     // It may only be slow: tell it, as a handshake like any
                     // other close (1006 itself never goes on the wire).
-                    send_close(&mut sink, 1001, "no pong").await;
+                    send_close(sink, 1001, "no pong").await;
                     let _ = timeout(CLOSE_GRACE, ended.cancelled()).await;
-                    return sink;
+                    return;
                 }
                 pong_seen.store(false, Ordering::Release);
                 ping_outstanding = true;
                 if !matches!(timeout(WRITE_TIMEOUT, sink.send(Message::Ping(Bytes::new()))).await, Ok(Ok(()))) {
                     session.finish(1006, "", CloseReason::Dead);
-                    return sink;
+                    return;
                 }
             }
             _ = sleep_until(idle_at) => {
@@ -530,7 +670,10 @@ where
         Frame::Text(bytes) => match tungstenite::Utf8Bytes::try_from(bytes) {
             Ok(text) => Message::Text(text),
             // `send` validated it already; never forward a broken text frame.
-            Err(_) => return true,
+            Err(_) => {
+                session.frame_dropped(len);
+                return true;
+            }
         },
         Frame::Binary(bytes) => Message::Binary(bytes),
     };
@@ -864,5 +1007,60 @@ mod tests {
             assert_eq!((text[0], text.len()), (b'0' + i as u8, *len));
         }
         assert!(registry.budget().used() <= 100);
+    }
+
+    /// Counts its wake-ups: stands in for a reader's task.
+    struct CountingWaker(std::sync::atomic::AtomicUsize);
+
+    impl std::task::Wake for CountingWaker {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_reader_is_woken_once_for_the_frames_the_socket_already_had() {
+        let metrics = Arc::new(Metrics::new());
+        let registry = Registry::new(10, 0, 1 << 20);
+        let (session, handle) = session(
+            &registry,
+            limits(1 << 20, Overflow::Backpressure),
+            Arc::clone(&metrics),
+        );
+        let mut reader = session.attach(Transport::Sse, 0).unwrap();
+        let counter = Arc::new(CountingWaker(std::sync::atomic::AtomicUsize::new(0)));
+        let waker = std::task::Waker::from(Arc::clone(&counter));
+        let mut cx = std::task::Context::from_waker(&waker);
+        assert!(reader.poll_next(&mut cx, 100, 1 << 20).is_pending());
+        // A socket holding three frames, then nothing for now: the stream
+        // notes, as it hands out each frame, how often the reader was woken.
+        let mut held: std::collections::VecDeque<Incoming> = (1..=3)
+            .map(|i| Ok(Message::text(format!("f{i}"))))
+            .collect();
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (c, s) = (Arc::clone(&counter), Arc::clone(&seen));
+        let stream = futures_util::stream::poll_fn(move |_cx| match held.pop_front() {
+            Some(frame) => {
+                s.lock().unwrap().push(c.0.load(Ordering::SeqCst));
+                std::task::Poll::Ready(Some(frame))
+            }
+            None => std::task::Poll::Pending,
+        });
+        let (outgoing, _got) = mpsc::channel::<Message>(16);
+        let (s, m) = (Arc::clone(&session), Arc::clone(&metrics));
+        let timers = timers(HOUR, HOUR, HOUR);
+        let pump = tokio::spawn(async move {
+            pump(&s, stream, PollSender::new(outgoing), handle, timers, &m).await
+        });
+        // Until the socket runs dry, no wake-up; then exactly one, for all three.
+        sleep(Duration::from_secs(1)).await;
+        assert_eq!(*seen.lock().unwrap(), [0, 0, 0]);
+        assert_eq!(counter.0.load(Ordering::SeqCst), 1);
+        let std::task::Poll::Ready(Batch::Events(events)) = reader.poll_next(&mut cx, 100, 1 << 20)
+        else {
+            panic!("no events after the wake-up")
+        };
+        assert_eq!(events.iter().map(|e| e.id).collect::<Vec<_>>(), [1, 2, 3]);
+        pump.abort();
     }
 }

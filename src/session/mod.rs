@@ -53,6 +53,29 @@ pub struct Outbound {
     pub written: oneshot::Sender<()>,
 }
 
+/// The upstream socket's write half as a send sees it: a send that finds
+/// it free, with nothing queued ahead, writes its frame itself rather than
+/// handing it to the writer task and waiting to be told (one task hop and
+/// one wake-up less per send). Implemented by the upstream task
+/// (`upstream::SharedSink`), which owns the half.
+pub trait DirectWriter: Send + Sync {
+    /// The write half, if no one (the writer task, another send) holds it.
+    fn try_claim(self: Arc<Self>) -> Option<Box<dyn ClaimedWriter>>;
+}
+
+/// The write half, held: nobody else writes until it is dropped.
+pub trait ClaimedWriter: Send {
+    /// Hands `frame` to the socket without waiting. Once this returns
+    /// `Ok`, the frame belongs to the socket: if the send is dropped before
+    /// [`ClaimedWriter::finish`] ends, the writer task flushes it. `Err`
+    /// gives it back: the half is busy or broken, and it goes the queued way.
+    fn start(&mut self, frame: Frame) -> Result<(), Frame>;
+    /// True when a frame was started and the socket took it.
+    fn started(&self) -> bool;
+    /// Flushes the started frame; false when the upstream is gone or stuck.
+    fn finish(self: Box<Self>) -> std::pin::Pin<Box<dyn Future<Output = bool> + Send>>;
+}
+
 /// A data frame from the browser.
 #[derive(Debug, Clone)]
 pub enum Frame {
@@ -99,6 +122,25 @@ pub enum Queued {
     Duplicate,
 }
 
+/// Asks the upstream writer to flush, when dropped still holding the ask.
+struct FlushOnDrop<'a>(Option<&'a Notify>);
+
+impl Drop for FlushOnDrop<'_> {
+    fn drop(&mut self) {
+        if let Some(flush) = self.0 {
+            flush.notify_one();
+        }
+    }
+}
+
+/// Where an admitted frame went.
+enum Admitted {
+    Queued(Queued),
+    /// Started on the write half the send holds; `finish` it (the length is
+    /// for the counters).
+    Direct(Box<dyn ClaimedWriter>, usize),
+}
+
 /// What a send did.
 #[derive(Debug, PartialEq, Eq)]
 pub enum SendOutcome {
@@ -118,6 +160,9 @@ pub struct Session {
     drained: Notify,
     /// Wakes the upstream writer when a close was requested.
     control: Notify,
+    /// Wakes the upstream writer to flush a frame a send started writing
+    /// itself and was dropped before finishing (its client left).
+    flush: Notify,
     /// Frames for the upstream writer; bounded by count here and by bytes in
     /// `outbound_bytes`.
     /// Boxed: tokio allocates a channel's first block of slots up front,
@@ -126,6 +171,13 @@ pub struct Session {
     outbound: mpsc::Sender<Box<Outbound>>,
     /// Bytes accepted by `send` and not yet written upstream (for the 429).
     outbound_bytes: AtomicUsize,
+    /// Frames handed to the writer task and not yet written: a send writes
+    /// directly only when this is 0, so frames never overtake each other.
+    /// Raised under the state lock; the writer lowers it after each write.
+    outbound_queued: AtomicUsize,
+    /// The upstream's write half, for sends that find it free; set once the
+    /// upstream task runs.
+    direct: std::sync::OnceLock<Arc<dyn DirectWriter>>,
     state: Mutex<State>,
     metrics: Arc<Metrics>,
     limits: SessionLimits,
@@ -227,8 +279,11 @@ impl Session {
             client,
             drained: Notify::new(),
             control: Notify::new(),
+            flush: Notify::new(),
             outbound: tx,
             outbound_bytes: AtomicUsize::new(0),
+            outbound_queued: AtomicUsize::new(0),
+            direct: std::sync::OnceLock::new(),
             state: Mutex::new(State {
                 queue: ReplayQueue::new(limits.replay),
                 closed: None,
@@ -335,8 +390,19 @@ impl Session {
     }
 
     /// Queues an upstream frame as an event, once the process-wide budget
-    /// has room for it; see [`Pushed`].
+    /// has room for it; see [`Pushed`]. Wakes a waiting reader at once.
     pub fn push(&self, data: EventData) -> Pushed {
+        let mut wake = WakeLater::default();
+        let pushed = self.push_deferred(data, &mut wake);
+        wake.wake();
+        pushed
+    }
+
+    /// [`Session::push`], but a waiting reader's waker is handed to `wake`
+    /// instead of woken: the upstream reader pushes every frame it already
+    /// holds and wakes the reader once for all of them, so the reader takes
+    /// (and writes) them as one batch rather than one at a time.
+    pub fn push_deferred(&self, data: EventData, wake: &mut WakeLater) -> Pushed {
         let mut st = self.state();
         if st.closed.is_some() {
             return Pushed::Queued { pause: false };
@@ -352,7 +418,9 @@ impl Session {
         self.account(&mut st);
         st.events_down += 1;
         let pause = st.queue.must_pause();
-        Self::wake_reader(st);
+        let waker = st.reader_waker.take();
+        drop(st);
+        wake.owe(waker, len);
         Pushed::Queued { pause }
     }
 
@@ -472,17 +540,56 @@ impl Session {
     /// Called by the upstream writer for each frame it wrote.
     pub fn frame_written(&self, len: usize) {
         self.outbound_bytes.fetch_sub(len, Ordering::AcqRel);
+        self.outbound_queued.fetch_sub(1, Ordering::AcqRel);
         self.events_up.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Called by the upstream writer for a frame it let go unwritten.
+    pub fn frame_dropped(&self, len: usize) {
+        self.outbound_bytes.fetch_sub(len, Ordering::AcqRel);
+        self.outbound_queued.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// Resolves when a send dropped mid-write left a frame to flush.
+    pub async fn flush_requested(&self) {
+        self.flush.notified().await
+    }
+
+    /// Gives sends the upstream's write half (see [`DirectWriter`]).
+    pub fn set_direct_writer(&self, writer: Arc<dyn DirectWriter>) {
+        let _ = self.direct.set(writer);
     }
 
     // ---- browser side: send ------------------------------------------------
 
     /// Queues one frame for the upstream and waits until it is written.
     /// `seq` is the optional `Bridge-Seq`.
+    /// When the upstream's write half is free and nothing is queued ahead,
+    /// the frame is written here, by the send itself.
     pub async fn send(&self, frame: Frame, seq: Option<u64>) -> Result<SendOutcome, BridgeError> {
-        match self.enqueue(frame, seq)? {
-            Queued::Duplicate => Ok(SendOutcome::Duplicate),
-            Queued::Waiting(written) => self.written(written).await,
+        let claim = self.direct.get().and_then(|d| Arc::clone(d).try_claim());
+        match self.admit(frame, seq, claim)? {
+            Admitted::Queued(Queued::Duplicate) => Ok(SendOutcome::Duplicate),
+            Admitted::Queued(Queued::Waiting(written)) => self.written(written).await,
+            Admitted::Direct(claim, len) => {
+                // Cancel-safety: the frame is the socket's already; if this
+                // send is dropped before the flush ends, the writer task is
+                // asked to finish it.
+                let mut unfinished = FlushOnDrop(claim.started().then_some(&self.flush));
+                let written = claim.finish().await;
+                unfinished.0 = None;
+                if written {
+                    self.events_up.fetch_add(1, Ordering::Relaxed);
+                    self.metrics.up.count(len);
+                    return Ok(SendOutcome::Written);
+                }
+                // As the writer task does when a write fails.
+                self.finish(1006, "", CloseReason::Dead);
+                Err(BridgeError::SessionClosed {
+                    code: 1006,
+                    reason: String::new(),
+                })
+            }
         }
     }
 
@@ -490,8 +597,22 @@ impl Session {
     /// checks and the queueing of [`Session::send`], so a batch can queue
     /// frames of many sessions in order and then wait for them together.
     pub fn enqueue(&self, frame: Frame, seq: Option<u64>) -> Result<Queued, BridgeError> {
+        match self.admit(frame, seq, None)? {
+            Admitted::Queued(queued) => Ok(queued),
+            Admitted::Direct(..) => unreachable!("no write half was given"),
+        }
+    }
+
+    /// The checks of a send, then the frame started on `claim` (the write
+    /// half, when the send got it) if nothing is queued ahead of it, else
+    /// queued for the writer task.
+    fn admit(
+        &self,
+        frame: Frame,
+        seq: Option<u64>,
+        claim: Option<Box<dyn ClaimedWriter>>,
+    ) -> Result<Admitted, BridgeError> {
         let len = frame.len();
-        let (written_tx, written_rx) = oneshot::channel();
         {
             // Checking the sequence and queueing happen under one lock, so two
             // concurrent sends can never both take the same `Bridge-Seq`.
@@ -505,7 +626,7 @@ impl Session {
             st.last_activity = Instant::now();
             if let Some(n) = seq {
                 if n <= st.last_seq {
-                    return Ok(Queued::Duplicate);
+                    return Ok(Admitted::Queued(Queued::Duplicate));
                 }
                 if n != st.last_seq + 1 {
                     return Err(BridgeError::SeqAhead {
@@ -521,6 +642,24 @@ impl Session {
                     retry_after: Duration::from_secs(1),
                 });
             }
+            // Holding the write half, with nothing queued (the writer task
+            // lowers the count only after writing, so a frame it has taken
+            // but not yet written counts): no frame can come before this one.
+            let mut frame = frame;
+            if let Some(mut claim) = claim
+                && self.outbound_queued.load(Ordering::Acquire) == 0
+            {
+                match claim.start(frame) {
+                    Ok(()) => {
+                        if let Some(n) = seq {
+                            st.last_seq = n;
+                        }
+                        return Ok(Admitted::Direct(claim, len));
+                    }
+                    Err(back) => frame = back,
+                }
+            }
+            let (written_tx, written_rx) = oneshot::channel();
             match self.outbound.try_send(Box::new(Outbound {
                 frame,
                 written: written_tx,
@@ -544,11 +683,12 @@ impl Session {
                 }
             }
             self.outbound_bytes.fetch_add(len, Ordering::AcqRel);
+            self.outbound_queued.fetch_add(1, Ordering::AcqRel);
             if let Some(n) = seq {
                 st.last_seq = n;
             }
+            Ok(Admitted::Queued(Queued::Waiting(written_rx)))
         }
-        Ok(Queued::Waiting(written_rx))
     }
 
     /// Waits for a queued frame to reach the upstream socket.
@@ -662,6 +802,58 @@ impl Drop for Session {
 
 pub fn log_id(id: &str) -> &str {
     id.get(..6).unwrap_or("?")
+}
+
+/// A reader's wake-up put off while the upstream reader pushes what it
+/// already holds: woken when [`WakeLater::due`] says so, before the upstream
+/// reader waits for anything, and when dropped, so no path can lose it.
+#[derive(Default)]
+pub struct WakeLater {
+    waker: Option<Waker>,
+    /// Frames and bytes pushed since the last wake: a backend that never
+    /// lets the socket run dry still has its frames delivered in batches of
+    /// at most [`WakeLater::FRAMES`] or [`WakeLater::BYTES`].
+    frames: usize,
+    bytes: usize,
+}
+
+impl WakeLater {
+    pub const FRAMES: usize = 64;
+    pub const BYTES: usize = 16 * 1024;
+
+    fn owe(&mut self, waker: Option<Waker>, len: usize) {
+        if let Some(new) = waker {
+            // The reader waited again since the last take: both wakers are
+            // owed, though they are nearly always the same task's.
+            if let Some(old) = self.waker.replace(new)
+                && !self.waker.as_ref().is_some_and(|w| w.will_wake(&old))
+            {
+                old.wake();
+            }
+        }
+        self.frames += 1;
+        self.bytes += len;
+    }
+
+    /// True once enough was pushed that the reader should have it now.
+    pub fn due(&self) -> bool {
+        self.frames >= Self::FRAMES || self.bytes >= Self::BYTES
+    }
+
+    /// Wakes the reader, if one was waiting.
+    pub fn wake(&mut self) {
+        self.frames = 0;
+        self.bytes = 0;
+        if let Some(w) = self.waker.take() {
+            w.wake();
+        }
+    }
+}
+
+impl Drop for WakeLater {
+    fn drop(&mut self) {
+        self.wake();
+    }
 }
 
 /// What a reader got.

@@ -7,12 +7,16 @@ pub mod poll;
 pub mod sse;
 pub mod stream;
 
+use std::pin::Pin;
+use std::time::Duration;
+
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
+use tokio::time::{Instant, Sleep};
 
 use crate::body::{Body, BoxError};
 use crate::error::BridgeError;
@@ -92,6 +96,51 @@ where
     // Proxies in front must not buffer an event stream (nginx reads this).
     h.insert("x-accel-buffering", HeaderValue::from_static("no"));
     resp
+}
+
+/// The heartbeat of a streaming reader: due once a whole interval has
+/// passed without a write. One timer for the response's life, moved only
+/// when it fires: a write just records the time (no timer is registered or
+/// reset per batch), and a timer that fires early is pushed to a whole
+/// interval after the last write.
+pub struct Heartbeat {
+    every: Duration,
+    /// Boxed: the reader's state moves between its body's polls.
+    timer: Pin<Box<Sleep>>,
+    last_write: Instant,
+}
+
+impl Heartbeat {
+    pub fn new(every: Duration) -> Heartbeat {
+        let now = Instant::now();
+        Heartbeat {
+            every,
+            timer: Box::pin(tokio::time::sleep_until(now + every)),
+            last_write: now,
+        }
+    }
+
+    /// Something was written: the next heartbeat is an interval from now.
+    pub fn wrote(&mut self) {
+        self.last_write = Instant::now();
+    }
+
+    /// Resolves once an interval has passed since the last write (counting
+    /// the heartbeat it returns for as a write). Cancel-safe: only the timer
+    /// moves.
+    pub async fn due(&mut self) {
+        loop {
+            self.timer.as_mut().await;
+            let at = self.last_write + self.every;
+            let now = Instant::now();
+            if at <= now {
+                self.last_write = now;
+                self.timer.as_mut().reset(now + self.every);
+                return;
+            }
+            self.timer.as_mut().reset(at);
+        }
+    }
 }
 
 /// A response extension: the body is one frame, made later (a long poll's

@@ -12,7 +12,9 @@ use bytes::Bytes;
 use futures_util::stream;
 use http::Response;
 
-use super::{STREAM_BATCH_BYTES, STREAM_BATCH_EVENTS, ends_session, write_base64, write_u64};
+use super::{
+    Heartbeat, STREAM_BATCH_BYTES, STREAM_BATCH_EVENTS, ends_session, write_base64, write_u64,
+};
 use crate::body::Body;
 use crate::session::replay::{Event, EventData};
 use crate::session::{Batch, Reader};
@@ -52,6 +54,7 @@ pub fn respond(reader: Reader, settings: Settings) -> Response<Body> {
     let first = Bytes::from(first);
     let state = State {
         reader,
+        heartbeat: Heartbeat::new(settings.heartbeat),
         settings,
         first: Some(first),
         done: false,
@@ -64,10 +67,16 @@ pub fn respond(reader: Reader, settings: Settings) -> Response<Body> {
             return Some((first, st));
         }
         // `next` is cancel-safe: events are taken only when it returns.
+        // Biased: events first, so the timer is polled only when there are
+        // none (and it then only re-registers its waker).
         let batch = tokio::select! {
+            biased;
             batch = st.reader.next(STREAM_BATCH_EVENTS, STREAM_BATCH_BYTES) => Some(batch),
-            _ = tokio::time::sleep(st.settings.heartbeat) => None,
+            () = st.heartbeat.due() => None,
         };
+        if batch.is_some() {
+            st.heartbeat.wrote();
+        }
         let chunk = match batch {
             None if st.settings.named_heartbeat => {
                 Bytes::from_static(b": hb\n\nevent: heartbeat\ndata:\n\n")
@@ -93,6 +102,8 @@ pub fn respond(reader: Reader, settings: Settings) -> Response<Body> {
 
 struct State {
     reader: Reader,
+    /// When the next heartbeat is due: an interval after the last write.
+    heartbeat: Heartbeat,
     settings: Settings,
     /// The prelude and the `retry:` line, sent before anything else.
     first: Option<Bytes>,

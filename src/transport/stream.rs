@@ -10,7 +10,7 @@ use bytes::Bytes;
 use futures_util::stream;
 use http::Response;
 
-use super::{STREAM_BATCH_BYTES, STREAM_BATCH_EVENTS, ends_session, write_event_json};
+use super::{Heartbeat, STREAM_BATCH_BYTES, STREAM_BATCH_EVENTS, ends_session, write_event_json};
 use crate::body::Body;
 use crate::session::{Batch, Reader};
 
@@ -19,9 +19,10 @@ use crate::session::{Batch, Reader};
 /// bodies apart from a quiet session.
 pub fn respond(reader: Reader, heartbeat: Duration, hello: bool) -> Response<Body> {
     // The prelude first: `started` is false until it is sent.
+    // The heartbeat's timer lives in the state, across the body's polls.
     let chunks = stream::unfold(
-        (reader, false, false),
-        move |(mut reader, started, done)| async move {
+        (reader, Heartbeat::new(heartbeat), false, false),
+        move |(mut reader, mut beat, started, done)| async move {
             if done {
                 return None;
             }
@@ -34,13 +35,18 @@ pub fn respond(reader: Reader, heartbeat: Duration, hello: bool) -> Response<Bod
                 } else {
                     prelude
                 };
-                return Some((first, (reader, true, false)));
+                return Some((first, (reader, beat, true, false)));
             }
             // `next` is cancel-safe: events are taken only when it returns.
+            // Biased: events first; the timer is polled only when there are none.
             let batch = tokio::select! {
+                biased;
                 batch = reader.next(STREAM_BATCH_EVENTS, STREAM_BATCH_BYTES) => Some(batch),
-                _ = tokio::time::sleep(heartbeat) => None,
+                () = beat.due() => None,
             };
+            if batch.is_some() {
+                beat.wrote();
+            }
             let (chunk, done) = match batch {
                 None => (Bytes::from_static(b"{\"type\":\"heartbeat\"}\n"), false),
                 Some(Batch::Superseded) => {
@@ -55,7 +61,7 @@ pub fn respond(reader: Reader, heartbeat: Duration, hello: bool) -> Response<Bod
                     (Bytes::from(out), events.is_empty() || ends_session(&events))
                 }
             };
-            Some((chunk, (reader, true, done)))
+            Some((chunk, (reader, beat, true, done)))
         },
     );
     super::streaming_response("application/x-ndjson", chunks)
