@@ -98,13 +98,19 @@ async function openTabs(profile, origin, count, rooms, deadline) {
   for (let i = 0; i < count; i++) {
     const page = await profile.context.newPage();
     page.on("pageerror", (e) => profile.errors.push(`tab ${i}: ${e.message}`));
+    // The channel's requests this tab made: in leader-tab mode, only the
+    // leader's show here.
+    const tab = { i, page, closed: false, channelRequests: 0 };
+    page.on("request", (r) => {
+      if (/\/channels(\/|$)/.test(new URL(r.url()).pathname)) tab.channelRequests++;
+    });
     const url = `${origin}/tabs.html?tab=${i}&rooms=${rooms.map(encodeURIComponent).join(",")}`;
     try {
       await page.goto(url, { waitUntil: "domcontentloaded", timeout: Math.max(1, deadline - Date.now()) });
     } catch (e) {
       throw new Wedged(`tab ${i} of ${count} did not load (${tabs.length} tabs open): ${String(e.message).split("\n")[0]}`);
     }
-    tabs.push({ i, page, closed: false });
+    tabs.push(tab);
   }
   return tabs;
 }
@@ -271,7 +277,8 @@ function assertShared(tabs, states, modes) {
       seen.add(JSON.stringify([s.shared.mode, s.shared.channel]));
     }),
   );
-  return [...seen].map((s) => JSON.parse(s));
+  if (seen.size !== 1) throw new Error(`the sockets are on ${seen.size} channels, expected one: ${[...seen].slice(0, 4)}`);
+  return JSON.parse([...seen][0])[0];
 }
 
 // ------------------------------------------------------------------ checks
@@ -294,7 +301,7 @@ async function twelveTabs(browser, where, { share, count }) {
     const tabs = await openTabs(me, where.url, 12, rooms, deadline);
     const states = await until(tabs, "24 sockets open", (st) => st.flat().every((s) => s.opened), deadline);
     await assertHttp1(tabs[0]);
-    const channels = assertShared(tabs, states, ["worker", "tabs", "tab"]);
+    const mode = assertShared(tabs, states, ["worker"]);
     const onProxy = await assertMetrics(where.metrics, { wsbridge_channels_active: 1, wsbridge_channel_sessions: 24 }, "24 sockets of one profile");
 
     const started = Date.now();
@@ -306,7 +313,7 @@ async function twelveTabs(browser, where, { share, count }) {
     const all = Object.fromEntries(tabs.map((t) => [String(t.i), count]));
     await checkAll(tabs, () => all);
     if (me.errors.length) throw new Error("page errors: " + me.errors.join("; "));
-    return { channels, metrics: onProxy, messages_per_socket: each, delivered_ms: deliveredMs };
+    return { mode, metrics: onProxy, messages_per_socket: each, delivered_ms: deliveredMs };
   } finally {
     await me.close();
   }
@@ -327,14 +334,14 @@ check("leader_tab_closed_mid_stream", 60000, async (browser) => {
     const deadline = Date.now() + OPEN_WITHIN_MS;
     const tabs = await openTabs(me, SETUP.leader.url, 12, rooms, deadline);
     const states = await until(tabs, "24 sockets open", (st) => st.flat().every((s) => s.opened), deadline);
-    const channels = assertShared(tabs, states, ["tabs"]);
+    const mode = assertShared(tabs, states, ["tabs"]);
     await assertMetrics(SETUP.leader.metrics, { wsbridge_channels_active: 1, wsbridge_channel_sessions: 24 }, "24 sockets of one profile");
-    // The leader says so in `shared` if the client tells (a `leader` or
-    // `role` field); otherwise it is the first tab, the first to ask.
-    const says = (s) => s.shared.leader === true || s.shared.role === "leader" || s.shared.isLeader === true;
-    const told = states.findIndex((sockets) => sockets.some(says));
-    const leader = tabs[told >= 0 ? told : 0];
+    // The leader is the one tab that makes the channel's requests.
+    const leaders = tabs.filter((x) => x.channelRequests > 0);
+    if (leaders.length !== 1) throw new Error(`${leaders.length} tabs made channel requests (${leaders.map((x) => x.i)}), expected one leader`);
+    const [leader] = leaders;
     const others = tabs.filter((x) => x !== leader);
+    for (const x of others) x.channelRequests = 0;
 
     // Phase 1, paced so that the close lands mid-stream: each socket of
     // every tab sends one message every 20 ms.
@@ -382,20 +389,23 @@ check("leader_tab_closed_mid_stream", 60000, async (browser) => {
       const fromLeader = new Set(counts.filter((c) => c.k === k).map((c) => c.got.get(String(leader.i)) || 0));
       if (fromLeader.size !== 1) throw new Error(`room ${k}: the others heard different numbers of the leader's messages: ${[...fromLeader]}`);
     }
-    const after = await readTab(others[0]);
-    assertShared([others[0]], [after], ["tabs"]);
+    const after = await Promise.all(others.map(readTab));
+    assertShared(others, after, ["tabs"]);
+    // One of the others took over the channel's requests.
+    const successors = others.filter((x) => x.channelRequests > 0);
+    if (successors.length !== 1) throw new Error(`after the leader closed, ${successors.length} tabs made channel requests (${successors.map((x) => x.i)}), expected one new leader`);
     // The closed tab's two sockets closed; the 22 others live on.
     const sessions = await metricsSettle(SETUP.leader.metrics, { wsbridge_sessions_active: 22 }, 10000);
     if (!sessions.ok) throw new Error(`after the leader tab closed: ${JSON.stringify(sessions.shown)} open sessions, expected 22 (its own two closed)`);
     const onProxy = await metrics(SETUP.leader.metrics);
     if (me.errors.length) throw new Error("page errors: " + me.errors.join("; "));
     return {
-      channels,
+      mode,
       leader: leader.i,
-      leader_found_by: told >= 0 ? "shared" : "first tab",
+      new_leader: successors[0].i,
       leader_sent_before_close: sentByLeader,
       recovered_ms: recoveredMs,
-      new_shared: after[0].shared,
+      shared_after: after[0][0].shared,
       channels_active: onProxy.wsbridge_channels_active,
       channel_sessions: onProxy.wsbridge_channel_sessions,
     };
@@ -415,7 +425,7 @@ check("four_tabs_behind_a_flaky_network", 60000, async (browser) => {
     const deadline = Date.now() + OPEN_WITHIN_MS;
     const tabs = await openTabs(me, SETUP.flaky.url, 4, rooms, deadline);
     const states = await until(tabs, "8 sockets open", (st) => st.flat().every((s) => s.opened), deadline);
-    const channels = assertShared(tabs, states, ["worker", "tabs", "tab"]);
+    const mode = assertShared(tabs, states, ["worker"]);
     await assertMetrics(SETUP.flaky.metrics, { wsbridge_channels_active: 1, wsbridge_channel_sessions: 8 }, "8 sockets of one profile");
     const count = 150;
     await relayChaos(true);
@@ -432,7 +442,7 @@ check("four_tabs_behind_a_flaky_network", 60000, async (browser) => {
     await checkAll(tabs, () => all);
     const onProxy = await metrics(SETUP.flaky.metrics);
     if (me.errors.length) throw new Error("page errors: " + me.errors.join("; "));
-    return { channels, ms, channels_active: onProxy.wsbridge_channels_active, channel_sessions: onProxy.wsbridge_channel_sessions };
+    return { mode, ms, channels_active: onProxy.wsbridge_channels_active, channel_sessions: onProxy.wsbridge_channel_sessions };
   } finally {
     await relayChaos(false);
     await me.close();
@@ -483,7 +493,15 @@ check("demo_chat_in_twelve_tabs", 60000, async (browser) => {
       if (s.protocol !== "http/1.1") throw new Error(`demo tab ${i} loaded over ${s.protocol}`);
       if (!/WebSocket upgrades are refused on \/ws by configuration/.test(s.policy)) throw new Error(`demo tab ${i} #policy: ${s.policy}`);
       if (!s.reason.startsWith(`This page is on ${s.transport}: `)) throw new Error(`demo tab ${i} #reason: ${s.reason}`);
-      if (!/^Sharing one connection/.test(s.shared)) throw new Error(`demo tab ${i} #shared: ${s.shared}`);
+      if (!/^Sharing one connection through a SharedWorker/.test(s.shared)) throw new Error(`demo tab ${i} #shared: ${s.shared}`);
+    }
+    // Each tab counts the others on its connection (they say hello).
+    for (const [i, page] of pages.entries()) {
+      try {
+        await page.waitForFunction(() => / with 11 other tabs of this browser \(12 sockets\)\.$/.test(document.querySelector("#shared").textContent), null, { timeout: 5000 });
+      } catch {
+        throw new Error(`demo tab ${i} #shared: ${await page.locator("#shared").textContent()}`);
+      }
     }
     const onProxy = await assertMetrics(SETUP.demo.metrics, { wsbridge_channels_active: 1, wsbridge_channel_sessions: 12 }, "12 demo tabs");
 
@@ -506,7 +524,7 @@ check("demo_chat_in_twelve_tabs", 60000, async (browser) => {
     await pages[0].bringToFront();
     if (SETUP.screenshot) await pages[0].screenshot({ path: SETUP.screenshot });
     if (me.errors.length) throw new Error("page errors: " + me.errors.join("; "));
-    return { transport: shown[0].transport, reason: shown[0].reason, shared: shown[0].shared, metrics: onProxy };
+    return { transport: shown[0].transport, reason: shown[0].reason, shared: await pages[0].locator("#shared").textContent(), metrics: onProxy };
   } finally {
     await me.close();
   }
