@@ -765,3 +765,31 @@ async fn a_session_read_on_its_own_is_off_the_channel_even_without_a_channel_rea
         json!({"session": s, "type": "detached"})
     );
 }
+
+#[tokio::test]
+async fn sse_with_named_heartbeats_sends_one_at_once_for_the_clients_probe() {
+    let backend = Backend::start().await;
+    let proxy = Proxy::start(&backend, "").await;
+    let chan = open_channel(&proxy).await;
+    // No session at all: still an event within the first write.
+    let r = chan
+        .http
+        .get(chan.url("/sse?heartbeat=event"))
+        .send()
+        .await
+        .unwrap();
+    let mut body = r.bytes_stream();
+    let mut text = String::new();
+    use futures_util::StreamExt;
+    let prelude = format!(":{}\n\n", " ".repeat(2048));
+    let expected = format!("{prelude}retry: 1000\n\nevent: heartbeat\ndata:\n\n");
+    while text.len() < expected.len() {
+        let chunk = tokio::time::timeout(PATIENCE, body.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        text.push_str(std::str::from_utf8(&chunk).unwrap());
+    }
+    assert!(text.starts_with(&expected), "{text:?}");
+}

@@ -140,6 +140,12 @@ pub fn sse(
 ) -> Response<Body> {
     let mut first = super::sse_prelude().to_vec();
     first.extend_from_slice(format!("retry: {}\n\n", settings.retry.as_millis()).as_bytes());
+    // As on a session's SSE: with `heartbeat=event`, one heartbeat at once,
+    // in the same write, so the client's probe window sees an event even on
+    // an idle channel (an EventSource hides the prelude comment).
+    if settings.named_heartbeat {
+        first.extend_from_slice(b"event: heartbeat\ndata:\n\n");
+    }
     let heartbeat = if settings.named_heartbeat {
         Bytes::from_static(b": hb\n\nevent: heartbeat\ndata:\n\n")
     } else {

@@ -99,7 +99,7 @@ function pageHelpers() {
     async messages(socket, count, timeoutMs = 10000) {
       const deadline = Date.now() + timeoutMs;
       while (socket.__inbox.length < count) {
-        if (socket.__close) throw new Error(`closed after ${socket.__inbox.length}/${count} messages: ${JSON.stringify(socket.__close)}`);
+        if (socket.__close) throw new Error(`closed after ${socket.__inbox.length}/${count} messages: ${JSON.stringify(socket.__close)} [${socket.__errors.join(" | ")}]`);
         const left = deadline - Date.now();
         if (left <= 0) throw new Error(`${socket.__inbox.length}/${count} messages after ${timeoutMs}ms`);
         await new Promise((resolve) => {

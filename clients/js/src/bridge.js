@@ -40,6 +40,12 @@ const WSBRIDGE_DEFAULTS = Object.freeze({
   // Reconnecting gives up after this long without one working connection.
   reconnectTimeout: 60000,
   withCredentials: false,
+  // Bridged sockets share one multiplexed channel per bridge (see "sharing"
+  // below): in a SharedWorker, else a leader tab, else this tab's own hub.
+  share: true,
+  shareMode: "auto",
+  // The SharedWorker's script; default the proxy's {prefix}/client.js.
+  workerUrl: null,
 });
 
 const WSBRIDGE_TRANSPORTS = ["websocket", "sse", "stream", "poll"];
@@ -245,6 +251,8 @@ function normalizeOptions(options) {
   for (const t of transports) {
     if (!WSBRIDGE_TRANSPORTS.includes(t)) throw new TypeError(`wsbridge: unknown transport '${t}'`);
   }
+  const shareMode = String(o.shareMode);
+  if (!SHARE_MODES.includes(shareMode)) throw new TypeError(`wsbridge: unknown shareMode '${shareMode}'`);
   let prefix = String(o.prefix);
   if (!prefix.startsWith("/")) prefix = "/" + prefix;
   prefix = prefix.replace(/\/+$/, "");
@@ -259,6 +267,9 @@ function normalizeOptions(options) {
     reprobeInterval: Number(o.reprobeInterval),
     reconnectTimeout: Number(o.reconnectTimeout),
     withCredentials: Boolean(o.withCredentials),
+    share: o.share !== false,
+    shareMode,
+    workerUrl: o.workerUrl ? String(o.workerUrl) : null,
     // undefined: the captured native WebSocket; null: never use one.
     WebSocket: o.WebSocket === undefined ? NativeWebSocket : unwrapNativeWebSocket(o.WebSocket),
     traceparent: o.traceparent,
@@ -378,6 +389,16 @@ class BridgeSocket extends EventTarget {
   #flushWaiters = [];
   #closeTimer = null;
 
+  // Sharing (see HubClient): set while the session is on a shared channel.
+  #shared = null; // frozen { mode, channel }, what socket.shared returns
+  #hubClient = null;
+  #shareKey = null;
+  #joinWaiter = null; // handles the hub's answers while joining
+  #forwardedFrames = 0; // frames handed to the hub, not yet acknowledged
+  #forwardedBytes = 0;
+  #pumpAgain = false;
+  #pollReprobeTimer = null;
+
   constructor(url, protocols, options) {
     super();
     this.#url = resolveWebSocketUrl(url);
@@ -402,6 +423,9 @@ class BridgeSocket extends EventTarget {
   get protocol() { return this.#protocol; }
   get extensions() { return this.#extensions; }
   get bufferedAmount() { return this.#ws ? this.#ws.bufferedAmount : this.#buffered; }
+  /** null, or { mode: "worker" | "tabs" | "tab", channel } while the socket's
+   *  session is on a shared channel. */
+  get shared() { return this.#shared; }
   /** The transport in use ("websocket", "sse", "stream", "poll"), null until open. */
   get transport() { return this.#transport; }
   /** "connecting", "open", "reconnecting", "closing" or "closed": readyState,
@@ -529,6 +553,7 @@ class BridgeSocket extends EventTarget {
     // The WebSocket attempt's result: "failed", "timeout" (still running in
     // the background) or null (not tried).
     let websocketFailed = null;
+    let shareTried = !this.#options.share;
     const connectStarted = Date.now();
     for (const name of plan.order) {
       if (this.#readyState !== BridgeSocket.CONNECTING) break;
@@ -553,6 +578,15 @@ class BridgeSocket extends EventTarget {
         if (!this.#session.links[name]) {
           attempt("not offered");
           continue;
+        }
+        if (!shareTried) {
+          // The shared channel's hub tries the bridged transports left, in
+          // this order, for its one reader (or has one already).
+          shareTried = true;
+          const rest = plan.order.slice(plan.order.indexOf(name)).filter((t) => WSBRIDGE_BRIDGED.includes(t) && this.#session.links[t]);
+          const shared = await this.#joinShared(rest, started, websocketFailed, connectStarted);
+          if (shared === "open") return;
+          if (this.#readyState !== BridgeSocket.CONNECTING) break;
         }
         this.#transport = name;
         const result = await this.#firstConnection(name, started, websocketFailed, connectStarted);
@@ -616,6 +650,7 @@ class BridgeSocket extends EventTarget {
     }
     this.#dispatchTransport(null, this.#reason());
     if (this.#transport !== "websocket") this.#scheduleReprobe();
+    if (this.#transport === "poll" && !this.#shared) this.#schedulePollReprobe();
   }
 
   #dispatchTransport(previous, reason) {
@@ -991,6 +1026,11 @@ class BridgeSocket extends EventTarget {
       }
     }
     this.#cursor = id;
+    return this.#handleEvent(event);
+  }
+
+  // One new event, its id now the cursor: to the page. False after close.
+  #handleEvent(event) {
     switch (event.type) {
       case "text":
         this.#message(String(event.data));
@@ -1213,6 +1253,10 @@ class BridgeSocket extends EventTarget {
 
   // Sends queued frames one at a time, in order.
   async #pump() {
+    if (this.#shared) {
+      this.#pumpShared();
+      return;
+    }
     if (this.#pumping) return;
     this.#pumping = true;
     try {
@@ -1234,10 +1278,14 @@ class BridgeSocket extends EventTarget {
       }
     } finally {
       this.#pumping = false;
-      const waiters = this.#flushWaiters;
-      this.#flushWaiters = [];
-      for (const wake of waiters) wake();
+      this.#wakeFlushWaiters();
     }
+  }
+
+  #wakeFlushWaiters() {
+    const waiters = this.#flushWaiters;
+    this.#flushWaiters = [];
+    for (const wake of waiters) wake();
   }
 
   // POSTs one frame until the proxy acknowledges it; false when sending must
@@ -1296,7 +1344,7 @@ class BridgeSocket extends EventTarget {
 
   // Resolves when the send queue is empty (or sending stopped), or at timeout.
   #flushSends(timeoutMs) {
-    if (!this.#pumping || !this.#queue.length) return Promise.resolve();
+    if (!this.#queue.length || this.#sendsStopped || (!this.#shared && !this.#pumping)) return Promise.resolve();
     return new Promise((resolve) => {
       const timer = setTimeout(resolve, timeoutMs);
       this.#flushWaiters.push(() => {
@@ -1304,6 +1352,262 @@ class BridgeSocket extends EventTarget {
         resolve();
       });
     });
+  }
+
+  // ----------------------------------------------------------------- shared
+
+  // Puts the open session on the shared channel: "open" once the hub has
+  // attached it and its reader works, else "unavailable" (the socket then
+  // reads on its own, as with share: false).
+  #joinShared(order, started, websocketFailed, connectStarted) {
+    let client;
+    try {
+      client = HubClient.for(this.#httpOrigin, this.#options);
+    } catch {
+      return Promise.resolve("unavailable");
+    }
+    this.#hubClient = client;
+    this.#shareKey = client.newKey();
+    const pending = []; // events that came before `joined`
+    return new Promise((resolve) => {
+      const probe = Math.max(this.#options.probeTimeout, 2 * this.#openMs);
+      const timer = setTimeout(() => settle("unavailable"), WORKER_ANSWER_TIMEOUT_MS + this.#options.openTimeout + 3 * probe);
+      const settle = (result) => {
+        clearTimeout(timer);
+        this.#joinWaiter = null;
+        if (result !== "open") {
+          client.leave(this.#shareKey);
+          this.#hubClient = null;
+          this.#shareKey = null;
+        }
+        resolve(result);
+      };
+      this.#joinWaiter = (m) => {
+        if (m.t === "events") {
+          pending.push(m);
+          return;
+        }
+        if (m.t === "unjoined" || m.t === "gone") {
+          for (const a of m.attempts || []) if (a.result !== "open") this.#attempts.push(a);
+          settle("unavailable");
+          return;
+        }
+        if (m.t !== "joined") return;
+        if (this.#readyState !== BridgeSocket.CONNECTING) {
+          settle("unavailable");
+          return;
+        }
+        settle("open");
+        for (const a of m.attempts || []) if (a.result !== "open") this.#attempts.push(a);
+        this.#shared = Object.freeze({ mode: client.mode, channel: m.channel });
+        this.#transport = m.transport;
+        this.#protocol = this.#session.protocol;
+        this.#readyState = BridgeSocket.OPEN;
+        liveBridgeSockets.set(this, {
+          goingAway: () => this.#deleteSessionQuietly(1001),
+          // The hub watches the shared reader itself.
+          offline: () => {},
+          online: () => {},
+        });
+        this.#announceOpen(started, websocketFailed, connectStarted);
+        this.dispatchEvent(new Event("open"));
+        if (m.reconnecting && this.#readyState === BridgeSocket.OPEN) this.#sharedMessage({ t: "state", state: "reconnecting", reason: "the shared connection is reconnecting" });
+        for (const p of pending) this.#sharedMessage(p);
+        this.#pump();
+      };
+      client.join(this.#shareHandle(order));
+    });
+  }
+
+  // What the hub client needs of this socket: its key, its (re)join message
+  // with the cursor and the frames handed over but not acknowledged (sent
+  // again with their own seq: the proxy dedupes), and a sink for messages.
+  #shareHandle(order) {
+    const key = this.#shareKey;
+    const links = {};
+    for (const t of WSBRIDGE_BRIDGED) links[t] = Boolean(this.#session.links[t]);
+    return {
+      key,
+      joinMessage: (takeover) => {
+        if (takeover && this.#shared && this.#readyState === BridgeSocket.OPEN && !this.#reconnecting) {
+          this.#reconnecting = true;
+          this.#dispatchState("reconnecting", `the shared channel's hub went away; a new one takes over from event ${this.#cursor}`);
+        }
+        const frames = this.#queue.filter((f) => f.forwarded).map((f) => f.wire);
+        return { t: "join", key, session: this.#session.id, cursor: this.#cursor, order, links, frames };
+      },
+      receive: (m) => (this.#joinWaiter ? this.#joinWaiter(m) : this.#sharedMessage(m)),
+    };
+  }
+
+  #sharedMessage(m) {
+    if (this.#readyState === BridgeSocket.CLOSED || !this.#hubClient) return;
+    switch (m.t) {
+      case "events": {
+        for (const event of m.events || []) {
+          // Ids at or below the cursor were delivered already (a replay
+          // after a takeover): dropped here whatever the hub did.
+          const id = Number(event.id);
+          if (!(id > this.#cursor)) continue;
+          this.#cursor = id;
+          if (!this.#handleEvent(event)) return;
+          if (this.#readyState === BridgeSocket.CLOSED) return;
+        }
+        if (this.#hubClient) this.#hubClient.post({ t: "ack", key: this.#shareKey, session: this.#session.id, cursor: this.#cursor });
+        break;
+      }
+      case "sent": {
+        while (this.#queue.length && this.#queue[0].forwarded && this.#queue[0].seq <= m.seq) {
+          const frame = this.#queue.shift();
+          this.#buffered -= frame.size;
+          this.#forwardedBytes -= frame.size;
+          this.#forwardedFrames--;
+        }
+        this.#pump();
+        if (!this.#queue.length) this.#wakeFlushWaiters();
+        break;
+      }
+      case "sendfail":
+        this.#sendsStopped = true;
+        this.#wakeFlushWaiters();
+        if (m.status === 410) break; // closed: its close event is on the way down
+        if (m.status === 404) this.#finish(1006, "", false, "wsbridge: the session no longer exists");
+        else if (m.status === 413) this.#fail("wsbridge: a frame was larger than the bridge accepts", 1009);
+        else if (m.status === 409) this.#fail("wsbridge: the bridge lost track of this socket's frame order (409)");
+        else this.#fail(`wsbridge: the bridge refused a frame (${m.status}${m.error ? " " + m.error : ""})`);
+        break;
+      case "gone":
+        if (m.fail) this.#fail(m.reason || "wsbridge: the bridge could not be reached again");
+        else this.#finish(1006, "", false, m.reason || "wsbridge: the session no longer exists");
+        break;
+      case "joined":
+        // Taken over by a new hub, at our cursor.
+        this.#shared = Object.freeze({ mode: this.#hubClient.mode, channel: m.channel });
+        if (m.transport !== this.#transport) {
+          const previous = this.#transport;
+          this.#transport = m.transport;
+          this.#dispatchTransport(previous, `the new hub reads the shared channel over ${m.transport}`);
+        }
+        if (this.#reconnecting && !m.reconnecting) {
+          this.#reconnecting = false;
+          this.#dispatchState("resumed", `a new hub took over the shared channel, resumed from event ${this.#cursor}`);
+        }
+        this.#pump();
+        break;
+      case "unjoined":
+        this.#goSolo();
+        break;
+      case "state":
+        if (this.#readyState !== BridgeSocket.OPEN) break;
+        if (m.state === "reconnecting" && !this.#reconnecting) {
+          this.#reconnecting = true;
+          this.#dispatchState("reconnecting", m.reason);
+        } else if (m.state === "resumed" && this.#reconnecting) {
+          this.#reconnecting = false;
+          this.#dispatchState("resumed", m.reason);
+        }
+        break;
+      case "transport":
+        if (m.transport && m.transport !== this.#transport) {
+          const previous = this.#transport;
+          this.#transport = m.transport;
+          this.#dispatchTransport(previous, m.reason);
+        }
+        break;
+      case "channel":
+        if (this.#shared) this.#shared = Object.freeze({ mode: this.#shared.mode, channel: m.channel });
+        break;
+      case "memory":
+        // The tab writes what the hub learned (a worker has no localStorage).
+        if (this.#options.remember && this.#options.transports.includes(m.transport)) writeMemory(this.#memoryKey, { transport: m.transport, at: Date.now() });
+        break;
+      default:
+        break;
+    }
+  }
+
+  // The hub could not take this socket again (after a takeover): it reads
+  // on its own from its cursor, and sends on its own from its first
+  // unacknowledged frame (same seq, so nothing is doubled).
+  #goSolo() {
+    if (this.#hubClient) this.#hubClient.leave(this.#shareKey);
+    this.#hubClient = null;
+    this.#shared = null;
+    const name = WSBRIDGE_BRIDGED.find((t) => this.#session.links[t] && this.#options.transports.includes(t));
+    if (!name) {
+      this.#fail("wsbridge: the shared channel lost this socket and no transport of its own is offered");
+      return;
+    }
+    for (const frame of this.#queue) frame.forwarded = false;
+    this.#forwardedFrames = 0;
+    this.#forwardedBytes = 0;
+    const previous = this.#transport;
+    this.#transport = name;
+    this.#dispatchTransport(previous, `the shared channel could not take this socket again; reading on its own over ${name} from event ${this.#cursor}`);
+    this.#attach();
+    this.#pump();
+  }
+
+  // Hands queued frames to the hub in order, within the send window; the
+  // hub batches them with other sockets' frames.
+  async #pumpShared() {
+    if (this.#pumping) {
+      this.#pumpAgain = true;
+      return;
+    }
+    this.#pumping = true;
+    try {
+      for (let i = 0; i < this.#queue.length; i++) {
+        if (!this.#shared || this.#sendsStopped || this.#readyState === BridgeSocket.CLOSED) break;
+        const frame = this.#queue[i];
+        if (frame.forwarded) continue;
+        if (this.#forwardedFrames >= SHARED_SEND_WINDOW_FRAMES || (this.#forwardedFrames && this.#forwardedBytes + frame.size > SHARED_SEND_WINDOW_BYTES)) break;
+        if (frame.blob) {
+          try {
+            frame.body = new Uint8Array(await frame.blob.arrayBuffer());
+          } catch {
+            this.#fail("wsbridge: a Blob given to send() could not be read");
+            break;
+          }
+          frame.blob = null;
+          i = this.#queue.indexOf(frame);
+          if (i < 0 || !this.#shared) break;
+        }
+        if (!frame.seq) frame.seq = ++this.#seq;
+        frame.wire = { seq: frame.seq, type: frame.binary ? "binary" : "text", data: frame.binary ? bytesToBase64(frame.body) : utf8Decode(frame.body) };
+        frame.forwarded = true;
+        this.#forwardedFrames++;
+        this.#forwardedBytes += frame.size;
+        this.#hubClient.post({ t: "frames", key: this.#shareKey, session: this.#session.id, frames: [frame.wire] });
+      }
+    } finally {
+      this.#pumping = false;
+      if (this.#pumpAgain) {
+        this.#pumpAgain = false;
+        queueMicrotask(() => this.#pump());
+      }
+    }
+  }
+
+  // While on poll by itself, now and then: would SSE or stream deliver now
+  // (a throwaway channel's first event, see probeStreamingTransport)? If so
+  // the next load starts there. The live socket stays on poll.
+  #schedulePollReprobe() {
+    const every = this.#options.reprobeInterval;
+    if (!(every > 0) || !this.#options.remember || this.#options.transports.length < 2) return;
+    clearTimeout(this.#pollReprobeTimer);
+    this.#pollReprobeTimer = setTimeout(async () => {
+      if (this.#readyState !== BridgeSocket.OPEN || this.#transport !== "poll" || this.#shared) return;
+      // Sockets of every tab share the memory: one probe per interval.
+      const memory = readMemory(this.#memoryKey, Infinity) || {};
+      if (!(Date.now() - (Number(memory.streamProbedAt) || 0) < every)) {
+        writeMemory(this.#memoryKey, { streamProbedAt: Date.now() });
+        const order = this.#options.transports.filter((t) => (t === "sse" || t === "stream") && this.#session.links[t]);
+        const found = order.length ? await probeStreamingTransport(this.#httpOrigin, this.#options.prefix, this.#options.withCredentials, this.#options.probeTimeout, order) : null;
+        if (found) writeMemory(this.#memoryKey, { transport: found, at: Date.now() });
+      }
+      this.#schedulePollReprobe();
+    }, every);
   }
 
   // ---------------------------------------------------------------- closing
@@ -1377,13 +1681,1178 @@ class BridgeSocket extends EventTarget {
     liveBridgeSockets.delete(this);
     clearTimeout(this.#closeTimer);
     clearTimeout(this.#reprobeTimer);
+    clearTimeout(this.#pollReprobeTimer);
     this.#reconnecting = false;
     this.#detach();
     if (this.#openWaiter) this.#openWaiter(false);
+    if (this.#joinWaiter) this.#joinWaiter({ t: "gone" });
+    if (this.#hubClient) this.#hubClient.leave(this.#shareKey);
+    this.#hubClient = null;
+    this.#shared = null;
     this.#closed.abort();
     this.#queue = [];
     if (errorMessage) this.#dispatchError(errorMessage);
     this.dispatchEvent(new CloseEvent("close", { code, reason, wasClean }));
+  }
+}
+
+// ------------------------------------------------------------------ sharing
+//
+// Bridged sockets share one multiplexed channel (docs/protocol.md,
+// "Multiplexed channel") per bridge origin and prefix and browser profile:
+// one reader and one send POST at a time for every socket of every tab, so
+// HTTP/1.1's six connections per host are never used up by sockets. The
+// channel is owned by a hub (ChannelHub) that runs in a SharedWorker, else
+// in one leader tab elected with Web Locks and reached over
+// BroadcastChannel, else in each tab on its own. A tab (HubClient) keeps,
+// per socket, the id of the last event it delivered to the page and the
+// frames not yet acknowledged, so a new hub (the leader tab went away) can
+// take every session over at the tab's cursor and resend those frames with
+// their own Bridge-Seq: nothing lost or doubled.
+
+const SHARE_MODES = ["auto", "worker", "tabs"];
+// A SharedWorker that has not answered within this is presumed broken (a
+// script that failed to load, a worker blocked by policy): leader-tab mode.
+const WORKER_ANSWER_TIMEOUT_MS = 3000;
+// The hub's per-session backlog: events handed to a tab and not yet
+// acknowledged by it. Past either bound the session is detached from the
+// channel, so its events wait in the proxy's replay queue (which then pauses
+// that session's upstream alone), until its tab catches up.
+const HUB_BACKLOG_EVENTS = 1024;
+const HUB_BACKLOG_BYTES = 1 << 20;
+// What one socket may have handed to the hub and not yet seen acknowledged;
+// the rest waits in the tab (counted in bufferedAmount, as today).
+const SHARED_SEND_WINDOW_FRAMES = 256;
+const SHARED_SEND_WINDOW_BYTES = 1 << 20;
+// One batch POST: below the proxy's defaults (256 frames, 4 MiB); halved on
+// a 413 for the whole batch.
+const BATCH_MAX_FRAMES = 128;
+const BATCH_MAX_BYTES = 1 << 20;
+// Before the next channel poll, how long to wait for tabs to acknowledge
+// what the last one brought (an unacknowledged cursor would fetch it again).
+const POLL_ACK_WAIT_MS = 200;
+
+function bytesToBase64(bytes) {
+  let binary = "";
+  for (let i = 0; i < bytes.length; i += 0x8000) binary += String.fromCharCode.apply(null, bytes.subarray(i, i + 0x8000));
+  return btoa(binary);
+}
+
+function randomId() {
+  const c = globalThis.crypto;
+  if (c && typeof c.randomUUID === "function") return c.randomUUID();
+  return Math.random().toString(36).slice(2) + Date.now().toString(36);
+}
+
+// Two client versions never share a hub: the name carries the version.
+function hubName(httpOrigin, prefix) {
+  return `wsbridge:${WSBRIDGE_VERSION}:${httpOrigin}${prefix}`;
+}
+
+function inSharedWorker() {
+  return typeof globalThis.SharedWorkerGlobalScope === "function" && globalThis instanceof globalThis.SharedWorkerGlobalScope;
+}
+
+function dispatchDetail(target, type, detail) {
+  const event = typeof CustomEvent === "function" ? new CustomEvent(type, { detail }) : new Event(type);
+  if (!("detail" in event)) Object.defineProperty(event, "detail", { value: detail });
+  target.dispatchEvent(event);
+}
+
+// Whether SSE or stream would deliver now, for a socket or hub on poll: a
+// throwaway channel (no session on it) is opened and read until its first
+// event (SSE's immediate heartbeat, stream's prelude), then aborted and
+// deleted. Disturbs nothing live. Resolves the transport that works, or null.
+async function probeStreamingTransport(origin, prefix, withCredentials, timeoutMs, order) {
+  const credentials = withCredentials ? "include" : "same-origin";
+  let channel;
+  try {
+    const response = await fetch(origin + prefix + "/channels", { method: "POST", credentials, cache: "no-store" });
+    channel = response.status === 201 ? await response.json() : null;
+  } catch {
+    channel = null;
+  }
+  if (!channel || !channel.links) return null;
+  const link = (name) => (channel.links[name] ? new URL(channel.links[name], origin + "/").href : null);
+  let found = null;
+  for (const name of order) {
+    if (name !== "sse" && name !== "stream") continue;
+    const url = link(name);
+    if (!url) continue;
+    const controller = new AbortController();
+    const timer = setTimeout(() => controller.abort(), timeoutMs);
+    try {
+      const query = name === "sse" ? { heartbeat: "event" } : {};
+      const response = await fetch(withQuery(url, query), { credentials, cache: "no-store", signal: controller.signal });
+      if (response.ok && response.body) {
+        const reader = response.body.getReader();
+        const decoder = new TextDecoder();
+        let text = "";
+        while (!found) {
+          const { done, value } = await reader.read();
+          if (done) break;
+          text += decoder.decode(value, { stream: true });
+          // SSE: the heartbeat event after the prelude; stream: the prelude line.
+          if (name === "sse" ? text.includes("event: heartbeat") : text.includes("\n")) found = name;
+        }
+      }
+    } catch {
+      // held or failed: not this one
+    }
+    clearTimeout(timer);
+    controller.abort();
+    if (found) break;
+  }
+  const close = link("close");
+  if (close) fetch(close, { method: "DELETE", credentials, cache: "no-store" }).catch(() => null);
+  return found;
+}
+
+// The owner of one channel, for every socket of the tabs connected to it.
+// Tabs talk to it in messages (`t` their kind), wherever it runs:
+//   tab -> hub: hello, join {key, session, cursor, order, links, frames},
+//               frames {key, frames}, ack {key, cursor}, leave {key}, bye
+//   hub -> tab: hub, joined {key, channel, transport, attempts},
+//               unjoined {key, reason}, events {key, events}, sent {key, seq},
+//               sendfail {key, seq, status, error}, gone {key, reason},
+//               state {state, transport, reason}, transport {...},
+//               channel {channel}, memory {transport}
+class ChannelHub {
+  #config; // origin, prefix, withCredentials, probeTimeout, openTimeout, reconnectTimeout, reprobeInterval
+  #mode;
+  #id = randomId();
+  #clients = new Map(); // tab id -> post(message)
+  // session id -> { id, tab, key, acked, received, backlog, backlogBytes,
+  //   paused (detached by us for backpressure), queue, queuedSeq, retryAt }
+  #sessions = new Map();
+  #channel = null; // { id, heartbeatMs, links }
+  #channelPromise = null;
+  #transport = null;
+  #attempts = [];
+  #choosing = null; // the first transport choice, while it runs
+  #generation = 0; // bumped per reader connection; stale callbacks compare it
+  #stopReader = null;
+  #watchdog = null;
+  #reconnectTimer = null;
+  #failures = 0;
+  #downSince = 0;
+  #reconnecting = false;
+  #proofWaiter = null; // resolves the probe of a first connection
+  #sawHeaders = false;
+  #sending = false;
+  #sendTimer = null;
+  #batchFrames = BATCH_MAX_FRAMES;
+  #batchBytes = BATCH_MAX_BYTES;
+  #ackWaiters = [];
+  #reprobeTimer = null;
+  #renewing = null; // a replacement channel being opened
+
+  constructor(config, mode) {
+    this.#config = config;
+    this.#mode = mode;
+  }
+
+  get id() { return this.#id; }
+
+  has(tab) {
+    return this.#clients.has(tab);
+  }
+
+  // A tab connected; `post` reaches it. `announce`: tell it who we are now
+  // (else it asks with a hello).
+  connect(tab, post, announce = true) {
+    this.#clients.set(tab, post);
+    if (announce) this.hello(tab);
+  }
+
+  hello(tab) {
+    this.#post(tab, { t: "hub", hub: this.#id, mode: this.#mode });
+  }
+
+  // A tab went away: its sessions leave the channel (the tab closed them
+  // itself, by a keepalive DELETE, when it could).
+  disconnect(tab) {
+    this.#clients.delete(tab);
+    for (const s of Array.from(this.#sessions.values())) {
+      if (s.tab === tab) this.#forget(s, true);
+    }
+  }
+
+  receive(tab, m) {
+    if (!m || typeof m !== "object") return;
+    if (m.t === "bye") {
+      this.disconnect(tab);
+      return;
+    }
+    const s = m.session ? this.#sessions.get(m.session) : this.#byKey(tab, m.key);
+    switch (m.t) {
+      case "join":
+        this.#join(tab, m);
+        break;
+      case "frames":
+        if (s) {
+          this.#queueFrames(s, m.frames);
+          this.#pump();
+        }
+        break;
+      case "ack":
+        if (s) this.#ack(s, Number(m.cursor));
+        break;
+      case "leave":
+        if (s) this.#forget(s, true);
+        break;
+      default:
+        break;
+    }
+  }
+
+  #byKey(tab, key) {
+    for (const s of this.#sessions.values()) if (s.tab === tab && s.key === key) return s;
+    return null;
+  }
+
+  #post(tab, message) {
+    const post = this.#clients.get(tab);
+    if (post) post(message);
+  }
+
+  #broadcast(message) {
+    for (const post of this.#clients.values()) post(message);
+  }
+
+  #forget(s, detach) {
+    if (this.#sessions.get(s.id) !== s) return;
+    this.#sessions.delete(s.id);
+    if (detach && this.#channel && !s.closed) this.#request(this.#channel.links.detach, this.#json({ session: s.id })).catch(() => null);
+  }
+
+  #json(body) {
+    return { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) };
+  }
+
+  async #request(url, init, timeoutMs = REQUEST_TIMEOUT_MS) {
+    const controller = new AbortController();
+    const timer = setTimeout(() => controller.abort(), timeoutMs);
+    try {
+      const response = await fetch(url, { ...this.#fetchInit(), ...init, signal: controller.signal });
+      const body = await response.arrayBuffer();
+      return { status: response.status, headers: response.headers, json: parseJson(body) };
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  #fetchInit() {
+    return { credentials: this.#config.withCredentials ? "include" : "same-origin", cache: "no-store" };
+  }
+
+  // -------------------------------------------------------------- channel
+
+  // POST {prefix}/channels; null when the bridge offers none (an older
+  // proxy) or cannot be reached after a few tries.
+  #openChannel() {
+    if (this.#channelPromise) return this.#channelPromise;
+    this.#channelPromise = (async () => {
+      for (let failures = 0; ; failures++) {
+        let response = null;
+        try {
+          response = await this.#request(this.#config.origin + this.#config.prefix + "/channels", { method: "POST" });
+        } catch {
+          // unreachable: retried below
+        }
+        const info = response && response.json;
+        if (response && response.status === 201 && info && typeof info.channel === "string" && info.links) {
+          const links = {};
+          for (const [key, link] of Object.entries(info.links)) {
+            if (typeof link === "string") links[key] = new URL(link, this.#config.origin + "/").href;
+          }
+          const heartbeatMs = Number(info.heartbeat_ms) > 0 ? Number(info.heartbeat_ms) : DEFAULT_HEARTBEAT_MS;
+          this.#channel = { id: info.channel, heartbeatMs, links };
+          this.#broadcast({ t: "channel", channel: info.channel });
+          return this.#channel;
+        }
+        if (response && response.status < 500 && response.status !== 429) return null;
+        if (failures >= OPEN_BUSY_RETRIES) return null;
+        await sleep(retryDelayMs(response, failures));
+      }
+    })().finally(() => {
+      this.#channelPromise = null;
+    });
+    return this.#channelPromise;
+  }
+
+  // A session of a tab joins (or, after a takeover, rejoins) the channel at
+  // the tab's cursor. The tab hears `joined` once the session is attached
+  // and the reader works, or `unjoined` (it then reads on its own).
+  async #join(tab, m) {
+    const cursor = Number(m.cursor) || 0;
+    const old = this.#sessions.get(m.session);
+    const s = {
+      id: m.session,
+      tab,
+      key: m.key,
+      acked: cursor,
+      received: cursor,
+      backlog: 0,
+      backlogBytes: 0,
+      paused: false,
+      attached: false, // the proxy answered the attach: the reader may list it
+      closed: false,
+      queue: [],
+      queuedSeq: old ? old.queuedSeq : 0,
+      retryAt: 0,
+    };
+    this.#sessions.set(s.id, s);
+    this.#queueFrames(s, m.frames || []);
+    const unjoined = (reason) => {
+      if (this.#sessions.get(s.id) === s) this.#sessions.delete(s.id);
+      this.#post(tab, { t: "unjoined", key: m.key, reason, attempts: this.#attempts.slice() });
+    };
+    if (!this.#channel && !(await this.#openChannel())) {
+      unjoined("the bridge offers no channel");
+      return;
+    }
+    if (!this.#transport) await this.#choose(Array.from(m.order || WSBRIDGE_BRIDGED));
+    if (!this.#transport) {
+      unjoined("no transport could read the channel");
+      return;
+    }
+    if (!m.links || !m.links[this.#transport] || !(m.order || []).includes(this.#transport)) {
+      unjoined(`the shared channel reads over ${this.#transport}, which this socket does not use`);
+      return;
+    }
+    const result = await this.#attach(s);
+    if (this.#sessions.get(s.id) !== s) return;
+    if (result === "gone") {
+      this.#sessions.delete(s.id);
+      this.#post(tab, { t: "gone", key: m.key, reason: "wsbridge: the session no longer exists" });
+      return;
+    }
+    if (result !== "ok") {
+      unjoined("the session could not be attached to the channel");
+      return;
+    }
+    this.#post(tab, { t: "joined", key: m.key, channel: this.#channel.id, transport: this.#transport, attempts: this.#attempts.slice(), reconnecting: this.#reconnecting });
+    this.#pump();
+  }
+
+  // POST attach at the session's acknowledged cursor: "ok", "gone" (unknown
+  // or closed session) or "failed"; an unknown channel is replaced first.
+  async #attach(s) {
+    for (let failures = 0; failures < 4; failures++) {
+      const channel = this.#channel || (await this.#renew());
+      if (!channel) return "failed";
+      let response = null;
+      try {
+        response = await this.#request(channel.links.attach, this.#json({ session: s.id, cursor: s.acked }));
+      } catch {
+        // retried
+      }
+      if (response && response.status === 204) {
+        s.attached = true;
+        return "ok";
+      }
+      const code = response && response.json && response.json.error;
+      if (response && code === "unknown_channel") {
+        if (this.#channel === channel) await this.#renew();
+        continue;
+      }
+      if (response && (response.status === 404 || response.status === 410)) return "gone";
+      if (response && response.status === 400) return "failed";
+      await sleep(retryDelayMs(response, failures));
+    }
+    return "failed";
+  }
+
+  // The channel is gone (proxy restarted, channel expired): a new one, with
+  // every session attached again at its cursor, then the reader restarts.
+  #renew() {
+    if (this.#renewing) return this.#renewing;
+    this.#renewing = (async () => {
+      this.#channel = null;
+      this.#stop();
+      const channel = await this.#openChannel();
+      if (!channel) return null;
+      const sessions = Array.from(this.#sessions.values());
+      this.#renewing = null;
+      for (const s of sessions) {
+        s.received = s.acked;
+        s.backlog = 0;
+        s.backlogBytes = 0;
+        s.paused = false;
+        s.attached = false;
+        const result = await this.#attach(s);
+        if (result === "gone" && this.#sessions.get(s.id) === s) {
+          this.#sessions.delete(s.id);
+          this.#post(s.tab, { t: "gone", key: s.key, reason: "wsbridge: the session no longer exists" });
+        }
+      }
+      if (this.#transport) this.#read();
+      return channel;
+    })().finally(() => {
+      this.#renewing = null;
+    });
+    return this.#renewing;
+  }
+
+  // ---------------------------------------------------------------- reader
+
+  // Tries the transports in order, as a socket does: SSE and stream must
+  // deliver their first event within the probe window, poll answer within
+  // openTimeout; else the next.
+  #choose(order) {
+    if (this.#choosing) return this.#choosing;
+    this.#choosing = (async () => {
+      let streamsHeld = false;
+      this.#attempts = [];
+      for (const name of order) {
+        if (!WSBRIDGE_BRIDGED.includes(name)) continue;
+        const started = Date.now();
+        const attempt = (result) => this.#attempts.push({ transport: name, result, ms: Date.now() - started });
+        if (!this.#channel && !(await this.#openChannel())) return;
+        if (!this.#channel.links[name]) {
+          attempt("not offered");
+          continue;
+        }
+        if (streamsHeld && name !== "poll") {
+          attempt("skipped");
+          continue;
+        }
+        this.#transport = name;
+        const result = await this.#firstConnection(name);
+        attempt(result);
+        if (result === "open") {
+          this.#scheduleReprobe();
+          return;
+        }
+        if (result.startsWith("held")) streamsHeld = true;
+        this.#transport = null;
+      }
+    })().finally(() => {
+      this.#choosing = null;
+    });
+    return this.#choosing;
+  }
+
+  #firstConnection(name) {
+    return new Promise((resolve) => {
+      this.#sawHeaders = false;
+      const limit = name === "poll" ? this.#config.openTimeout : this.#config.probeTimeout;
+      const timer = setTimeout(() => {
+        this.#proofWaiter = null;
+        this.#stop();
+        resolve(name === "poll" ? "timeout" : this.#sawHeaders ? "held" : "held, no headers");
+      }, limit);
+      this.#proofWaiter = (ok) => {
+        clearTimeout(timer);
+        this.#proofWaiter = null;
+        resolve(ok ? "open" : "failed");
+      };
+      this.#read();
+    });
+  }
+
+  #stop() {
+    this.#generation++;
+    clearTimeout(this.#watchdog);
+    clearTimeout(this.#reconnectTimer);
+    this.#watchdog = null;
+    this.#reconnectTimer = null;
+    const stop = this.#stopReader;
+    this.#stopReader = null;
+    if (stop) stop();
+  }
+
+  // Opens a reader connection from every session's cursor.
+  #read() {
+    this.#stop();
+    if (!this.#channel) return;
+    const generation = this.#generation;
+    this.#armWatchdog();
+    if (this.#transport === "sse") this.#readSse(generation);
+    else if (this.#transport === "stream") this.#readStream(generation);
+    else this.#readPoll(generation);
+  }
+
+  // The cursors a reader resumes from: what the tabs acknowledged (never
+  // more, so a takeover finds the rest still in the proxy's replay queue).
+  #cursors(useReceived) {
+    const list = [];
+    for (const s of this.#sessions.values()) {
+      if (s.attached && !s.paused && !s.closed) list.push(`${s.id}:${useReceived ? s.received : s.acked}`);
+    }
+    return list.join(",");
+  }
+
+  #armWatchdog() {
+    clearTimeout(this.#watchdog);
+    if (this.#transport === "poll" || !this.#channel) return;
+    const generation = this.#generation;
+    const ms = Math.max(MIN_WATCHDOG_MS, HEARTBEAT_TOLERANCE * this.#channel.heartbeatMs);
+    this.#watchdog = setTimeout(() => this.#dropped(generation, null), ms);
+  }
+
+  #connected(generation) {
+    if (generation !== this.#generation) return;
+    this.#sawHeaders = true;
+    this.#armWatchdog();
+  }
+
+  #proven(generation) {
+    if (generation !== this.#generation) return;
+    this.#failures = 0;
+    this.#downSince = 0;
+    this.#armWatchdog();
+    if (this.#proofWaiter) {
+      this.#proofWaiter(true);
+      return;
+    }
+    if (this.#reconnecting) {
+      this.#reconnecting = false;
+      this.#broadcast({ t: "state", state: "resumed", transport: this.#transport, reason: `the shared ${this.#transport} connection is back, every socket resumed from its last event` });
+    }
+  }
+
+  // The reader connection ended or failed; `status` is its HTTP answer
+  // when one came, `code` its error.
+  #dropped(generation, status, code) {
+    if (generation !== this.#generation) return;
+    this.#stop();
+    if (this.#proofWaiter) {
+      this.#proofWaiter(false);
+      return;
+    }
+    if (code === "unknown_channel") {
+      this.#renew();
+      return;
+    }
+    if (!this.#reconnecting) {
+      this.#reconnecting = true;
+      this.#broadcast({ t: "state", state: "reconnecting", transport: this.#transport, reason: `the shared ${this.#transport} connection dropped; reconnecting every socket from its last event` });
+    }
+    const now = Date.now();
+    if (!this.#downSince) this.#downSince = now;
+    if (now - this.#downSince > this.#config.reconnectTimeout || (status >= 400 && status < 500 && status !== 404 && status !== 408 && status !== 429)) {
+      for (const s of Array.from(this.#sessions.values())) {
+        this.#sessions.delete(s.id);
+        this.#post(s.tab, { t: "gone", key: s.key, reason: "wsbridge: the bridge could not be reached again", fail: true });
+      }
+      this.#reconnecting = false;
+      this.#downSince = 0;
+      return;
+    }
+    const delay = backoffMs(this.#failures++);
+    this.#reconnectTimer = setTimeout(() => {
+      this.#reconnectTimer = null;
+      if (this.#sessions.size || this.#proofWaiter) this.#read();
+      else this.#reconnecting = false;
+    }, delay);
+  }
+
+  // Another reader took the channel over (by the protocol we must not
+  // fight it): its sessions end here, as a superseded session does.
+  #superseded(generation) {
+    if (generation !== this.#generation) return;
+    this.#stop();
+    if (this.#proofWaiter) {
+      this.#proofWaiter(false);
+      return;
+    }
+    for (const s of Array.from(this.#sessions.values())) {
+      this.#sessions.delete(s.id);
+      this.#post(s.tab, { t: "gone", key: s.key, reason: "wsbridge: another reader took over this session" });
+    }
+    this.#channel = null;
+  }
+
+  // Items of one reader chunk: events go to their tabs, one message per
+  // session per chunk.
+  #items(generation, items) {
+    if (generation !== this.#generation) return false;
+    this.#proven(generation);
+    const out = new Map();
+    for (const item of items) {
+      const s = this.#sessions.get(item.session);
+      if (!s) continue;
+      if (item.type === "detached") {
+        // Ours (backpressure, or a session that left) is expected; any
+        // other means the session was taken elsewhere.
+        if (s.expectDetached) s.expectDetached--;
+        else if (s.attached && !s.paused && !s.closed) {
+          this.#sessions.delete(s.id);
+          this.#post(s.tab, { t: "gone", key: s.key, reason: "wsbridge: another reader took over this session" });
+        }
+        continue;
+      }
+      const id = Number(item.id);
+      if (!(id > s.received)) continue;
+      s.received = id;
+      s.backlog++;
+      s.backlogBytes += (typeof item.data === "string" ? item.data.length : 0) + 64;
+      const { session: _, ...event } = item;
+      let list = out.get(s);
+      if (!list) out.set(s, (list = []));
+      list.push(event);
+      if (event.type === "close") s.closed = true;
+    }
+    for (const [s, events] of out) {
+      this.#post(s.tab, { t: "events", key: s.key, session: s.id, events });
+      if (s.closed) this.#sessions.delete(s.id);
+      else if (!s.paused && (s.backlog > HUB_BACKLOG_EVENTS || s.backlogBytes > HUB_BACKLOG_BYTES)) this.#pause(s);
+    }
+    return generation === this.#generation;
+  }
+
+  // Backpressure for one session: off the channel until its tab catches up.
+  #pause(s) {
+    s.paused = true;
+    s.attached = false;
+    // The reader will tell us `detached`: ours, not a move elsewhere.
+    s.expectDetached = (s.expectDetached || 0) + 1;
+    s.detaching = this.#request(this.#channel.links.detach, this.#json({ session: s.id })).catch(() => null);
+  }
+
+  #ack(s, cursor) {
+    if (!(cursor > s.acked) || cursor > s.received) return;
+    // Events still counted: what the tab has not acknowledged yet.
+    const share = s.received > s.acked ? (cursor - s.acked) / (s.received - s.acked) : 1;
+    s.backlogBytes = Math.max(0, Math.round(s.backlogBytes * (1 - share)));
+    s.acked = cursor;
+    s.backlog = s.received - s.acked;
+    if (s.paused && s.acked === s.received && !s.resuming) {
+      // After the detach has landed, so the proxy sees them in this order.
+      s.resuming = true;
+      Promise.resolve(s.detaching)
+        .then(() => this.#attach(s))
+        .then((result) => {
+          s.resuming = false;
+          s.paused = false;
+          if (result === "gone" && this.#sessions.get(s.id) === s) {
+            this.#sessions.delete(s.id);
+            this.#post(s.tab, { t: "gone", key: s.key, reason: "wsbridge: the session no longer exists" });
+          }
+        });
+    }
+    const waiters = this.#ackWaiters;
+    this.#ackWaiters = [];
+    for (const wake of waiters) wake();
+  }
+
+  #readSse(generation) {
+    const url = withQuery(this.#channel.links.sse, { cursors: this.#cursors(false), heartbeat: "event" });
+    const source = new EventSource(url, { withCredentials: this.#config.withCredentials });
+    this.#stopReader = () => source.close();
+    let opened = false;
+    source.onopen = () => {
+      opened = true;
+      this.#connected(generation);
+    };
+    source.onmessage = (e) => {
+      if (generation !== this.#generation) return;
+      let item;
+      try {
+        item = JSON.parse(e.data);
+      } catch {
+        this.#dropped(generation, null);
+        return;
+      }
+      this.#items(generation, [item]);
+    };
+    source.addEventListener("heartbeat", () => this.#proven(generation));
+    source.addEventListener("superseded", () => this.#superseded(generation));
+    source.onerror = async () => {
+      if (generation !== this.#generation) return;
+      source.close();
+      if (opened) {
+        this.#dropped(generation, null);
+        return;
+      }
+      // EventSource hides why; ask once with fetch (aborted at its headers).
+      const controller = new AbortController();
+      const timer = setTimeout(() => controller.abort(), REQUEST_TIMEOUT_MS);
+      let status = 0;
+      let code = null;
+      try {
+        const response = await fetch(url, { ...this.#fetchInit(), signal: controller.signal });
+        status = response.status;
+        if (!response.ok) code = (parseJson(await response.arrayBuffer()) || {}).error;
+      } catch {
+        // network failure
+      }
+      clearTimeout(timer);
+      controller.abort();
+      this.#dropped(generation, status, code);
+    };
+  }
+
+  #readStream(generation) {
+    const controller = new AbortController();
+    this.#stopReader = () => controller.abort();
+    const url = withQuery(this.#channel.links.stream, { cursors: this.#cursors(false) });
+    (async () => {
+      let response;
+      try {
+        response = await fetch(url, { ...this.#fetchInit(), headers: { Accept: "application/x-ndjson" }, signal: controller.signal });
+      } catch {
+        this.#dropped(generation, null);
+        return;
+      }
+      if (!response.ok || !response.body) {
+        let code = null;
+        try {
+          code = (parseJson(await response.arrayBuffer()) || {}).error;
+        } catch {
+          // no body
+        }
+        this.#dropped(generation, response.status, code);
+        return;
+      }
+      this.#connected(generation);
+      const reader = response.body.getReader();
+      const decoder = new TextDecoder("utf-8", { ignoreBOM: true });
+      let buffer = "";
+      try {
+        for (;;) {
+          const { done, value } = await reader.read();
+          if (done || generation !== this.#generation) break;
+          buffer += decoder.decode(value, { stream: true });
+          const items = [];
+          let start = 0;
+          let end;
+          while ((end = buffer.indexOf("\n", start)) >= 0) {
+            const line = buffer.slice(start, end);
+            start = end + 1;
+            if (!line.trim()) continue;
+            const object = JSON.parse(line);
+            if (object.type === "superseded") {
+              if (items.length) this.#items(generation, items);
+              this.#superseded(generation);
+              return;
+            }
+            if (object.type === "heartbeat" || object.type === "prelude") this.#proven(generation);
+            else items.push(object);
+          }
+          buffer = buffer.slice(start);
+          if (items.length && !this.#items(generation, items)) return;
+        }
+      } catch {
+        // dropped connection or a torn line: resume from the cursors
+      }
+      controller.abort();
+      this.#dropped(generation, null);
+    })();
+  }
+
+  #readPoll(generation) {
+    const controller = new AbortController();
+    this.#stopReader = () => controller.abort();
+    (async () => {
+      let wait = 0;
+      while (generation === this.#generation) {
+        if (wait) await this.#waitAcks(POLL_ACK_WAIT_MS);
+        if (generation !== this.#generation) return;
+        const url = withQuery(this.#channel.links.poll, { cursors: this.#cursors(true), wait });
+        const timer = setTimeout(() => controller.abort(), wait * 1000 + POLL_SLACK_MS);
+        let response;
+        let body = null;
+        try {
+          response = await fetch(url, { ...this.#fetchInit(), signal: controller.signal });
+          body = parseJson(await response.arrayBuffer());
+        } catch {
+          clearTimeout(timer);
+          this.#dropped(generation, null);
+          return;
+        }
+        clearTimeout(timer);
+        if (!response.ok || !body) {
+          this.#dropped(generation, response.status, body && body.error);
+          return;
+        }
+        this.#connected(generation);
+        if (!this.#items(generation, body.events || [])) return;
+        if (body.superseded) {
+          this.#superseded(generation);
+          return;
+        }
+        wait = POLL_WAIT_S;
+      }
+    })();
+  }
+
+  // Resolves when every session's tab has acknowledged what it was given,
+  // or after `ms`.
+  #waitAcks(ms) {
+    const lagging = () => Array.from(this.#sessions.values()).some((s) => !s.paused && s.acked < s.received);
+    if (!lagging()) return Promise.resolve();
+    return new Promise((resolve) => {
+      const timer = setTimeout(resolve, ms);
+      const check = () => {
+        if (!lagging()) {
+          clearTimeout(timer);
+          resolve();
+        } else this.#ackWaiters.push(check);
+      };
+      this.#ackWaiters.push(check);
+    });
+  }
+
+  // While on poll, now and then: would SSE or stream deliver now? If so,
+  // the tabs remember it for the next load, and the live reader moves over
+  // (from the cursors, so nothing is lost or doubled).
+  #scheduleReprobe() {
+    clearTimeout(this.#reprobeTimer);
+    const every = this.#config.reprobeInterval;
+    if (this.#transport !== "poll" || !(every > 0)) return;
+    this.#reprobeTimer = setTimeout(async () => {
+      if (this.#transport !== "poll" || !this.#channel) return;
+      const order = WSBRIDGE_BRIDGED.filter((t) => t !== "poll" && this.#channel.links[t]);
+      const found = await probeStreamingTransport(this.#config.origin, this.#config.prefix, this.#config.withCredentials, this.#config.probeTimeout, order);
+      if (found && this.#transport === "poll" && this.#channel) {
+        this.#broadcast({ t: "memory", transport: found });
+        this.#transport = found;
+        this.#attempts.push({ transport: found, result: "open", ms: 0 });
+        this.#broadcast({ t: "transport", transport: found, previous: "poll", reason: `${found} delivers again (background check); the shared reader moved over from poll, resuming every socket from its last event` });
+        this.#read();
+        return;
+      }
+      this.#scheduleReprobe();
+    }, every);
+  }
+
+  // ------------------------------------------------------------------ send
+
+  #queueFrames(s, frames) {
+    for (const f of frames || []) {
+      if (!(f.seq > s.queuedSeq)) continue;
+      s.queuedSeq = f.seq;
+      s.queue.push(f);
+    }
+  }
+
+  // One batch POST in flight at a time, frames of every session in turns.
+  async #pump() {
+    if (this.#sending || !this.#channel || !this.#transport) return;
+    this.#sending = true;
+    try {
+      for (let failures = 0; ; ) {
+        const now = Date.now();
+        const batch = [];
+        let bytes = 0;
+        let wakeAt = Infinity;
+        // Round-robin: one frame per session per pass.
+        const ready = Array.from(this.#sessions.values()).filter((s) => s.queue.length && !s.closed);
+        if (!ready.length) break;
+        const cursors = new Map(ready.map((s) => [s, 0]));
+        for (let more = true; more && batch.length < this.#batchFrames; ) {
+          more = false;
+          for (const s of ready) {
+            if (s.retryAt > now) {
+              wakeAt = Math.min(wakeAt, s.retryAt);
+              continue;
+            }
+            const i = cursors.get(s);
+            const f = s.queue[i];
+            if (!f) continue;
+            const size = f.data.length + 64;
+            if (batch.length >= this.#batchFrames || (batch.length && bytes + size > this.#batchBytes)) break;
+            batch.push({ s, f });
+            bytes += size;
+            cursors.set(s, i + 1);
+            more = true;
+          }
+        }
+        if (!batch.length) {
+          if (wakeAt < Infinity) {
+            clearTimeout(this.#sendTimer);
+            this.#sendTimer = setTimeout(() => this.#pump(), wakeAt - now);
+          }
+          break;
+        }
+        const channel = this.#channel;
+        const body = batch.map(({ s, f }) => JSON.stringify({ session: s.id, seq: f.seq, type: f.type, data: f.data })).join("\n") + "\n";
+        let response = null;
+        try {
+          response = await this.#request(channel.links.send, { method: "POST", headers: { "Content-Type": "application/x-ndjson" }, body });
+        } catch {
+          // lost or hung: the same seqs again are harmless
+        }
+        const results = response && response.status === 200 && response.json && Array.isArray(response.json.results) ? response.json.results : null;
+        if (!results) {
+          const code = response && response.json && response.json.error;
+          if (code === "unknown_channel") {
+            if (this.#channel === channel) await this.#renew();
+            if (!this.#channel) break;
+            continue;
+          }
+          if (response && response.status === 413) {
+            this.#batchFrames = Math.max(1, this.#batchFrames >> 1);
+            this.#batchBytes = Math.max(1, this.#batchBytes >> 1);
+            continue;
+          }
+          await sleep(retryDelayMs(response, failures++));
+          continue;
+        }
+        failures = 0;
+        this.#results(batch, results);
+      }
+    } finally {
+      this.#sending = false;
+    }
+  }
+
+  // Per-frame answers: 204 and 200 (duplicate) acknowledge; 409 skipped
+  // (an earlier frame of its session failed) and 429 stay queued; the rest
+  // stop that session's sends, as they stop a socket's own.
+  #results(batch, results) {
+    const acked = new Map();
+    const failed = new Set();
+    batch.forEach(({ s, f }, i) => {
+      const r = results[i] || {};
+      const status = Number(r.status);
+      if (failed.has(s)) return;
+      if (status === 204 || status === 200) {
+        s.queue.splice(s.queue.indexOf(f), 1);
+        acked.set(s, f.seq);
+        return;
+      }
+      failed.add(s);
+      if (status === 409 && r.error === "skipped") return;
+      if (status === 429 || status === 408 || status >= 500 || !status) {
+        s.retryAt = Date.now() + Math.min(RETRY_AFTER_CAP_MS, Number(r.retry_after_ms) > 0 ? Number(r.retry_after_ms) : backoffMs(1));
+        return;
+      }
+      s.queue = [];
+      this.#post(s.tab, { t: "sendfail", key: s.key, seq: f.seq, status, error: r.error || null });
+      if (status === 404) this.#forget(s, false);
+    });
+    for (const [s, seq] of acked) this.#post(s.tab, { t: "sent", key: s.key, seq });
+  }
+}
+
+// The hub of a SharedWorker: the classic client.js, started as a
+// SharedWorker by the page's sockets, becomes it. One hub per bridge origin
+// and prefix (the worker's name carries them and the version).
+function startWorkerHub() {
+  const hubs = new Map();
+  globalThis.onconnect = (e) => {
+    const port = e.ports[0];
+    let tab = null;
+    let hub = null;
+    port.onmessage = (message) => {
+      const m = message.data;
+      if (!m || typeof m !== "object") return;
+      if (m.t === "hello" && !hub && m.config) {
+        const key = m.config.origin + m.config.prefix;
+        hub = hubs.get(key);
+        if (!hub) hubs.set(key, (hub = new ChannelHub(m.config, "worker")));
+        tab = String(m.tab);
+        hub.connect(tab, (out) => port.postMessage(out));
+        // The tab holds this lock for its life: granted to us, it is gone
+        // (a closed or crashed tab sends no bye).
+        const locks = globalThis.navigator && globalThis.navigator.locks;
+        if (locks && m.lock) locks.request(m.lock, () => hub.disconnect(tab)).catch(() => null);
+        return;
+      }
+      if (hub) hub.receive(tab, m);
+    };
+    port.start();
+  };
+}
+
+// This tab's side of sharing, one per bridge origin and prefix: finds or
+// becomes the hub, and carries each shared socket's messages to it. A new
+// hub (a first answer, or a takeover) gets every socket again with its
+// cursor and unacknowledged frames.
+const hubClients = new Map();
+
+class HubClient {
+  #name;
+  #config;
+  #tab = randomId();
+  #mode = null; // "worker", "tabs" or "tab" once a hub answered
+  #hub = null; // id of the hub that answered last
+  #toHub = null; // posts a message to the hub
+  #local = null; // the ChannelHub running in this tab (leader or own)
+  #sockets = new Map(); // key -> socket handle (see BridgeSocket#joinShared)
+  #next = 0;
+
+  static for(httpOrigin, options) {
+    const key = httpOrigin + options.prefix;
+    let client = hubClients.get(key);
+    if (!client) hubClients.set(key, (client = new HubClient(httpOrigin, options)));
+    return client;
+  }
+
+  constructor(httpOrigin, options) {
+    this.#name = hubName(httpOrigin, options.prefix);
+    this.#config = {
+      origin: httpOrigin,
+      prefix: options.prefix,
+      withCredentials: options.withCredentials,
+      probeTimeout: options.probeTimeout,
+      openTimeout: options.openTimeout,
+      reconnectTimeout: options.reconnectTimeout,
+      reprobeInterval: options.reprobeInterval,
+    };
+    const locks = globalThis.navigator && globalThis.navigator.locks;
+    this.#locks = locks && typeof locks.request === "function" ? locks : null;
+    // Held for this tab's life: a hub elsewhere that is granted it knows the
+    // tab is gone (a crashed tab sends no bye).
+    if (this.#locks) this.#locks.request(this.#tabLock(), () => new Promise(() => {})).catch(() => null);
+    if (typeof globalThis.addEventListener === "function") {
+      globalThis.addEventListener("pagehide", () => this.#post({ t: "bye" }));
+    }
+    const mode = options.shareMode;
+    if (mode !== "tabs" && typeof globalThis.SharedWorker === "function" && this.#startWorker(options.workerUrl || httpOrigin + options.prefix + "/client.js")) return;
+    this.#fallback(mode);
+  }
+
+  #locks;
+
+  #tabLock() {
+    return `${this.#name}:tab:${this.#tab}`;
+  }
+
+  get mode() { return this.#mode; }
+
+  newKey() {
+    return `${this.#tab}:${++this.#next}`;
+  }
+
+  // No worker (or it failed): a leader tab, unless told "worker" only or
+  // there are no Web Locks or BroadcastChannel; else this tab's own hub.
+  #fallback(mode) {
+    if (mode !== "worker" && this.#locks && typeof globalThis.BroadcastChannel === "function") this.#startTabs();
+    else this.#startOwn();
+  }
+
+  #startWorker(url) {
+    let worker;
+    try {
+      worker = new globalThis.SharedWorker(url, { name: this.#name });
+    } catch {
+      return false;
+    }
+    const port = worker.port;
+    let settled = false;
+    const fail = () => {
+      if (settled) return;
+      settled = true;
+      clearTimeout(timer);
+      try {
+        port.close();
+      } catch {
+        // closed
+      }
+      this.#toHub = null;
+      this.#fallback("auto");
+    };
+    const timer = setTimeout(fail, WORKER_ANSWER_TIMEOUT_MS);
+    worker.addEventListener("error", fail);
+    port.onmessage = (e) => {
+      const m = e.data;
+      if (!m || typeof m !== "object") return;
+      if (!settled && m.t === "hub") {
+        settled = true;
+        clearTimeout(timer);
+        this.#mode = "worker";
+      }
+      if (settled && this.#mode === "worker") this.#receive(m);
+    };
+    port.start();
+    this.#toHub = (m) => port.postMessage(m);
+    port.postMessage({ t: "hello", tab: this.#tab, config: this.#config, lock: this.#locks ? this.#tabLock() : null });
+    return true;
+  }
+
+  #startOwn() {
+    this.#mode = "tab";
+    const hub = new ChannelHub(this.#config, "tab");
+    this.#local = hub;
+    this.#toHub = (m) => queueMicrotask(() => hub.receive(this.#tab, m));
+    hub.connect(this.#tab, (m) => queueMicrotask(() => this.#receive(m)));
+  }
+
+  // Leader-tab mode: every tab waits for the leader lock; the holder runs
+  // the hub for all, over a BroadcastChannel (messages to the hub are
+  // `to: "hub"`, to a tab `to: <tab id>`, to all `to: "*"`).
+  #startTabs() {
+    this.#mode = "tabs";
+    const bc = new BroadcastChannel(this.#name);
+    const watched = new Set();
+    bc.onmessage = (e) => {
+      const m = e.data;
+      if (!m || typeof m !== "object") return;
+      if (m.to === "hub") {
+        const hub = this.#local;
+        if (!hub) return;
+        const from = String(m.from);
+        if (!hub.has(from)) {
+          hub.connect(from, (out) => bc.postMessage({ ...out, to: from }), false);
+          if (m.lock && !watched.has(from) && this.#locks) {
+            watched.add(from);
+            this.#locks.request(String(m.lock), () => hub.disconnect(from)).catch(() => null);
+          }
+        }
+        if (m.t === "hello") hub.hello(from);
+        else hub.receive(from, m);
+        return;
+      }
+      if (m.to === this.#tab || m.to === "*") this.#receive(m);
+    };
+    this.#toHub = (m) => {
+      if (this.#local) {
+        const hub = this.#local;
+        queueMicrotask(() => hub.receive(this.#tab, m));
+      } else bc.postMessage({ ...m, to: "hub", from: this.#tab, lock: this.#tabLock() });
+    };
+    this.#locks
+      .request(`${this.#name}:leader`, () => {
+        const hub = new ChannelHub(this.#config, "tabs");
+        this.#local = hub;
+        hub.connect(this.#tab, (m) => queueMicrotask(() => this.#receive(m)));
+        // Every other tab: a new hub, report your sessions again.
+        bc.postMessage({ t: "hub", hub: hub.id, mode: "tabs", to: "*" });
+        return new Promise(() => {});
+      })
+      .catch(() => null);
+    // A leader already there answers with `hub`.
+    this.#post({ t: "hello" });
+  }
+
+  #post(m) {
+    if (this.#toHub) this.#toHub(m);
+  }
+
+  #receive(m) {
+    if (m.t === "hub") {
+      if (m.hub === this.#hub) return;
+      const takeover = this.#hub !== null;
+      this.#hub = m.hub;
+      for (const handle of this.#sockets.values()) this.#post(handle.joinMessage(takeover));
+      return;
+    }
+    if (m.key) {
+      const handle = this.#sockets.get(m.key);
+      if (handle) handle.receive(m);
+      return;
+    }
+    for (const handle of this.#sockets.values()) handle.receive(m);
+  }
+
+  // A socket joins; its handle gets the hub's messages from now on.
+  join(handle) {
+    this.#sockets.set(handle.key, handle);
+    if (this.#hub) this.#post(handle.joinMessage(false));
+  }
+
+  leave(key) {
+    if (!this.#sockets.delete(key)) return;
+    this.#post({ t: "leave", key });
+  }
+
+  post(m) {
+    this.#post(m);
   }
 }
 
@@ -1438,3 +2907,7 @@ function installWebSocketShim(match, options) {
     if (globalThis.WebSocket === WebSocket) globalThis.WebSocket = previous;
   };
 }
+
+// Loaded as a SharedWorker's script (see HubClient): this global scope runs
+// the hub of every tab that connects.
+if (inSharedWorker()) startWorkerHub();
