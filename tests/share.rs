@@ -260,11 +260,11 @@ const TABS_PAGE: &str = r#"<!doctype html><html><head><meta charset="utf-8"><tit
 var params = new URLSearchParams(location.search);
 var tab = params.get("tab") || "0";
 window.sockets = (params.get("rooms") || "a,b").split(",").map(function (room) {
-  var s = { room: room, opened: false, inbox: [], errors: 0, close: null };
+  var s = { room: room, opened: false, inbox: [], errors: [], close: null };
   s.ws = new WebSocket(location.origin.replace(/^http/, "ws") + "/room?name=" + encodeURIComponent(room) + "&tab=" + tab);
   s.ws.onopen = function () { s.opened = true; };
   s.ws.onmessage = function (e) { s.inbox.push(e.data); };
-  s.ws.onerror = function () { s.errors++; };
+  s.ws.onerror = function (e) { s.errors.push(e.message || "error"); };
   s.ws.onclose = function (e) { s.close = { code: e.code, reason: e.reason }; };
   return s;
 });
