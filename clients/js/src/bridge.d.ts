@@ -46,6 +46,28 @@ export interface BridgeSocketOptions {
    *  page's trace into the upstream handshake: a string, or a function called
    *  at each open. A value not of the traceparent form is not sent. */
   traceparent?: string | (() => string | null | undefined);
+  /** Put a bridged socket's session on the one multiplexed channel shared by
+   *  every socket of every tab of this bridge (one reader, one send in
+   *  flight); false gives it its own reader and sends. Default true. */
+  share?: boolean;
+  /** Where the shared channel's hub runs: "auto" a SharedWorker, else a
+   *  leader tab (Web Locks + BroadcastChannel), else this tab; "worker" a
+   *  SharedWorker, else this tab; "tabs" a leader tab, else this tab. Default "auto". */
+  shareMode?: BridgeShareMode;
+  /** The SharedWorker's script, same-origin with the page. Default the
+   *  proxy's `{prefix}/client.js` on the bridge origin. */
+  workerUrl?: string;
+}
+
+/** `shareMode`: where the shared channel's hub may run. */
+export type BridgeShareMode = "auto" | "worker" | "tabs";
+
+/** `socket.shared` while the socket's session is on a shared channel: where
+ *  its hub runs ("tab": this tab's own, as nothing else exists) and the
+ *  channel's id. */
+export interface BridgeShared {
+  readonly mode: "worker" | "tabs" | "tab";
+  readonly channel: string;
 }
 
 /** The `error` event fired when the bridge reports a gap: events `from`..`to`
@@ -100,6 +122,9 @@ export interface BridgeSocket extends WebSocket {
   /** The transport in use once open; null before. */
   readonly transport: BridgeTransport | null;
   readonly state: BridgeSocketState;
+  /** null when the socket is not on a shared channel (a real WebSocket,
+   *  `share: false`, a socket reading on its own, a closed socket). */
+  readonly shared: BridgeShared | null;
   addEventListener<K extends keyof BridgeSocketEventMap>(
     type: K,
     listener: (this: BridgeSocket, ev: BridgeSocketEventMap[K]) => any,

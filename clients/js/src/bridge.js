@@ -1411,7 +1411,7 @@ class BridgeSocket extends EventTarget {
         });
         this.#announceOpen(started, websocketFailed, connectStarted);
         this.dispatchEvent(new Event("open"));
-        if (m.reconnecting && this.#readyState === BridgeSocket.OPEN) this.#sharedMessage({ t: "state", state: "reconnecting", reason: "the shared connection is reconnecting" });
+        if (m.reconnecting && this.#readyState === BridgeSocket.OPEN) this.#sharedMessage({ t: "state", state: "reconnecting", reason: "the shared connection dropped" });
         for (const p of pending) this.#sharedMessage(p);
         this.#pump();
       };
@@ -1501,10 +1501,10 @@ class BridgeSocket extends EventTarget {
         if (this.#readyState !== BridgeSocket.OPEN) break;
         if (m.state === "reconnecting" && !this.#reconnecting) {
           this.#reconnecting = true;
-          this.#dispatchState("reconnecting", m.reason);
+          this.#dispatchState("reconnecting", `${m.reason}; reconnecting from event ${this.#cursor}`);
         } else if (m.state === "resumed" && this.#reconnecting) {
           this.#reconnecting = false;
-          this.#dispatchState("resumed", m.reason);
+          this.#dispatchState("resumed", `${m.reason}, resumed from event ${this.#cursor}`);
         }
         break;
       case "transport":
@@ -1519,7 +1519,7 @@ class BridgeSocket extends EventTarget {
         break;
       case "memory":
         // The tab writes what the hub learned (a worker has no localStorage).
-        if (this.#options.remember && this.#options.transports.includes(m.transport)) writeMemory(this.#memoryKey, { transport: m.transport, at: Date.now() });
+        if (this.#options.remember && this.#options.transports.length > 1 && this.#options.transports.includes(m.transport)) writeMemory(this.#memoryKey, { transport: m.transport, at: Date.now() });
         break;
       default:
         break;
@@ -2001,6 +2001,7 @@ class ChannelHub {
       queue: [],
       queuedSeq: old ? old.queuedSeq : 0,
       retryAt: 0,
+      order: Array.from(m.order || WSBRIDGE_BRIDGED), // the socket's transports: the reader never moves off them
     };
     this.#sessions.set(s.id, s);
     this.#queueFrames(s, m.frames || []);
@@ -2050,6 +2051,9 @@ class ChannelHub {
       }
       if (response && response.status === 204) {
         s.attached = true;
+        // Its frames waited for this: a frame of a session not on the
+        // channel is 404 there.
+        queueMicrotask(() => this.#pump());
         return "ok";
       }
       const code = response && response.json && response.json.error;
@@ -2209,7 +2213,7 @@ class ChannelHub {
     }
     if (this.#reconnecting) {
       this.#reconnecting = false;
-      this.#broadcast({ t: "state", state: "resumed", transport: this.#transport, reason: `the shared ${this.#transport} connection is back, every socket resumed from its last event` });
+      this.#broadcast({ t: "state", state: "resumed", transport: this.#transport, reason: `the shared ${this.#transport} connection is back` });
     }
   }
 
@@ -2228,7 +2232,7 @@ class ChannelHub {
     }
     if (!this.#reconnecting) {
       this.#reconnecting = true;
-      this.#broadcast({ t: "state", state: "reconnecting", transport: this.#transport, reason: `the shared ${this.#transport} connection dropped; reconnecting every socket from its last event` });
+      this.#broadcast({ t: "state", state: "reconnecting", transport: this.#transport, reason: `the shared ${this.#transport} connection dropped` });
     }
     const now = Date.now();
     if (!this.#downSince) this.#downSince = now;
@@ -2471,7 +2475,19 @@ class ChannelHub {
         this.#connected(generation);
         if (!this.#items(generation, body.events || [])) return;
         if (body.superseded) {
-          this.#superseded(generation);
+          // A poll says `superseded` for an ended channel too: ask which,
+          // harmlessly (a detach of no session: unknown_channel or
+          // unknown_session).
+          let code = null;
+          try {
+            const probe = await this.#request(this.#channel.links.detach, this.#json({ session: "A".repeat(22) }));
+            code = probe.json && probe.json.error;
+          } catch {
+            // unreachable: taken as superseded
+          }
+          if (generation !== this.#generation) return;
+          if (code === "unknown_channel") this.#dropped(generation, 404, code);
+          else this.#superseded(generation);
           return;
         }
         wait = POLL_WAIT_S;
@@ -2505,8 +2521,10 @@ class ChannelHub {
     if (this.#transport !== "poll" || !(every > 0)) return;
     this.#reprobeTimer = setTimeout(async () => {
       if (this.#transport !== "poll" || !this.#channel) return;
-      const order = WSBRIDGE_BRIDGED.filter((t) => t !== "poll" && this.#channel.links[t]);
-      const found = await probeStreamingTransport(this.#config.origin, this.#config.prefix, this.#config.withCredentials, this.#config.probeTimeout, order);
+      // Only where every socket on the channel may go.
+      const sessions = Array.from(this.#sessions.values());
+      const order = WSBRIDGE_BRIDGED.filter((t) => t !== "poll" && this.#channel.links[t] && sessions.every((s) => s.order.includes(t)));
+      const found = order.length ? await probeStreamingTransport(this.#config.origin, this.#config.prefix, this.#config.withCredentials, this.#config.probeTimeout, order) : null;
       if (found && this.#transport === "poll" && this.#channel) {
         this.#broadcast({ t: "memory", transport: found });
         this.#transport = found;
@@ -2540,7 +2558,7 @@ class ChannelHub {
         let bytes = 0;
         let wakeAt = Infinity;
         // Round-robin: one frame per session per pass.
-        const ready = Array.from(this.#sessions.values()).filter((s) => s.queue.length && !s.closed);
+        const ready = Array.from(this.#sessions.values()).filter((s) => s.queue.length && s.attached && !s.closed);
         if (!ready.length) break;
         const cursors = new Map(ready.map((s) => [s, 0]));
         for (let more = true; more && batch.length < this.#batchFrames; ) {
@@ -2696,18 +2714,39 @@ class HubClient {
     };
     const locks = globalThis.navigator && globalThis.navigator.locks;
     this.#locks = locks && typeof locks.request === "function" ? locks : null;
-    // Held for this tab's life: a hub elsewhere that is granted it knows the
-    // tab is gone (a crashed tab sends no bye).
-    if (this.#locks) this.#locks.request(this.#tabLock(), () => new Promise(() => {})).catch(() => null);
     if (typeof globalThis.addEventListener === "function") {
       globalThis.addEventListener("pagehide", () => this.#post({ t: "bye" }));
     }
     const mode = options.shareMode;
-    if (mode !== "tabs" && typeof globalThis.SharedWorker === "function" && this.#startWorker(options.workerUrl || httpOrigin + options.prefix + "/client.js")) return;
-    this.#fallback(mode);
+    this.#shareMode = mode;
+    const start = () => {
+      if (mode !== "tabs" && typeof globalThis.SharedWorker === "function" && this.#startWorker(options.workerUrl || httpOrigin + options.prefix + "/client.js")) return;
+      this.#fallback(mode);
+    };
+    if (!this.#locks) {
+      start();
+      return;
+    }
+    // Held for this tab's life: a hub elsewhere that is granted it knows the
+    // tab is gone (a crashed tab sends no bye). Held before any hub hears of
+    // this tab, or the hub could be granted it first.
+    let started = false;
+    const once = () => {
+      if (started) return;
+      started = true;
+      start();
+    };
+    this.#locks
+      .request(this.#tabLock(), () => {
+        once();
+        return new Promise(() => {});
+      })
+      .catch(once);
+    setTimeout(once, WORKER_ANSWER_TIMEOUT_MS);
   }
 
   #locks;
+  #shareMode;
 
   #tabLock() {
     return `${this.#name}:tab:${this.#tab}`;
@@ -2745,7 +2784,7 @@ class HubClient {
         // closed
       }
       this.#toHub = null;
-      this.#fallback("auto");
+      this.#fallback(this.#shareMode);
     };
     const timer = setTimeout(fail, WORKER_ANSWER_TIMEOUT_MS);
     worker.addEventListener("error", fail);

@@ -36,6 +36,11 @@ socket.addEventListener("transport", (e) => console.log(e.detail.transport, e.de
 socket.addEventListener("reconnecting", (e) => console.log(e.detail.reason, socket.state satisfies "reconnecting" | "open" | "connecting" | "closing" | "closed"));
 socket.addEventListener("resumed", (e) => console.log(e.detail.transport));
 new BridgeSocket("/ws", [], { probeTimeout: 1000, remember: false, rememberFor: 60000, reprobeInterval: 0 });
+// Sharing: on by default; socket.shared says where the channel's hub runs.
+new BridgeSocket("/ws", [], { share: false });
+new BridgeSocket("/ws", [], { shareMode: "tabs", workerUrl: "/_bridge/client.js" });
+const shared = socket.shared;
+if (shared) console.log(shared.mode satisfies "worker" | "tabs" | "tab", shared.channel.length);
 socket.send(new Uint8Array([1, 2]));
 socket.send("text");
 socket.close(1000, "bye");
