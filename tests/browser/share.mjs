@@ -427,7 +427,11 @@ check("leader_tab_closed_mid_stream", 60000, async (browser) => {
     if (successors.length !== 1) throw new Error(`after the leader closed, ${successors.length} tabs made channel requests (${successors.map((x) => x.i)}), expected one new leader`);
     // The closed tab's two sockets closed; the 22 others live on.
     const sessions = await metricsSettle(SETUP.leader.metrics, { wsbridge_sessions_active: 22 }, 10000);
-    if (!sessions.ok) throw new Error(`after the leader tab closed: ${JSON.stringify(sessions.shown)} open sessions, expected 22 (its own two closed)`);
+    if (!sessions.ok) {
+      const m = await metrics(SETUP.leader.metrics);
+      const more = ["wsbridge_sessions_closed_total", "wsbridge_sessions_lingering", "wsbridge_channels_active", "wsbridge_channel_sessions"].map((k) => `${k} ${m[k]}`).join(", ");
+      throw new Error(`after the leader tab closed: ${JSON.stringify(sessions.shown)} open sessions, expected 22 (its own two closed); ${more}`);
+    }
     const onProxy = await metrics(SETUP.leader.metrics);
     if (me.errors.length) throw new Error("page errors: " + me.errors.join("; "));
     return {
