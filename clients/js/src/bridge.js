@@ -1405,9 +1405,9 @@ class BridgeSocket extends EventTarget {
         this.#readyState = BridgeSocket.OPEN;
         liveBridgeSockets.set(this, {
           goingAway: () => this.#deleteSessionQuietly(1001),
-          // The hub watches the shared reader itself.
-          offline: () => {},
-          online: () => {},
+          // The shared reader is the hub's: it hears what the tab heard.
+          offline: () => this.#hubClient && this.#hubClient.post({ t: "offline" }),
+          online: () => this.#hubClient && this.#hubClient.post({ t: "online" }),
         });
         this.#announceOpen(started, websocketFailed, connectStarted);
         this.dispatchEvent(new Event("open"));
@@ -1900,6 +1900,17 @@ class ChannelHub {
         break;
       case "leave":
         if (s) this.#forget(s, true);
+        break;
+      // A tab's browser went offline or online: as a socket alone, drop the
+      // reader at once, or reconnect without waiting for the backoff.
+      case "offline":
+        if (!this.#reconnecting && this.#transport && !this.#proofWaiter) this.#dropped(this.#generation, null);
+        break;
+      case "online":
+        if (this.#reconnecting && this.#reconnectTimer) {
+          this.#failures = 0;
+          this.#read();
+        }
         break;
       default:
         break;
@@ -2529,7 +2540,7 @@ class ChannelHub {
         this.#broadcast({ t: "memory", transport: found });
         this.#transport = found;
         this.#attempts.push({ transport: found, result: "open", ms: 0 });
-        this.#broadcast({ t: "transport", transport: found, previous: "poll", reason: `${found} delivers again (background check); the shared reader moved over from poll, resuming every socket from its last event` });
+        this.#broadcast({ t: "transport", transport: found, previous: "poll", reason: `${found} delivers (a background check while on poll); the shared reader moved over, every socket resuming from its last event` });
         this.#read();
         return;
       }
