@@ -7,10 +7,14 @@
 //! cargo run --release --example demo -- --listen 0.0.0.0:8080 --backend 127.0.0.1:3001
 //! ```
 //!
-//! then open <http://127.0.0.1:8080/> in two browser windows. A line under
-//! the header says that WebSocket upgrades are refused on `/ws` by
-//! configuration, and which transport the page is on and why (the client's
-//! `transport` event). Go offline and back (the browser's developer tools):
+//! then open <http://127.0.0.1:8080/> in as many tabs as you like: a dozen
+//! tabs of one browser all chat over plain HTTP/1.1, whose six connections
+//! per host would otherwise run out at the sixth, because every tab's socket
+//! shares one connection to the proxy. A line under the header says that
+//! WebSocket upgrades are refused on `/ws` by configuration, which transport
+//! the page is on and why (the client's `transport` event), and that it
+//! shares one connection (`socket.shared`) with how many other tabs. Go
+//! offline and back (the browser's developer tools):
 //! the page shows "reconnecting", then "resumed, nothing lost", with what was
 //! said meanwhile. Ctrl-C stops both: the proxy drains first (every session
 //! gets close 1001), then the backend.

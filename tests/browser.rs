@@ -31,8 +31,7 @@ mod nginx;
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -45,9 +44,8 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
-use tokio::io::AsyncReadExt;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
@@ -55,29 +53,17 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
 use tokio_util::sync::CancellationToken;
 
 use support::Proxy;
+use support::relay::Relay;
 
 /// The whole browser run must end well within CI's budget.
 const NODE_TIMEOUT: Duration = Duration::from_secs(170);
-/// How often the relay cuts every connection while chaos is on.
-const RELAY_CUT_EVERY: Duration = Duration::from_millis(300);
-/// How long a frozen connection stays open and silent before it is dropped.
-const FROZEN_FOR: Duration = Duration::from_secs(60);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn javascript_client_in_chromium() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let chromium = std::env::var("WSB_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
-    if let Some(missing) = missing_tools(&root, &chromium) {
-        if std::env::var("CI").as_deref() == Ok("true") {
-            panic!("browser test cannot run in CI: {missing}");
-        }
-        eprintln!(
-            "\n{}\nSKIPPED browser test: {missing}\n{}\n",
-            "!".repeat(72),
-            "!".repeat(72)
-        );
+    let Some(chromium) = support::chromium_or_skip("the browser test") else {
         return;
-    }
+    };
 
     let backend = Backend::start().await;
     let mut proxy = start_proxy(backend.addr, "").await;
@@ -97,7 +83,7 @@ async fn javascript_client_in_chromium() {
     // and holds streamed bodies.
     let nginx = match nginx::nginx_bin() {
         Some(bin) => Some(
-            nginx::BufferingNginx::start(&bin, &target_dir(), proxy.addr)
+            nginx::BufferingNginx::start(&bin, &support::target_dir(), proxy.addr)
                 .unwrap_or_else(|e| panic!("nginx could not be started: {e}")),
         ),
         None if std::env::var("CI").as_deref() == Ok("true") => {
@@ -121,13 +107,13 @@ async fn javascript_client_in_chromium() {
         chat_listener,
         stop_chat.clone().cancelled_owned(),
     ));
-    let mut demo = Proxy::start_toml(&demo_config(chat_addr)).await;
+    let mut demo = Proxy::start_toml(&support::demo::config(chat_addr)).await;
     // The demo again, as three [cluster] replicas behind a real HAProxy
     // round-robin with no stickiness (None: no haproxy here, and not CI).
     let demo_cluster =
-        harness::Cluster::start_upstream(chat_addr, 3, &demo_routes(chat_addr)).await;
+        harness::Cluster::start_upstream(chat_addr, 3, &support::demo::routes(chat_addr)).await;
     // Under the target directory, so never committed.
-    let artifacts = target_dir().join("browser-artifacts");
+    let artifacts = support::target_dir().join("browser-artifacts");
     std::fs::create_dir_all(&artifacts).expect("cannot create the artifacts directory");
     let screenshot = artifacts.join("demo.png");
     let _ = std::fs::remove_file(&screenshot);
@@ -211,7 +197,7 @@ async fn javascript_client_in_chromium() {
         );
         println!("screenshot of the demo chat: {}", screenshot.display());
     }
-    let cuts = relay.cuts.load(Ordering::SeqCst);
+    let cuts = relay.cuts();
     println!("the relay cut {cuts} connections");
     if reports
         .iter()
@@ -228,31 +214,6 @@ async fn javascript_client_in_chromium() {
         failed.len()
     );
     assert!(status.success(), "run.mjs exited with {status}");
-}
-
-/// Why the browser run cannot happen here, if it cannot.
-fn missing_tools(root: &Path, chromium: &str) -> Option<String> {
-    if !Path::new(chromium).exists() {
-        return Some(format!("{chromium} not found (apt-get install chromium)"));
-    }
-    if !root
-        .join("tests/browser/node_modules/playwright-core")
-        .exists()
-    {
-        return Some("tests/browser/node_modules missing (npm ci --prefix tests/browser)".into());
-    }
-    let node = std::process::Command::new("node").arg("--version").output();
-    if !node.map(|o| o.status.success()).unwrap_or(false) {
-        return Some("node not found".into());
-    }
-    None
-}
-
-/// The target directory (honours `CARGO_TARGET_DIR`): the parent of the
-/// scratch directory cargo gives integration tests.
-fn target_dir() -> PathBuf {
-    let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
-    tmp.parent().unwrap_or(tmp).to_path_buf()
 }
 
 /// The proxy in-process. `/ws`, `/plain` and `/deny` refuse real WebSockets
@@ -304,29 +265,6 @@ async fn start_proxy(backend: SocketAddr, extra_toml: &str) -> Proxy {
         "#
     ))
     .await
-}
-
-/// The demo's proxy (see `proxy_config` in examples/demo.rs): `/ws` bridges
-/// only, as behind a firewall that blocks WebSockets; `/echo` allows all.
-fn demo_config(chat: SocketAddr) -> String {
-    format!("[upstream]\nurl = \"http://{chat}\"\n{}", demo_routes(chat))
-}
-
-/// The demo's routes, for a proxy whose upstream is the chat app.
-fn demo_routes(chat: SocketAddr) -> String {
-    format!(
-        r#"
-        [[routes]]
-        path = "/ws"
-        upstream = "ws://{chat}/ws"
-        transports = ["sse", "stream", "poll"]
-
-        [[routes]]
-        path = "/echo"
-        upstream = "ws://{chat}/echo"
-        transports = ["websocket", "sse", "stream", "poll"]
-        "#
-    )
 }
 
 /// Frames each backend WebSocket received, by its `?tag=`, as JSON objects
@@ -559,86 +497,5 @@ async fn push(out: mpsc::Sender<Message>, count: usize, every: Duration) {
         if !every.is_zero() {
             tokio::time::sleep(every).await;
         }
-    }
-}
-
-/// A TCP relay in front of the proxy that, while chaos is on, cuts every
-/// connection through it every [`RELAY_CUT_EVERY`]. Chaos is switched by
-/// writing `1` or `0` to the control port; `f` freezes the connections open
-/// at that moment.
-struct Relay {
-    addr: SocketAddr,
-    control: SocketAddr,
-    /// Connections cut mid-stream, so the test can tell chaos really happened.
-    cuts: Arc<AtomicUsize>,
-}
-
-impl Relay {
-    async fn start(target: SocketAddr) -> Relay {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let control = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let relay = Relay {
-            addr: listener.local_addr().unwrap(),
-            control: control.local_addr().unwrap(),
-            cuts: Arc::default(),
-        };
-        let chaos = Arc::new(AtomicBool::new(false));
-        // Each tick under chaos bumps the epoch; every connection ends when
-        // it sees the epoch change.
-        let (epoch_tx, epoch) = watch::channel(0u64);
-        // Bumped by the `f` command: every connection open at that moment
-        // stops forwarding but stays open, like a half-open TCP connection
-        // behind a dead NAT; later connections work.
-        let (freeze_tx, freeze) = watch::channel(0u64);
-
-        let switch = chaos.clone();
-        tokio::spawn(async move {
-            while let Ok((mut conn, _)) = control.accept().await {
-                let mut byte = [0u8; 1];
-                if conn.read_exact(&mut byte).await.is_ok() {
-                    match byte[0] {
-                        b'f' => freeze_tx.send_modify(|e| *e += 1),
-                        b => switch.store(b == b'1', Ordering::SeqCst),
-                    }
-                }
-            }
-        });
-        tokio::spawn(async move {
-            let mut ticks = tokio::time::interval(RELAY_CUT_EVERY);
-            loop {
-                ticks.tick().await;
-                if chaos.load(Ordering::SeqCst) {
-                    epoch_tx.send_modify(|e| *e += 1);
-                }
-            }
-        });
-        let cuts = relay.cuts.clone();
-        tokio::spawn(async move {
-            while let Ok((mut inbound, _)) = listener.accept().await {
-                let cuts = cuts.clone();
-                let mut epoch = epoch.clone();
-                epoch.mark_unchanged();
-                let mut freeze = freeze.clone();
-                freeze.mark_unchanged();
-                tokio::spawn(async move {
-                    let Ok(mut outbound) = TcpStream::connect(target).await else {
-                        return;
-                    };
-                    tokio::select! {
-                        // Normal end of either side.
-                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
-                        // The cut: both sockets are dropped mid-stream.
-                        _ = epoch.changed() => {
-                            cuts.fetch_add(1, Ordering::SeqCst);
-                        }
-                        // Silence: hold both sockets, forward nothing.
-                        _ = freeze.changed() => {
-                            tokio::time::sleep(FROZEN_FOR).await;
-                        }
-                    }
-                });
-            }
-        });
-        relay
     }
 }

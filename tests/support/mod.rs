@@ -9,6 +9,8 @@
 //! ```
 #![allow(dead_code)] // each test file uses a different part of the harness
 
+pub mod demo;
+pub mod relay;
 pub mod soak;
 
 use std::collections::HashMap;
@@ -462,9 +464,15 @@ async fn http_route(
 /// The proxy, in-process on 127.0.0.1:0.
 pub struct Proxy {
     pub addr: SocketAddr,
+    /// The `[admin]` listener (health, readiness, `/metrics`), when started
+    /// with [`Proxy::start_toml_with_admin`].
+    pub admin: Option<SocketAddr>,
     pub http: reqwest::Client,
     stop: Option<oneshot::Sender<()>>,
     done: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+    /// The admin listener's task: it has no shutdown of its own (it keeps
+    /// answering through a drain), so it is aborted on drop.
+    admin_task: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Proxy {
@@ -491,14 +499,48 @@ impl Proxy {
         let http = reqwest::Client::builder().no_proxy().build().unwrap();
         Proxy {
             addr,
+            admin: None,
             http,
             stop: Some(stop_tx),
             done: Some(done),
+            admin_task: None,
+        }
+    }
+
+    /// Like [`Proxy::start_toml`], plus the binary's `[admin]` listener on
+    /// its own 127.0.0.1:0 socket, sharing the proxy's state (so its
+    /// `/metrics` are the proxy's).
+    pub async fn start_toml_with_admin(text: &str) -> Proxy {
+        let config = wsbridge::Config::from_toml(text)
+            .unwrap_or_else(|e| panic!("test config: {e}\n{text}"));
+        let state = wsbridge::AppState::new(config).expect("the proxy's state");
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let admin_addr = admin.local_addr().unwrap();
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let admin_task = tokio::spawn(wsbridge::net::serve_admin(admin, Arc::clone(&state)));
+        let done = tokio::spawn(wsbridge::net::serve(listener, state, async move {
+            let _ = stop_rx.await;
+        }));
+        Proxy {
+            addr,
+            admin: Some(admin_addr),
+            http: reqwest::Client::builder().no_proxy().build().unwrap(),
+            stop: Some(stop_tx),
+            done: Some(done),
+            admin_task: Some(admin_task),
         }
     }
 
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
+    }
+
+    /// A URL on the admin listener; panics when there is none.
+    pub fn admin_url(&self, path: &str) -> String {
+        let admin = self.admin.expect("started without an admin listener");
+        format!("http://{admin}{path}")
     }
 
     /// Signals shutdown and waits for `run` to return.
@@ -551,6 +593,9 @@ impl Drop for Proxy {
     fn drop(&mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
+        }
+        if let Some(admin) = self.admin_task.take() {
+            admin.abort();
         }
     }
 }
@@ -1211,4 +1256,47 @@ pub async fn run_node_checks(
         .expect("the browser run took too long")
         .expect("node failed");
     (status, reports)
+}
+
+/// The Chromium the browser tests drive (`WSB_CHROMIUM`, else Debian's
+/// `/usr/bin/chromium`), once it, node and `tests/browser/node_modules`
+/// are all there. `None` when one is missing: the caller skips, after a
+/// banner saying what is missing, except under `CI=true`, where this
+/// panics instead.
+pub fn chromium_or_skip(test: &str) -> Option<String> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let chromium = std::env::var("WSB_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    let node_ok = std::process::Command::new("node")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    let missing = if !std::path::Path::new(&chromium).exists() {
+        format!("{chromium} not found (apt-get install chromium)")
+    } else if !root
+        .join("tests/browser/node_modules/playwright-core")
+        .exists()
+    {
+        "tests/browser/node_modules missing (npm ci --prefix tests/browser)".into()
+    } else if !node_ok {
+        "node not found".into()
+    } else {
+        return Some(chromium);
+    };
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("{test} cannot run in CI: {missing}");
+    }
+    eprintln!(
+        "\n{}\nSKIPPED {test}: {missing}\n{}\n",
+        "!".repeat(72),
+        "!".repeat(72)
+    );
+    None
+}
+
+/// The target directory (honours `CARGO_TARGET_DIR`): the parent of the
+/// scratch directory cargo gives integration tests. Screenshots and other
+/// artifacts go under it, so they are never committed.
+pub fn target_dir() -> std::path::PathBuf {
+    let tmp = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"));
+    tmp.parent().unwrap_or(tmp).to_path_buf()
 }
