@@ -2,6 +2,7 @@
 
 mod deadline;
 
+pub(crate) use self::deadline::recv_allowance;
 pub use self::deadline::{BodyError, Deadline};
 
 use bytes::Bytes;
