@@ -155,8 +155,8 @@ async fn bridge_app_and_bridge_requests_share_one_connection() {
     assert!(opened.header("date").is_some(), "a Date header: {opened:?}");
     let id = opened.json()["session"].as_str().unwrap().to_owned();
 
-    // The app's path on the same connection: hyper takes the connection
-    // over, with the bytes already read.
+    // The app's path on the same connection: a bodyless GET the front end
+    // serves too.
     conn.send(&get("/http/echo?from=raw")).await;
     let app = conn.response().await;
     assert_eq!(app.status, 200, "{app:?}");
@@ -561,6 +561,37 @@ async fn a_client_that_leaves_inside_a_body_ends_the_connection() {
     );
     // The proxy goes on.
     assert_eq!(proxy.open("/echo").await.id.len(), 22);
+}
+
+/// The app's answers through the front end: a long one with a length is
+/// streamed with exactly that many bytes, a chunked one is re-chunked, and
+/// the connection then goes on to the bridge and to a request of the app's
+/// with a body, which hyper takes over.
+#[tokio::test]
+async fn app_responses_are_framed_and_the_connection_goes_on() {
+    let backend = Backend::start().await;
+    let proxy = Proxy::start(&backend, "").await;
+    let mut conn = Conn::open(&proxy).await;
+    conn.send(&get("/http/big?n=300000")).await;
+    let big = conn.response().await;
+    assert_eq!(big.status, 200);
+    assert_eq!(big.header("content-length"), Some("300000"));
+    assert!(big.body.len() == 300_000 && big.body.iter().all(|b| *b == b'x'));
+    conn.send(&get("/http/stream?n=3")).await;
+    let streamed = conn.response().await;
+    assert_eq!(streamed.body, b"chunk 0\nchunk 1\nchunk 2\n");
+    assert_eq!(
+        streamed.header_values("date").len(),
+        1,
+        "one Date: {streamed:?}"
+    );
+    conn.send(&get("/_bridge/healthz")).await;
+    assert_eq!(conn.response().await.status, 200);
+    conn.send(&post("/http/echo", "{}")).await;
+    let echoed = conn.response().await;
+    assert_eq!(echoed.json()["body_len"], 2, "{echoed:?}");
+    conn.send(&get("/_bridge/healthz")).await;
+    assert_eq!(conn.response().await.status, 200);
 }
 
 /// A client that stops reading is cut once a write makes no progress for

@@ -1,27 +1,32 @@
 //! HTTP/1.1 for the bridge's own requests (the readers: sse, stream, poll;
-//! opens, sends, closes, channels; healthz, client.js and the like) on plain
-//! TCP, without hyper's per-connection buffers.
+//! opens, sends, closes, channels; healthz, client.js and the like) and the
+//! app's bodyless `GET`s, on plain TCP, without hyper's per-connection
+//! buffers.
 //!
 //! hyper 1.x keeps an 8 KiB read buffer and an 8 KiB write buffer for every
 //! HTTP/1 connection for as long as it is open (`max_buf_size` cannot go
 //! below 8 KiB and the write buffer is allocated at 8 KiB whatever the write
 //! strategy), and a held session keeps its reader's connection open: those
-//! buffers were most of a session's memory (33.8 KiB per held SSE session
-//! with hyper, 14.8 KiB here; see docs/operations.md). This front end reads
-//! a request head into a buffer that exists only while bytes arrive,
-//! answers the request itself, and writes the body straight to the socket
-//! (`Content-Length`, or chunked with one vectored write per frame), so a
-//! connection carrying an idle SSE stream holds no buffer at all.
+//! buffers were most of a session's memory (see docs/operations.md). This
+//! front end reads a request head into a buffer that exists only while
+//! bytes arrive, answers the request itself, and writes the body straight
+//! to the socket (`Content-Length`, or chunked with one vectored write per
+//! frame), so a connection carrying an idle SSE stream holds no buffer at
+//! all. hyper cannot hand a connection back between requests, so a
+//! connection stays here only as long as every request on it is one this
+//! front end takes: hence the app's `GET`s too, which a page sends on the
+//! connection before it opens a session.
 //!
 //! It takes only what it fully understands: an HTTP/1.1 `GET`, `POST`,
-//! `DELETE` or `OPTIONS` to a path under the prefix, with at most one
-//! plain-digits `Content-Length`, no `Transfer-Encoding` or `Upgrade`, and
-//! no `Expect` but `100-continue`. A body is handed to the service unread
-//! (`h1_body`): the handler reads it only once the endpoint, the origin and
-//! the session are known, under the same deadline and limits as on hyper's
-//! path. A body the handler left unread is skipped after the response if it
-//! is small ([`MAX_SKIP`]), else the connection closes. Anything else (the
-//! app's paths, chunked bodies, `HEAD`, HTTP/1.0, HTTP/2 prior knowledge, a
+//! `DELETE` or `OPTIONS` to a path under the prefix, or a `GET` with no body
+//! elsewhere; with at most one plain-digits `Content-Length`, no
+//! `Transfer-Encoding` or `Upgrade`, and no `Expect` but `100-continue`. A
+//! body is handed to the service unread (`h1_body`): the handler reads it
+//! only once the endpoint, the origin and the session are known, under the
+//! same deadline and limits as on hyper's path. A body the handler left
+//! unread is skipped after the response if it is small ([`MAX_SKIP`]), else
+//! the connection closes. Anything else (chunked bodies, the app's bodies
+//! and other methods, upgrades, `HEAD`, HTTP/1.0, HTTP/2 prior knowledge, a
 //! malformed or oversized head) goes to hyper together with every byte read
 //! so far, and hyper serves the rest of the connection as it would have from
 //! its first byte, errors included. `tests/h1.rs` checks, against a real
@@ -71,9 +76,12 @@ const MAX_URI_LEN: usize = (u16::MAX - 1) as usize;
 /// after the response to keep the connection; past it, the connection
 /// closes.
 const MAX_SKIP: u64 = 64 * 1024;
+/// A response body with a length up to this is collected and written with
+/// its head in one write; a longer one (the app's) is streamed.
+const MAX_WHOLE: u64 = 64 * 1024;
 
-/// Serves a plain TCP connection: bodyless bridge `GET`s here, the rest by
-/// hyper.
+/// Serves a plain TCP connection: what [`parse_head`] takes here, the rest
+/// by hyper.
 pub(super) async fn serve(
     tcp: TcpStream,
     info: ConnInfo,
@@ -179,7 +187,7 @@ impl Conn {
             let (info, state) = (self.info, Arc::clone(&self.state));
             // Boxed: an idle connection's task holds no handler's state.
             let respond =
-                Box::pin(async move { crate::http::handle_bridge(request, info, &state).await });
+                Box::pin(async move { crate::http::handle_h1(request, info, &state).await });
             // A client that leaves while its request waits (a long poll)
             // cancels it, as it would a reader. Not while its body may still
             // be read: those bytes are the handler's.
@@ -354,9 +362,10 @@ impl Conn {
         // (A long poll's frame comes when it is done waiting: the client is
         // watched meanwhile.)
         let bodiless = matches!(parts.status.as_u16(), 204 | 304);
+        let exact = body.size_hint().exact();
         let whole = if bodiless {
             Some(Bytes::new())
-        } else if body.size_hint().exact().is_some()
+        } else if exact.is_some_and(|n| n <= MAX_WHOLE)
             || parts.extensions.get::<WholeBody>().is_some()
         {
             let Conn {
@@ -389,9 +398,12 @@ impl Conn {
             head.extend_from_slice(value.as_bytes());
             head.extend_from_slice(b"\r\n");
         }
-        head.extend_from_slice(b"date: ");
-        head.extend_from_slice(httpdate::fmt_http_date(SystemTime::now()).as_bytes());
-        head.extend_from_slice(b"\r\n");
+        // The app's own Date, if it sent one (as hyper keeps it).
+        if !parts.headers.contains_key(header::DATE) {
+            head.extend_from_slice(b"date: ");
+            head.extend_from_slice(httpdate::fmt_http_date(SystemTime::now()).as_bytes());
+            head.extend_from_slice(b"\r\n");
+        }
         match &whole {
             Some(_) if bodiless => {}
             Some(data) => {
@@ -399,7 +411,14 @@ impl Conn {
                 head.extend_from_slice(itoa::Buffer::new().format(data.len()).as_bytes());
                 head.extend_from_slice(b"\r\n");
             }
-            None => head.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+            None => match exact {
+                Some(n) => {
+                    head.extend_from_slice(b"content-length: ");
+                    head.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+                    head.extend_from_slice(b"\r\n");
+                }
+                None => head.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+            },
         }
         if !keep_alive {
             head.extend_from_slice(b"connection: close\r\n");
@@ -411,6 +430,9 @@ impl Conn {
         }
         self.write(&mut head.as_slice()).await?;
         drop(head);
+        // A long body with a length (the app's download): its bytes as they
+        // come, and exactly as many as it said.
+        let mut left = exact;
         loop {
             let next = {
                 let Conn {
@@ -435,13 +457,27 @@ impl Conn {
                     if data.is_empty() {
                         continue;
                     }
+                    if let Some(left) = &mut left {
+                        *left = left.checked_sub(data.len() as u64).ok_or_else(|| {
+                            End::Failed(io::Error::other("a response body longer than its length"))
+                        })?;
+                        let mut data = data;
+                        self.write(&mut data).await?;
+                        continue;
+                    }
                     let size = ChunkSize::new(data.len());
                     let mut out = size.as_bytes().chain(data).chain(&b"\r\n"[..]);
                     self.write(&mut out).await?;
                 }
             }
         }
-        self.write(&mut &b"0\r\n\r\n"[..]).await
+        match left {
+            None => self.write(&mut &b"0\r\n\r\n"[..]).await,
+            Some(0) => Ok(()),
+            Some(_) => Err(End::Failed(io::Error::other(
+                "a response body shorter than its length",
+            ))),
+        }
     }
 }
 
@@ -562,7 +598,10 @@ fn take(req: &httparse::Request<'_, '_>, prefix: &str) -> Option<Taken> {
         return None;
     }
     let uri = Uri::try_from(path).ok()?;
-    if !routing::is_bridge_path(prefix, uri.path()) {
+    // The app's requests: a bodyless `GET` only (a `HEAD`'s answer, an
+    // upgrade and the app's bodies stay hyper's).
+    let bridge = routing::is_bridge_path(prefix, uri.path());
+    if !bridge && method != Method::GET {
         return None;
     }
     let mut request = Request::new(());
@@ -604,10 +643,14 @@ fn take(req: &httparse::Request<'_, '_>, prefix: &str) -> Option<Taken> {
         }
         headers.append(name, value);
     }
+    let body_len = body_len.unwrap_or(0);
+    if !bridge && (body_len > 0 || expect_continue) {
+        return None;
+    }
     Some(Taken {
         request,
         keep_alive,
-        body_len: body_len.unwrap_or(0),
+        body_len,
         expect_continue,
     })
 }
@@ -760,10 +803,16 @@ mod tests {
         );
         assert!(parse("DELETE /_bridge/sessions/abc HTTP/1.1\r\n\r\n").is_some());
         assert!(parse("OPTIONS /_bridge/sessions HTTP/1.1\r\n\r\n").is_some());
+        // The app's bodyless GETs.
+        assert!(parse("GET /index.html HTTP/1.1\r\n\r\n").is_some());
+        assert!(parse("GET /_bridgefoo HTTP/1.1\r\ncontent-length: 0\r\n\r\n").is_some());
         for not_ours in [
-            "GET /index.html HTTP/1.1\r\n\r\n",
             "POST /app/form HTTP/1.1\r\ncontent-length: 2\r\n\r\n",
-            "GET /_bridgefoo HTTP/1.1\r\n\r\n",
+            "GET /app HTTP/1.1\r\ncontent-length: 2\r\n\r\n",
+            "GET /app HTTP/1.1\r\nexpect: 100-continue\r\n\r\n",
+            "DELETE /app HTTP/1.1\r\n\r\n",
+            "OPTIONS /app HTTP/1.1\r\n\r\n",
+            "GET /app HTTP/1.1\r\nupgrade: websocket\r\nconnection: upgrade\r\n\r\n",
             "GET /_bridge/healthz HTTP/1.0\r\n\r\n",
             "HEAD /_bridge/client.js HTTP/1.1\r\n\r\n",
             "PUT /_bridge/sessions HTTP/1.1\r\n\r\n",
