@@ -428,6 +428,9 @@ impl Conn {
         if let Some(data) = whole {
             return self.write(&mut head.as_slice().chain(data)).await;
         }
+        // The head's parts are written: a stream may last for hours, and
+        // its headers (a few hundred bytes of map) are not needed again.
+        drop(parts);
         self.write(&mut head.as_slice()).await?;
         drop(head);
         // A long body with a length (the app's download): its bytes as they
