@@ -1,9 +1,12 @@
-//! The HTTP/1.1 front end for the bridge's endpoints (`src/h1.rs`), over raw
-//! TCP so that framing, keep-alive and the hand-over to hyper are seen byte
-//! for byte: one connection may carry bridge requests, then the app's, then
-//! bridge requests again; pipelined requests are answered in order; streams
-//! are chunked and the connection lives on after them; what the front end
-//! does not take (chunked or expecting bodies, HTTP/1.0) still works.
+//! The HTTP/1.1 front end for the bridge's endpoints (`src/net/h1.rs`), over
+//! raw TCP so that framing, keep-alive and the hand-over to hyper are seen
+//! byte for byte: one connection may carry bridge requests, then the app's,
+//! then bridge requests again; pipelined requests are answered in order, after
+//! bodies too; bodies are read only as the handler asks (`100 Continue` then),
+//! an unread one is skipped or closes the connection, a slow or oversized one
+//! is refused with a JSON error; streams are chunked and the connection lives
+//! on after them; what the front end does not take (chunked bodies, HTTP/1.0)
+//! still works.
 
 mod support;
 
@@ -152,8 +155,8 @@ async fn bridge_app_and_bridge_requests_share_one_connection() {
     assert!(opened.header("date").is_some(), "a Date header: {opened:?}");
     let id = opened.json()["session"].as_str().unwrap().to_owned();
 
-    // The app's path on the same connection: hyper takes the connection
-    // over, with the bytes already read.
+    // The app's path on the same connection: a bodyless GET the front end
+    // serves too.
     conn.send(&get("/http/echo?from=raw")).await;
     let app = conn.response().await;
     assert_eq!(app.status, 200, "{app:?}");
@@ -399,6 +402,198 @@ async fn a_big_body_is_not_buffered_before_the_service_refuses_it() {
     assert_eq!(conn.response().await.status, 403);
 }
 
+/// A body sent in pieces is read as the handler asks for it, and the
+/// request after it (sent in the same write as its last bytes) is answered
+/// next: the body is never read past its length.
+#[tokio::test]
+async fn a_body_in_pieces_then_a_pipelined_request() {
+    let backend = Backend::start().await;
+    let proxy = Proxy::start(&backend, "").await;
+    let mut conn = Conn::open(&proxy).await;
+    let body = r#"{"url": "/echo"}"#;
+    let whole = post("/_bridge/sessions", body);
+    let (head, tail) = whole.split_at(whole.len() - body.len() + 3);
+    conn.send(head).await;
+    conn.send(&format!("{tail}{}", get("/_bridge/healthz")))
+        .await;
+    let opened = conn.response().await;
+    assert_eq!(opened.status, 201, "{opened:?}");
+    let id = opened.json()["session"].as_str().unwrap().to_owned();
+    assert_eq!(conn.response().await.json()["status"], "ok");
+    // A send and its reader's poll on the connection that opened it.
+    conn.send(&format!(
+        "POST /_bridge/sessions/{id}/send HTTP/1.1\r\nhost: test\r\ncontent-type: text/plain\r\ncontent-length: 5\r\n\r\nhello"
+    ))
+    .await;
+    let sent = conn.response().await;
+    assert!(sent.status < 300, "{sent:?}");
+    conn.send(&get(&format!("/_bridge/sessions/{id}/poll")))
+        .await;
+    let polled = conn.response().await;
+    assert_eq!(polled.status, 200, "{polled:?}");
+    assert!(
+        String::from_utf8_lossy(&polled.body).contains("hello"),
+        "{polled:?}"
+    );
+}
+
+/// `Expect: 100-continue`: the interim answer comes when the handler reads
+/// the body; a request refused before that gets no `100 Continue`, and the
+/// connection closes, since the client may or may not send the body now.
+#[tokio::test]
+async fn expect_continue_is_answered_only_when_the_body_is_wanted() {
+    let backend = Backend::start().await;
+    let proxy = Proxy::start(&backend, "").await;
+    let body = r#"{"url": "/echo"}"#;
+    let mut conn = Conn::open(&proxy).await;
+    conn.send(&format!(
+        "POST /_bridge/sessions HTTP/1.1\r\nhost: test\r\nexpect: 100-continue\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    ))
+    .await;
+    assert_eq!(conn.head().await.0, 100);
+    conn.send(body).await;
+    assert_eq!(conn.response().await.status, 201);
+    // Still open, and on the front end.
+    conn.send(&get("/_bridge/healthz")).await;
+    assert_eq!(conn.response().await.status, 200);
+
+    conn.send(
+        "POST /_bridge/sessions/AAAAAAAAAAAAAAAAAAAAAA/send HTTP/1.1\r\nhost: test\r\nexpect: 100-continue\r\ncontent-length: 5\r\n\r\n",
+    )
+    .await;
+    let resp = conn.response().await;
+    assert_eq!(resp.status, 404, "no 100 first: {resp:?}");
+    assert_eq!(resp.json()["error"], "unknown_session");
+    assert_eq!(resp.header("connection"), Some("close"));
+    assert!(conn.closed_within(WAIT).await);
+}
+
+/// A body the handler did not read: a small one is skipped and the
+/// connection serves the next request; a large one closes it.
+#[tokio::test]
+async fn an_unread_body_is_skipped_or_the_connection_closes() {
+    let backend = Backend::start().await;
+    let proxy = Proxy::start(&backend, "").await;
+    let mut conn = Conn::open(&proxy).await;
+    conn.send(&format!(
+        "POST /_bridge/sessions/AAAAAAAAAAAAAAAAAAAAAA/send HTTP/1.1\r\nhost: test\r\ncontent-length: 11\r\n\r\nhello world{}",
+        get("/_bridge/healthz")
+    ))
+    .await;
+    let resp = conn.response().await;
+    assert_eq!(resp.status, 404);
+    assert_eq!(resp.header("connection"), None, "kept open: {resp:?}");
+    assert_eq!(conn.response().await.json()["status"], "ok");
+    // The unread body arrives after the response: still skipped.
+    conn.send(
+        "POST /_bridge/sessions/AAAAAAAAAAAAAAAAAAAAAA/send HTTP/1.1\r\nhost: test\r\ncontent-length: 4\r\n\r\n",
+    )
+    .await;
+    assert_eq!(conn.response().await.status, 404);
+    conn.send(&format!("late{}", get("/_bridge/healthz"))).await;
+    assert_eq!(conn.response().await.json()["status"], "ok");
+
+    // Declared larger than the front end skips: answered, then closed.
+    conn.send(
+        "POST /_bridge/sessions/AAAAAAAAAAAAAAAAAAAAAA/send HTTP/1.1\r\nhost: test\r\ncontent-length: 10000000\r\n\r\n",
+    )
+    .await;
+    let resp = conn.response().await;
+    assert_eq!(resp.status, 404);
+    assert_eq!(resp.header("connection"), Some("close"));
+    assert!(conn.closed_within(WAIT).await);
+}
+
+/// A body over the endpoint's limit is 413 with a JSON error, unread; one
+/// that stops arriving is 408 once its deadline passes.
+#[tokio::test]
+async fn a_body_over_the_limit_or_too_slow_is_refused() {
+    let backend = Backend::start().await;
+    let proxy = Proxy::start(
+        &backend,
+        "[server]\nbody_timeout = \"300ms\"\nmin_recv_rate = 0\n[limits]\nmax_open_body_bytes = \"1KiB\"\n",
+    )
+    .await;
+    let mut conn = Conn::open(&proxy).await;
+    conn.send(&format!(
+        "POST /_bridge/sessions HTTP/1.1\r\nhost: test\r\ncontent-type: application/json\r\ncontent-length: 2000\r\n\r\n{}",
+        "x".repeat(2000)
+    ))
+    .await;
+    let resp = conn.response().await;
+    assert_eq!(resp.status, 413, "{resp:?}");
+    assert_eq!(resp.json()["error"], "payload_too_large");
+    // Skipped: the connection goes on.
+    conn.send(&get("/_bridge/healthz")).await;
+    assert_eq!(conn.response().await.status, 200);
+
+    conn.send(
+        "POST /_bridge/sessions HTTP/1.1\r\nhost: test\r\ncontent-type: application/json\r\ncontent-length: 16\r\n\r\n{\"url\"",
+    )
+    .await;
+    let resp = conn.response().await;
+    assert_eq!(resp.status, 408, "{resp:?}");
+    assert_eq!(resp.json()["error"], "body_timeout");
+}
+
+/// A client that leaves inside a body ends its request and connection.
+#[tokio::test]
+async fn a_client_that_leaves_inside_a_body_ends_the_connection() {
+    let backend = Backend::start().await;
+    let proxy = Proxy::start(&backend, "").await;
+    let mut conn = Conn::open(&proxy).await;
+    conn.send(
+        "POST /_bridge/sessions HTTP/1.1\r\nhost: test\r\ncontent-type: application/json\r\ncontent-length: 16\r\n\r\n{\"url\"",
+    )
+    .await;
+    conn.tcp.shutdown().await.unwrap();
+    // Answered (400, the body is broken) or closed, and never hung.
+    let mut rest = Vec::new();
+    timeout(WAIT, conn.tcp.read_to_end(&mut rest))
+        .await
+        .expect("closed in time")
+        .ok();
+    let text = String::from_utf8_lossy(&rest);
+    assert!(
+        text.is_empty() || text.starts_with("HTTP/1.1 400"),
+        "{text}"
+    );
+    // The proxy goes on.
+    assert_eq!(proxy.open("/echo").await.id.len(), 22);
+}
+
+/// The app's answers through the front end: a long one with a length is
+/// streamed with exactly that many bytes, a chunked one is re-chunked, and
+/// the connection then goes on to the bridge and to a request of the app's
+/// with a body, which hyper takes over.
+#[tokio::test]
+async fn app_responses_are_framed_and_the_connection_goes_on() {
+    let backend = Backend::start().await;
+    let proxy = Proxy::start(&backend, "").await;
+    let mut conn = Conn::open(&proxy).await;
+    conn.send(&get("/http/big?n=300000")).await;
+    let big = conn.response().await;
+    assert_eq!(big.status, 200);
+    assert_eq!(big.header("content-length"), Some("300000"));
+    assert!(big.body.len() == 300_000 && big.body.iter().all(|b| *b == b'x'));
+    conn.send(&get("/http/stream?n=3")).await;
+    let streamed = conn.response().await;
+    assert_eq!(streamed.body, b"chunk 0\nchunk 1\nchunk 2\n");
+    assert_eq!(
+        streamed.header_values("date").len(),
+        1,
+        "one Date: {streamed:?}"
+    );
+    conn.send(&get("/_bridge/healthz")).await;
+    assert_eq!(conn.response().await.status, 200);
+    conn.send(&post("/http/echo", "{}")).await;
+    let echoed = conn.response().await;
+    assert_eq!(echoed.json()["body_len"], 2, "{echoed:?}");
+    conn.send(&get("/_bridge/healthz")).await;
+    assert_eq!(conn.response().await.status, 200);
+}
+
 /// A client that stops reading is cut once a write makes no progress for
 /// `server.write_timeout`: its reader detaches instead of pinning the
 /// session.
@@ -515,7 +710,7 @@ mod differential {
 
     use bytes::Bytes;
     use http::{Request, Response};
-    use http_body_util::Full;
+    use http_body_util::{BodyExt, Full};
     use hyper::body::Incoming;
     use hyper::service::service_fn;
     use hyper_util::rt::TokioIo;
@@ -529,14 +724,14 @@ mod differential {
     /// Ends every input, so each run ends with a request both agree on.
     const SENTINEL: &[u8] = b"GET /__end HTTP/1.1\r\nhost: end\r\nconnection: close\r\n\r\n";
 
-    /// A request as parsed: method, target, headers in order.
-    fn described<B>(req: &Request<B>) -> Value {
+    /// A request as parsed: method, target, headers in order, body.
+    fn described<B>(req: &Request<B>, body: &[u8]) -> Value {
         let headers: Vec<Value> = req
             .headers()
             .iter()
             .map(|(n, v)| json!([n.as_str(), v.as_bytes()]))
             .collect();
-        json!({"method": req.method().as_str(), "uri": req.uri().to_string(), "headers": headers})
+        json!({"method": req.method().as_str(), "uri": req.uri().to_string(), "headers": headers, "body": body})
     }
 
     /// A hyper HTTP/1 server (hyper's defaults, as the proxy's hyper path)
@@ -555,7 +750,14 @@ mod differential {
                             *resp.status_mut() = http::StatusCode::NON_AUTHORITATIVE_INFORMATION;
                             return Ok::<_, Infallible>(resp);
                         }
-                        let body = described(&req).to_string();
+                        let (parts, body) = req.into_parts();
+                        let Ok(body) = body.collect().await else {
+                            let mut resp = Response::new(Full::new(Bytes::new()));
+                            *resp.status_mut() = http::StatusCode::BAD_REQUEST;
+                            return Ok(resp);
+                        };
+                        let req = Request::from_parts(parts, ());
+                        let body = described(&req, &body.to_bytes()).to_string();
                         Ok(Response::new(Full::new(Bytes::from(body))))
                     });
                     // Half-close: the test shuts its side once all is sent,
@@ -602,6 +804,11 @@ mod differential {
                     std::str::from_utf8(h.value).unwrap().parse().unwrap()
                 });
             let status = resp.code.unwrap();
+            if status == 100 {
+                // Its `100 Continue`: an interim answer, no request of its own.
+                rest = &rest[len..];
+                continue;
+            }
             let body = &rest[len..len + body_len];
             answers.push(if status == 200 {
                 serde_json::from_slice(body).unwrap()
@@ -625,7 +832,13 @@ mod differential {
             let H1Parsed::Ours(head) = h1_parse_head(&bytes[offset..], PREFIX) else {
                 break;
             };
-            let ours = described(&head.request);
+            // A body past the input's end takes the sentinel's bytes: hyper
+            // is then compared with itself from here.
+            let end = offset + head.len + head.body_len as usize;
+            if end > bytes.len() {
+                break;
+            }
+            let ours = described(&head.request, &bytes[offset + head.len..end]);
             let theirs = whole.get(taken);
             if theirs != Some(&ours) {
                 return Err(format!(
@@ -633,7 +846,7 @@ mod differential {
                     String::from_utf8_lossy(bytes)
                 ));
             }
-            offset += head.len;
+            offset = end;
             taken += 1;
             open = head.keep_alive;
         }
@@ -709,6 +922,19 @@ mod differential {
             "\r\nGET /_bridge/healthz HTTP/1.1\r\n\r\n",
             "\r\n\r\nGET /_bridge/healthz HTTP/1.1\r\n\r\n",
             "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+            // Bodies: a length, then what follows it.
+            "POST /_bridge/sessions HTTP/1.1\r\nhost: a\r\ncontent-length: 2\r\n\r\n{}GET /_bridge/healthz HTTP/1.1\r\n\r\n",
+            "POST /_bridge/sessions HTTP/1.1\r\ncontent-length: 0\r\n\r\nPOST /_bridge/sessions HTTP/1.1\r\ncontent-length: 3\r\n\r\nabc",
+            "POST /_bridge/sessions HTTP/1.1\r\ncontent-length: 0004\r\n\r\nabcdGET /app HTTP/1.1\r\n\r\n",
+            "POST /_bridge/sessions HTTP/1.1\r\n\r\nGET /_bridge/healthz HTTP/1.1\r\n\r\n",
+            "POST /_bridge/sessions HTTP/1.1\r\ncontent-length: 1\r\n\r\n\r\nGET /_bridge/healthz HTTP/1.1\r\n\r\n",
+            "POST /_bridge/sessions HTTP/1.1\r\ncontent-length:  2 \r\n\r\n{}",
+            "POST /_bridge/sessions HTTP/1.1\r\ncontent-length: 2\r\nexpect: 100-continue\r\n\r\n{}",
+            "POST /_bridge/sessions HTTP/1.1\r\ncontent-length: 2\r\nexpect: 100-Continue\r\n\r\n{}GET /_bridge/healthz HTTP/1.1\r\n\r\n",
+            "POST /_bridge/sessions HTTP/1.1\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{}GET /_bridge/healthz HTTP/1.1\r\n\r\n",
+            "DELETE /_bridge/sessions/abc HTTP/1.1\r\ncontent-length: 1\r\n\r\nxGET /_bridge/healthz HTTP/1.1\r\n\r\n",
+            "OPTIONS /_bridge/sessions HTTP/1.1\r\norigin: https://a\r\naccess-control-request-method: POST\r\n\r\n",
+            "POST /_bridge/sessions HTTP/1.1\r\ncontent-length: 2\r\ntransfer-encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n",
         ]
         .iter()
         .map(|s| s.as_bytes().to_vec())
@@ -767,7 +993,8 @@ mod differential {
     /// A request head (sometimes with a stray body, sometimes two).
     fn head() -> impl Strategy<Value = Vec<u8>> {
         let method = prop_oneof![
-            4 => Just("GET"), 1 => Just("POST"), 1 => Just("HEAD"), 1 => Just("get"), 1 => Just("DELETE"),
+            4 => Just("GET"), 3 => Just("POST"), 1 => Just("HEAD"), 1 => Just("get"), 1 => Just("DELETE"),
+            1 => Just("OPTIONS"),
         ];
         let target = prop_oneof![
             4 => "/_bridge(/healthz|/transports|/sessions/[A-Za-z0-9]{1,4}/(sse|poll|stream)|/x)(\\?[a-z=&%0-9]{0,6})?".prop_map(String::from),
@@ -787,7 +1014,7 @@ mod differential {
             version,
             proptest::collection::vec(line(), 0..5),
             eol,
-            prop_oneof![4 => Just(""), 1 => Just("{}")],
+            prop_oneof![4 => Just(""), 2 => Just("{}"), 1 => Just("{")],
         )
             .prop_map(|(m, sep, t, v, lines, eol, tail)| {
                 let mut text = format!("{m}{sep}{t} {v}{eol}");

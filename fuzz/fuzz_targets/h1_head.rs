@@ -16,13 +16,30 @@ fuzz_target!(|data: &[u8]| {
     assert!(head.len <= data.len() && head.len > 0);
     assert!(data[..head.len].ends_with(b"\n"), "{data:?}");
     let req = &head.request;
-    assert_eq!(req.method(), http::Method::GET);
     assert_eq!(req.version(), http::Version::HTTP_11);
     let path = req.uri().path();
-    assert!(path == PREFIX || path.starts_with("/_bridge/"), "{path:?}");
-    for name in ["content-length", "transfer-encoding", "upgrade", "expect"] {
+    assert!(path.starts_with('/'), "{path:?}");
+    let bridge = path == PREFIX || path.starts_with("/_bridge/");
+    let method = req.method().as_str();
+    // The app's: bodyless GETs; the bridge's: GET, POST, DELETE, OPTIONS.
+    assert!(
+        method == "GET" || (bridge && ["POST", "DELETE", "OPTIONS"].contains(&method)),
+        "{method} {path}"
+    );
+    for name in ["transfer-encoding", "upgrade"] {
         assert!(!req.headers().contains_key(name), "{name} in a taken head");
     }
+    // At most one length, plain digits, and it is the body's.
+    let lengths: Vec<_> = req.headers().get_all("content-length").iter().collect();
+    assert!(lengths.len() <= 1);
+    match lengths.first() {
+        Some(v) => {
+            assert!(v.as_bytes().iter().all(u8::is_ascii_digit));
+            assert_eq!(v.to_str().unwrap().parse::<u64>().unwrap(), head.body_len);
+        }
+        None => assert_eq!(head.body_len, 0),
+    }
+    assert!(bridge || (head.body_len == 0 && !head.expect_continue));
     // Framed by the head alone: the same without what follows it, and
     // nothing shorter is taken.
     match h1_parse_head(&data[..head.len], PREFIX) {

@@ -22,8 +22,21 @@ pub enum BodyError {
     /// The client did not send it fast enough (`server.body_timeout`,
     /// `server.min_recv_rate`).
     Timeout,
-    /// The body broke its framing (a malformed chunk) or the client left.
-    Read(hyper::Error),
+    /// The body broke its framing (a malformed chunk) or the client left
+    /// (hyper's error, or the HTTP/1.1 front end's socket error).
+    Read(crate::body::BoxError),
+}
+
+impl From<hyper::Error> for BodyError {
+    fn from(e: hyper::Error) -> BodyError {
+        BodyError::Read(Box::new(e))
+    }
+}
+
+impl From<std::io::Error> for BodyError {
+    fn from(e: std::io::Error) -> BodyError {
+        BodyError::Read(Box::new(e))
+    }
 }
 
 impl fmt::Display for BodyError {
@@ -39,7 +52,7 @@ impl std::error::Error for BodyError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             BodyError::Timeout => None,
-            BodyError::Read(e) => Some(e),
+            BodyError::Read(e) => Some(&**e),
         }
     }
 }
@@ -119,7 +132,8 @@ impl<B> Deadline<B> {
 
 impl<B> Body for Deadline<B>
 where
-    B: Body<Data = Bytes, Error = hyper::Error> + Unpin,
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BodyError>,
 {
     type Data = Bytes;
     type Error = BodyError;
@@ -139,7 +153,7 @@ where
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(BodyError::Read(e)))),
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
             Poll::Ready(None) => Poll::Ready(None),
             Poll::Pending => {
                 let deadline = this.deadline();

@@ -44,7 +44,7 @@ pub(crate) async fn handle(
         .or_else(|| routing::is_disguised_bridge_path(prefix, &path).then_some(Endpoint::NotFound));
     let mut resp = match endpoint {
         Some(endpoint) => bridge(endpoint, req.map(BodyExt::boxed), conn, &state).await,
-        None => passthrough(req, conn, &state).await,
+        None => passthrough(req.map(Inbound::hyper), conn, &state).await,
     };
     // While draining, every connection serves what it was sent and ends:
     // an HTTP/1 client learns it from the response (hyper then closes).
@@ -56,18 +56,23 @@ pub(crate) async fn handle(
     Ok(observe(&state, arrival, endpoint, resp))
 }
 
-/// A request the HTTP/1.1 front end read itself: always under the prefix.
-pub(crate) async fn handle_bridge(
+/// A request the HTTP/1.1 front end read itself: one under the prefix (with
+/// its body unread), or a bodyless pass-through request that is not an
+/// upgrade. Keep-alive and the drain's close are the front end's.
+pub(crate) async fn handle_h1(
     mut req: Request<RequestBody>,
     conn: ConnInfo,
     state: &Arc<AppState>,
 ) -> Response<Body> {
     let arrival = Arrival::new(&mut req, conn, state);
     let path = arrival.path.clone();
-    let endpoint = routing::classify(&state.config.server.prefix, &path);
+    let prefix = &state.config.server.prefix;
+    let endpoint = routing::classify(prefix, &path)
+        .or_else(|| routing::is_disguised_bridge_path(prefix, &path).then_some(Endpoint::NotFound));
     let resp = match endpoint {
         Some(endpoint) => bridge(endpoint, req, conn, state).await,
-        None => error_response(BridgeError::NotFound),
+        // The front end takes no pass-through request with a body.
+        None => passthrough(req.map(|_| Inbound::empty()), conn, state).await,
     };
     observe(state, arrival, endpoint, resp)
 }

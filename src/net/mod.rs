@@ -16,6 +16,7 @@
 
 mod conn;
 pub(crate) mod h1;
+mod h1_body;
 mod internal;
 mod timeout;
 mod tls;

@@ -6,7 +6,7 @@ mod splice;
 
 use std::error::Error as _;
 
-use crate::body::{Body, BodyError, Deadline, Inbound};
+use crate::body::{Body, BodyError, Inbound};
 use crate::error::ProxyError;
 use crate::forwarded::{ConnInfo, is_websocket_upgrade, prepare_headers, strip_hop_by_hop};
 use crate::state::AppState;
@@ -26,7 +26,10 @@ pub(crate) async fn handle(
     if is_websocket_upgrade(req.headers()) {
         // An upgrade's body is empty: the splice takes the request as hyper
         // gave it.
-        return splice::splice(req.map(Deadline::into_inner), conn, state).await;
+        // (Only hyper serves upgrades: the front end's requests have none.)
+        let (parts, body) = req.into_parts();
+        let body = body.into_incoming().ok_or(ProxyError::BadRequest)?;
+        return splice::splice(Request::from_parts(parts, body), conn, state).await;
     }
     proxy(req, conn, state).await
 }

@@ -81,6 +81,7 @@ struct Log {
 /// (method, uri, headers, body length and text); `/http/stream?n=N` answers
 /// with N chunks of `chunk <i>\n`, one every 10 ms; `/http/endless` never ends;
 /// `/http/status/N` answers with status N; `/http/slow` answers after 3 s;
+/// `/http/big?n=N` answers with N bytes and their Content-Length;
 /// `/page` answers with a small HTML page.
 pub struct Backend {
     pub addr: SocketAddr,
@@ -417,6 +418,20 @@ async fn http_route(
             h.insert("connection", "x-hop".parse().unwrap());
             h.insert("x-hop", "must-not-pass".parse().unwrap());
             h.insert("keep-alive", "timeout=5".parse().unwrap());
+            r
+        }
+        "big" => {
+            // N bytes (`x`) with a Content-Length, in 16 KiB frames.
+            let n: usize = q.get("n").and_then(|v| v.parse().ok()).unwrap_or(100_000);
+            let frames = (0..n.div_ceil(16384)).map(move |i| {
+                let len = (n - i * 16384).min(16384);
+                Ok::<_, Infallible>(Frame::data(Bytes::from(vec![b'x'; len])))
+            });
+            let mut r = Response::new(BodyExt::boxed(StreamBody::new(futures_util::stream::iter(
+                frames,
+            ))));
+            r.headers_mut()
+                .insert("content-length", n.to_string().parse().unwrap());
             r
         }
         "stream" => {

@@ -5,7 +5,8 @@
 //! ([`Conns`]): its own, the open's, or one that first carried a
 //! pass-through GET, the open and another bridge request. The proxy's RSS
 //! per held session for each, which is what the HTTP/1.1 front end
-//! (`net::h1`, bodyless bridge GETs only) saves or does not.
+//! (`net::h1`: bridge requests, bodies included, and the app's bodyless
+//! `GET`s) saves or does not.
 
 use std::time::Duration;
 
