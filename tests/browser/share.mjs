@@ -388,11 +388,13 @@ check("leader_tab_closed_mid_stream", 60000, async (browser) => {
     // Phase 1, paced so that the close lands mid-stream: each socket of
     // every tab sends one message every 30 ms; the leader closes while it
     // is still sending, once the others have heard from everyone.
-    const phase1 = 60;
+    // Long enough that the leader is still sending when the others have
+    // heard from everyone, however slow the first deliveries are.
+    const phase1 = 150;
     const phase2 = 10;
     await sendPaced(tabs, 0, phase1, 30);
     await until(others, "the first messages", (st) => st.flat().every((s) => s.received >= 12), Date.now() + DELIVER_WITHIN_MS);
-    while ((await leader.page.evaluate(() => window.paced)) < phase1 / 3) await sleep(20);
+    while ((await leader.page.evaluate(() => window.paced)) < 20) await sleep(20);
     const sentByLeader = await leader.page.evaluate(() => window.paced);
     if (sentByLeader >= phase1) throw new Error("the leader had sent everything before it could be closed mid-stream");
     await leader.page.close({ runBeforeUnload: false });
@@ -432,6 +434,9 @@ check("leader_tab_closed_mid_stream", 60000, async (browser) => {
       const more = ["wsbridge_sessions_closed_total", "wsbridge_sessions_lingering", "wsbridge_channels_active", "wsbridge_channel_sessions"].map((k) => `${k} ${m[k]}`).join(", ");
       throw new Error(`after the leader tab closed: ${JSON.stringify(sessions.shown)} open sessions, expected 22 (its own two closed); ${more}`);
     }
+    // The new hub ended the dead hub's channel: one channel, the 22 on it.
+    const channels = await metricsSettle(SETUP.leader.metrics, { wsbridge_channels_active: 1, wsbridge_channel_sessions: 22 }, 10000);
+    if (!channels.ok) throw new Error(`after the takeover the proxy shows ${JSON.stringify(channels.shown)}, expected one channel with the 22 live sessions on it`);
     const onProxy = await metrics(SETUP.leader.metrics);
     if (me.errors.length) throw new Error("page errors: " + me.errors.join("; "));
     return {

@@ -1434,7 +1434,10 @@ class BridgeSocket extends EventTarget {
           this.#dispatchState("reconnecting", `the shared channel's hub went away; a new one takes over from event ${this.#cursor}`);
         }
         const frames = this.#queue.filter((f) => f.forwarded).map((f) => f.wire);
-        return { t: "join", key, session: this.#session.id, cursor: this.#cursor, order, links, frames };
+        // After a takeover, `channel` names the dead hub's channel, which
+        // the new hub ends once this session is off it.
+        const channel = takeover && this.#shared ? this.#shared.channel : null;
+        return { t: "join", key, session: this.#session.id, cursor: this.#cursor, order, links, frames, channel };
       },
       receive: (m) => (this.#joinWaiter ? this.#joinWaiter(m) : this.#sharedMessage(m)),
     };
@@ -1846,6 +1849,7 @@ class ChannelHub {
   #ackWaiters = [];
   #reprobeTimer = null;
   #renewing = null; // a replacement channel being opened
+  #endedChannels = new Set(); // dead hubs' channels this hub has ended
 
   constructor(config, mode) {
     this.#config = config;
@@ -2046,6 +2050,17 @@ class ChannelHub {
     }
     this.#post(tab, { t: "joined", key: m.key, channel: this.#channel.id, transport: this.#transport, attempts: this.#attempts.slice(), reconnecting: this.#reconnecting });
     this.#pump();
+    this.#endOldChannel(m.channel);
+  }
+
+  // A takeover leaves the dead hub's channel behind, with no reader; end it
+  // (once) rather than leave it to the proxy's idle timeout. Its sessions
+  // have moved here, or are detached by the DELETE and attached here next.
+  #endOldChannel(id) {
+    if (typeof id !== "string" || !id || id === this.#channel.id || this.#endedChannels.has(id)) return;
+    this.#endedChannels.add(id);
+    const url = this.#config.origin + this.#config.prefix + "/channels/" + encodeURIComponent(id);
+    this.#request(url, { method: "DELETE" }).catch(() => null);
   }
 
   // POST attach at the session's acknowledged cursor: "ok", "gone" (unknown
