@@ -97,8 +97,13 @@ async fn javascript_client_in_chromium() {
     // and holds streamed bodies.
     let nginx = match nginx::nginx_bin() {
         Some(bin) => Some(
-            nginx::BufferingNginx::start(&bin, &target_dir(), proxy.addr)
-                .unwrap_or_else(|e| panic!("nginx could not be started: {e}")),
+            nginx::Nginx::start(
+                &bin,
+                &target_dir(),
+                proxy.addr,
+                nginx::Role::BufferingFirewall,
+            )
+            .unwrap_or_else(|e| panic!("nginx could not be started: {e}")),
         ),
         None if std::env::var("CI").as_deref() == Ok("true") => {
             panic!(

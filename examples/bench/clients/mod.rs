@@ -32,6 +32,9 @@ pub enum Transport {
     WsDirect,
     /// A WebSocket through the proxy's pass-through (spliced).
     WsProxy,
+    /// A WebSocket through nginx as a plain reverse proxy: the peer the
+    /// pass-through is measured against.
+    WsNginx,
     Sse,
     Stream,
     Poll,
@@ -39,9 +42,10 @@ pub enum Transport {
 
 impl Transport {
     /// Direct first: every ratio is against it.
-    pub const ALL: [Transport; 5] = [
+    pub const ALL: [Transport; 6] = [
         Transport::WsDirect,
         Transport::WsProxy,
+        Transport::WsNginx,
         Transport::Sse,
         Transport::Stream,
         Transport::Poll,
@@ -51,14 +55,16 @@ impl Transport {
         match self {
             Transport::WsDirect => "ws-direct",
             Transport::WsProxy => "ws-proxy",
+            Transport::WsNginx => "ws-nginx",
             Transport::Sse => "sse",
             Transport::Stream => "stream",
             Transport::Poll => "poll",
         }
     }
 
+    /// Whether the run starts wsbridge (nginx's row starts nginx instead).
     pub fn uses_proxy(self) -> bool {
-        self != Transport::WsDirect
+        !matches!(self, Transport::WsDirect | Transport::WsNginx)
     }
 }
 
@@ -262,7 +268,7 @@ impl Session {
             Transport::WsDirect => Down::Ws(Box::new(
                 ws::Socket::connect(&ws_url(addrs.backend), ws_read_buffer).await?,
             )),
-            Transport::WsProxy => Down::Ws(Box::new(
+            Transport::WsProxy | Transport::WsNginx => Down::Ws(Box::new(
                 ws::Socket::connect(&ws_url(proxy()?), ws_read_buffer).await?,
             )),
             bridged => {

@@ -41,7 +41,7 @@ pub async fn run(ctx: &Ctx) -> Table {
             open_timeout(load.sessions),
         )
         .await?;
-        let cpu = rig.proxy_pid().map(CpuMeter::start);
+        let cpu = rig.proxy_pids().map(CpuMeter::start_all);
         rig.backend.go().await?;
         let outcome = fleet
             .finish(load.publish_time() + Duration::from_secs(30))

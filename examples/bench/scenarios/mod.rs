@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use crate::clients::{Addrs, Transport};
 use crate::fleet::{Fleet, Outcome};
+use crate::nginx::{self, Nginx, Role};
 use crate::procs::{Backend, Findings, Proxy, ProxySettings};
 use crate::report::{Out, Row, Table};
 use crate::{Result, fail};
@@ -46,6 +47,7 @@ pub fn measuring(figure: &'static str) -> Runs {
     Runs {
         settings: BENCH_PROXY,
         median_of: Some(figure),
+        nginx: true,
     }
 }
 
@@ -58,6 +60,8 @@ pub struct Rig {
     pub backend: Backend,
     /// None for the direct WebSocket: the proxy stays out of it entirely.
     pub proxy: Option<Proxy>,
+    /// The `ws-nginx` row's proxy, in wsbridge's place.
+    pub nginx: Option<Nginx>,
 }
 
 impl Rig {
@@ -68,24 +72,57 @@ impl Rig {
         } else {
             None
         };
-        Ok(Rig { backend, proxy })
+        let nginx = if transport == Transport::WsNginx {
+            let bin = nginx::nginx_bin().ok_or("no nginx")?;
+            let upstream = backend.addr;
+            let started = tokio::task::spawn_blocking(move || {
+                Nginx::start(
+                    &bin,
+                    &std::env::temp_dir(),
+                    upstream,
+                    Role::WebsocketPassthrough,
+                )
+            })
+            .await?;
+            Some(started?)
+        } else {
+            None
+        };
+        Ok(Rig {
+            backend,
+            proxy,
+            nginx,
+        })
     }
 
     pub fn addrs(&self) -> Addrs {
         Addrs {
             backend: self.backend.addr,
-            proxy: self.proxy.as_ref().map(|p| p.addr),
+            proxy: (self.proxy.as_ref().map(|p| p.addr)).or(self.nginx.as_ref().map(|n| n.addr)),
             read_via: None,
         }
     }
 
+    /// wsbridge's process (not nginx's).
     pub fn proxy_pid(&self) -> Option<u32> {
         self.proxy.as_ref().and_then(Proxy::pid)
+    }
+
+    /// The processes of whichever proxy runs: wsbridge, or nginx's master
+    /// and workers.
+    pub fn proxy_pids(&self) -> Option<Vec<u32>> {
+        match &self.nginx {
+            Some(n) => Some(n.pids()),
+            None => self.proxy_pid().map(|p| vec![p]),
+        }
     }
 
     async fn stop(self, findings: &mut Findings) {
         if let Some(proxy) = self.proxy {
             proxy.stop(findings).await;
+        }
+        if let Some(nginx) = self.nginx {
+            let _ = tokio::task::spawn_blocking(move || drop(nginx)).await;
         }
         self.backend.stop().await;
     }
@@ -105,6 +142,9 @@ pub struct Runs {
     /// others so a change in the machine's load hits all alike, and the run
     /// with the median of this figure is reported. `None`: always once.
     pub median_of: Option<&'static str>,
+    /// Whether the `ws-nginx` row runs (when nginx is installed; when not,
+    /// the table says so in a note).
+    pub nginx: bool,
 }
 
 /// Runs `measure` for each transport on a fresh rig and files its row,
@@ -117,9 +157,22 @@ pub async fn each_transport(
     mut measure: impl AsyncFnMut(&mut Rig, Transport) -> Result<Measured>,
 ) {
     let rounds = runs.median_of.map_or(1, |_| ctx.repeat.max(1));
-    let mut rows: Vec<Vec<Row>> = vec![Vec::new(); ctx.transports.len()];
+    let nginx_here = nginx::nginx_bin().is_some();
+    let transports: Vec<Transport> = ctx
+        .transports
+        .iter()
+        .copied()
+        .filter(|&t| t != Transport::WsNginx || (runs.nginx && nginx_here))
+        .collect();
+    if runs.nginx && !nginx_here && ctx.transports.contains(&Transport::WsNginx) {
+        table.notes.push(format!(
+            "ws-nginx skipped: no nginx at {} (apt-get install nginx-light)",
+            nginx::NGINX_BIN
+        ));
+    }
+    let mut rows: Vec<Vec<Row>> = vec![Vec::new(); transports.len()];
     for round in 1..=rounds {
-        for (k, &t) in ctx.transports.iter().enumerate() {
+        for (k, &t) in transports.iter().enumerate() {
             let name = t.name();
             let of = if rounds > 1 {
                 format!(" (run {round} of {rounds})")

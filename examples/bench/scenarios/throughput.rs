@@ -45,7 +45,7 @@ pub async fn run(ctx: &Ctx) -> Table {
         .await?;
         rig.backend.go().await?;
         tokio::time::sleep(WARMUP).await;
-        let proxy = rig.proxy_pid().map(CpuMeter::start);
+        let proxy = rig.proxy_pids().map(CpuMeter::start_all);
         let backend = rig.backend.pid().map(CpuMeter::start);
         let loadgen = CpuMeter::start(std::process::id());
         let (d0, t0) = (fleet.delivered(), Instant::now());
