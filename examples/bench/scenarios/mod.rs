@@ -14,7 +14,7 @@ pub mod time_to_open;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::clients::{Addrs, Transport};
+use crate::clients::{Addrs, Conns, Transport};
 use crate::fleet::{Fleet, Outcome};
 use crate::nginx::{self, Nginx, Role};
 use crate::procs::{Backend, Findings, Proxy, ProxySettings};
@@ -29,6 +29,8 @@ pub struct Ctx {
     pub duration: Option<Duration>,
     pub sessions: Option<usize>,
     pub round_trips: usize,
+    /// How bridged clients use their connections (`--connections`).
+    pub conns: Conns,
     /// Runs per transport; the median is reported (see [`Runs`]).
     pub repeat: usize,
     /// The open-file limit of every process (the bench raised it).
@@ -51,6 +53,15 @@ pub fn measuring(figure: &'static str) -> Runs {
     }
 }
 
+/// How a table's title names `--connections reuse` (and says nothing of
+/// the default).
+pub fn conns_note(ctx: &Ctx) -> &'static str {
+    match ctx.conns {
+        Conns::Reused => "; connections reused (pass-through requests on the bridged ones)",
+        _ => "",
+    }
+}
+
 /// A WebSocket read buffer for the fast scenarios: large enough that the
 /// direct baseline is not held back by small reads.
 pub const WS_READ_BUFFER: usize = 64 * 1024;
@@ -62,6 +73,8 @@ pub struct Rig {
     pub proxy: Option<Proxy>,
     /// The `ws-nginx` row's proxy, in wsbridge's place.
     pub nginx: Option<Nginx>,
+    /// How the clients of this run use their connections.
+    pub conns: Conns,
 }
 
 impl Rig {
@@ -92,6 +105,7 @@ impl Rig {
             backend,
             proxy,
             nginx,
+            conns: ctx.conns,
         })
     }
 
@@ -100,6 +114,7 @@ impl Rig {
             backend: self.backend.addr,
             proxy: (self.proxy.as_ref().map(|p| p.addr)).or(self.nginx.as_ref().map(|n| n.addr)),
             read_via: None,
+            conns: self.conns,
         }
     }
 
