@@ -25,6 +25,9 @@ mod harness;
 #[path = "../examples/chat/app.rs"]
 mod app;
 
+// The bench's pass-through peer (`Role::WebsocketPassthrough`, `pids`) is
+// not used here: only the firewall.
+#[allow(dead_code)]
 #[path = "../examples/bench/nginx.rs"]
 mod nginx;
 

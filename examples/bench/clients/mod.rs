@@ -392,7 +392,7 @@ impl Session {
     /// connection, as a browser's pool sends a page's requests on whichever
     /// keep-alive connection is free.
     pub async fn now_and_then(&mut self) -> Result<()> {
-        if self.conns != Conns::Reused || self.sends % PASSTHROUGH_EVERY != 0 {
+        if self.conns != Conns::Reused || !self.sends.is_multiple_of(PASSTHROUGH_EVERY) {
             return Ok(());
         }
         match self.up.as_mut() {
