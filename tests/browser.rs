@@ -25,6 +25,9 @@ mod harness;
 #[path = "../examples/chat/app.rs"]
 mod app;
 
+// The bench's pass-through peer (`Role::WebsocketPassthrough`, `pids`) is
+// not used here: only the firewall.
+#[allow(dead_code)]
 #[path = "../examples/bench/nginx.rs"]
 mod nginx;
 
@@ -83,8 +86,13 @@ async fn javascript_client_in_chromium() {
     // and holds streamed bodies.
     let nginx = match nginx::nginx_bin() {
         Some(bin) => Some(
-            nginx::BufferingNginx::start(&bin, &support::target_dir(), proxy.addr)
-                .unwrap_or_else(|e| panic!("nginx could not be started: {e}")),
+            nginx::Nginx::start(
+                &bin,
+                &support::target_dir(),
+                proxy.addr,
+                nginx::Role::BufferingFirewall,
+            )
+            .unwrap_or_else(|e| panic!("nginx could not be started: {e}")),
         ),
         None if std::env::var("CI").as_deref() == Ok("true") => {
             panic!(

@@ -11,10 +11,11 @@
 //!
 //! Flags: `--duration 10s` (light and throughput windows), `--sessions N`
 //! (overrides the scenario's count), `--transports sse,ws-direct` (a subset
-//! of ws-direct, ws-proxy, sse, stream, poll), `--round-trips N` (echo),
+//! of ws-direct, ws-proxy, ws-nginx, sse, stream, poll), `--round-trips N` (echo),
 //! `--repeat N` (each transport N times, interleaved; the median is shown),
 //! `--json` (only the JSON lines on stdout; tables go to stderr),
-//! `--proxy-bin PATH`.
+//! `--proxy-bin PATH`, `--connections own|reuse` (whether bridged clients'
+//! connections also carry pass-through requests, as browsers' do).
 //!
 //! The proxy is `target/release/wsbridge`. `cargo run --example` does not
 //! build binaries, so unless `--proxy-bin` names one the bench first runs
@@ -32,7 +33,8 @@
 //! - `fleet`: many clients at once, their counters and histograms.
 //! - `channel_fleet`: many sessions on a few multiplexed channels, one
 //!   reader each.
-//! - `nginx`: a real nginx as a buffering firewall (time-to-open).
+//! - `nginx`: a real nginx, as a buffering firewall (time-to-open) or as
+//!   the WebSocket pass-through's peer (the `ws-nginx` row).
 //! - `scenarios`: light, throughput, echo, many, reuse, cluster, channel, smoke,
 //!   time-to-open (which drives Chromium with `time_to_open.mjs`).
 //! - `report`: tables, JSON lines and the targets.
@@ -54,7 +56,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-use clients::Transport;
+use clients::{Conns, Transport};
 use report::Out;
 use scenarios::Ctx;
 
@@ -103,6 +105,20 @@ struct Cli {
     /// The proxy binary (default: target/release/wsbridge, built first).
     #[arg(long)]
     proxy_bin: Option<PathBuf>,
+    /// How bridged clients use their connections (throughput, echo,
+    /// light): `own`, each reader on its session's open connection and
+    /// sends on one of their own; `reuse`, as browsers and ingress pools
+    /// do, the reader's connection first carries a pass-through GET, the
+    /// open and another bridge request, and the send connection a
+    /// pass-through GET now and then.
+    #[arg(long, value_enum, default_value_t = Connections::Own)]
+    connections: Connections,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Connections {
+    Own,
+    Reuse,
 }
 
 #[derive(Subcommand)]
@@ -189,6 +205,10 @@ async fn bench(cli: Cli) -> Result<ExitCode> {
         sessions: cli.sessions,
         round_trips: cli.round_trips,
         repeat: cli.repeat,
+        conns: match cli.connections {
+            Connections::Own => Conns::Shared,
+            Connections::Reuse => Conns::Reused,
+        },
         nofile,
         out,
     };

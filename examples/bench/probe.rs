@@ -50,6 +50,16 @@ pub fn rss_kib(pid: u32) -> Option<u64> {
     status_kib(pid, "VmRSS")
 }
 
+/// [`status_kib`] summed over processes (nginx's master and workers).
+pub fn status_kib_all(pids: &[u32], key: &str) -> Option<u64> {
+    pids.iter().map(|&p| status_kib(p, key)).sum()
+}
+
+/// [`cpu_seconds`] summed over processes.
+fn cpu_seconds_all(pids: &[u32]) -> Option<f64> {
+    pids.iter().map(|&p| cpu_seconds(p)).sum()
+}
+
 /// The kernel's TCP socket buffer memory (all processes), in bytes, from
 /// the `mem` pages of /proc/net/sockstat.
 pub fn tcp_mem_bytes() -> Option<u64> {
@@ -85,9 +95,9 @@ pub fn loadavg() -> String {
         .unwrap_or_else(|_| "?".into())
 }
 
-/// CPU used by one process over a window.
+/// CPU used by one process (or a few, together) over a window.
 pub struct CpuMeter {
-    pid: u32,
+    pids: Vec<u32>,
     cpu0: f64,
     t0: Instant,
 }
@@ -108,16 +118,20 @@ impl CpuUse {
 
 impl CpuMeter {
     pub fn start(pid: u32) -> CpuMeter {
+        CpuMeter::start_all(vec![pid])
+    }
+
+    pub fn start_all(pids: Vec<u32>) -> CpuMeter {
         CpuMeter {
-            pid,
-            cpu0: cpu_seconds(pid).unwrap_or(0.0),
+            cpu0: cpu_seconds_all(&pids).unwrap_or(0.0),
+            pids,
             t0: Instant::now(),
         }
     }
 
     pub fn read(&self) -> CpuUse {
         CpuUse {
-            cpu_seconds: cpu_seconds(self.pid).unwrap_or(self.cpu0) - self.cpu0,
+            cpu_seconds: cpu_seconds_all(&self.pids).unwrap_or(self.cpu0) - self.cpu0,
             wall: self.t0.elapsed(),
         }
     }

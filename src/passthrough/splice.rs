@@ -22,7 +22,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::time::{Instant, sleep_until, timeout_at};
+use tokio::time::{Instant, timeout_at};
 
 use self::frames::{FrameTracker, shutdown_close_frame};
 use crate::body::{Body, empty};
@@ -172,13 +172,77 @@ where
     B: AsyncRead + AsyncWrite,
     U: AsyncRead + AsyncWrite,
 {
+    // The splice's own token: the drain's is shared by every connection,
+    // and watching it locks its mutex, which every splice would otherwise
+    // contend on each time it wakes.
+    let closing = closing.child_token();
     let (mut browser_rx, mut browser_tx) = tokio::io::split(browser);
     let (mut upstream_rx, mut upstream_tx) = tokio::io::split(upstream);
     // Browser → upstream frames are masked: so is the close injected there.
-    let up = pump(&mut browser_rx, &mut upstream_tx, true, closing);
-    let down = pump(&mut upstream_rx, &mut browser_tx, false, closing);
+    let up = pump(&mut browser_rx, &mut upstream_tx, true, &closing);
+    let down = pump(&mut upstream_rx, &mut browser_tx, false, &closing);
     tokio::try_join!(up, down)?;
     Ok(())
+}
+
+/// One direction's copy: its buffer, what of it is still to be written,
+/// and the frames of what was written.
+struct Direction {
+    buf: Vec<u8>,
+    /// `buf[start..end]` was read and not yet written.
+    start: usize,
+    end: usize,
+    /// Has gone over exactly the bytes written so far.
+    frames: FrameTracker,
+    /// A close already passed this way: the writer's peer has one, and no
+    /// second may follow it.
+    close_forwarded: bool,
+    /// The reader's EOF came (and the FIN is being passed on).
+    eof: bool,
+}
+
+impl Direction {
+    fn new() -> Direction {
+        Direction {
+            buf: vec![0u8; COPY_BUF],
+            start: 0,
+            end: 0,
+            frames: FrameTracker::default(),
+            close_forwarded: false,
+            eof: false,
+        }
+    }
+
+    /// Copies until the reader's EOF, then passes the FIN on. Runs without
+    /// looking at the drain, so that a wake-up costs a read and a write,
+    /// not a check of the drain per read.
+    ///
+    /// Cancel-safe: dropped at any await, what was read and not written is
+    /// `buf[start..end]`, and the tracker has gone over what was written.
+    async fn forward<R, W>(&mut self, reader: &mut R, writer: &mut W) -> io::Result<()>
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        loop {
+            if self.start < self.end {
+                let n = writer.write(&self.buf[self.start..self.end]).await?;
+                if n == 0 {
+                    return Err(io::ErrorKind::WriteZero.into());
+                }
+                let written = &self.buf[self.start..self.start + n];
+                self.close_forwarded |= self.frames.advance(written, false).close_ended;
+                self.start += n;
+                continue;
+            }
+            let n = reader.read(&mut self.buf).await?;
+            if n == 0 {
+                self.eof = true;
+                return writer.shutdown().await;
+            }
+            (self.start, self.end) = (0, n);
+        }
+    }
 }
 
 /// One direction of the splice. Forwards until the reader's EOF (then
@@ -198,60 +262,67 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let mut buf = vec![0u8; COPY_BUF];
-    let mut frames = FrameTracker::default();
-    // A close already passed this way: the writer's peer has one, and no
-    // second may follow it.
-    let mut close_forwarded = false;
-    // The reader's peer already sent its close.
-    let mut peer_closed;
-    // Closing came mid-frame: by when that frame must have ended.
-    let mut frame_deadline: Option<Instant> = None;
-    loop {
-        let n = tokio::select! {
-            // The closing arms first: once closing, stop as soon as allowed.
+    let mut d = Direction::new();
+    {
+        let forward = d.forward(reader, writer);
+        tokio::pin!(forward);
+        tokio::select! {
+            // Closing first: once closing, stop as soon as allowed.
             biased;
-            // Between frames: stop here.
-            () = closing.cancelled(), if frames.at_boundary() => {
-                peer_closed = close_forwarded;
-                break;
-            }
-            // Mid-frame: read on to its end, for CLOSE_GRACE at most.
-            () = closing.cancelled(), if frame_deadline.is_none() => {
-                frame_deadline = Some(Instant::now() + CLOSE_GRACE);
-                continue;
-            }
-            // A frame cannot be cut, nor a close put inside it: end the
-            // connection without one.
-            () = sleep_until(frame_deadline.unwrap_or_else(Instant::now)),
-                if frame_deadline.is_some() =>
-            {
-                let _ = tokio::time::timeout(CLOSE_GRACE, writer.shutdown()).await;
-                return Ok(());
-            }
-            // Cancel-safe: nothing is read when another arm wins.
-            n = reader.read(&mut buf) => n?,
-        };
-        if n == 0 {
-            // The reader's peer is done: pass its FIN on.
-            return writer.shutdown().await;
-        }
-        if closing.is_cancelled() {
-            let step = frames.advance(&buf[..n], true);
-            writer.write_all(&buf[..step.consumed]).await?;
-            close_forwarded |= step.close_ended;
-            if frames.at_boundary() {
-                // What came after the boundary is the start of frames not
-                // forwarded: the discard below follows them.
-                let rest = frames.advance(&buf[step.consumed..n], false);
-                peer_closed = close_forwarded || rest.close_ended;
-                break;
-            }
-        } else {
-            close_forwarded |= frames.advance(&buf[..n], false).close_ended;
-            writer.write_all(&buf[..n]).await?;
+            () = closing.cancelled() => {}
+            // Dropped when closing wins: it is cancel-safe.
+            done = &mut forward => return done,
         }
     }
+    if d.eof {
+        // The FIN was being passed on when closing came: finish that.
+        return writer.shutdown().await;
+    }
+    // Closing: forward up to the end of the frame under way (starting with
+    // what was read and not yet written), for CLOSE_GRACE at most.
+    let mut frame_deadline: Option<Instant> = None;
+    // The reader's peer already sent its close.
+    let mut peer_closed;
+    loop {
+        let (start, end) = (d.start, d.end);
+        if d.frames.at_boundary() {
+            // What came after the boundary is the start of frames not
+            // forwarded: the discard below follows them.
+            let rest = d.frames.advance(&d.buf[start..end], false);
+            peer_closed = d.close_forwarded || rest.close_ended;
+            break;
+        }
+        if start == end {
+            let deadline = *frame_deadline.get_or_insert_with(|| Instant::now() + CLOSE_GRACE);
+            let n = match timeout_at(deadline, reader.read(&mut d.buf)).await {
+                Ok(n) => n?,
+                // A frame cannot be cut, nor a close put inside it: end the
+                // connection without one.
+                Err(_) => {
+                    let _ = tokio::time::timeout(CLOSE_GRACE, writer.shutdown()).await;
+                    return Ok(());
+                }
+            };
+            if n == 0 {
+                // The reader's peer is done: pass its FIN on.
+                return writer.shutdown().await;
+            }
+            (d.start, d.end) = (0, n);
+            continue;
+        }
+        let step = d.frames.advance(&d.buf[start..end], true);
+        writer
+            .write_all(&d.buf[start..start + step.consumed])
+            .await?;
+        d.close_forwarded |= step.close_ended;
+        d.start = start + step.consumed;
+    }
+    let Direction {
+        mut buf,
+        mut frames,
+        close_forwarded,
+        ..
+    } = d;
     let deadline = Instant::now() + CLOSE_GRACE;
     let _ = timeout_at(deadline, async {
         if !close_forwarded {

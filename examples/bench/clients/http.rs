@@ -93,6 +93,11 @@ impl Sender {
         })
     }
 
+    /// The keep-alive connection the frames go on.
+    pub fn conn(&mut self) -> &mut HttpConn {
+        &mut self.conn
+    }
+
     /// POSTs one text frame; the proxy answers 204 once it is written upstream.
     pub async fn send(&mut self, text: String) -> Result<()> {
         let resp = self

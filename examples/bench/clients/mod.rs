@@ -33,6 +33,9 @@ pub enum Transport {
     WsDirect,
     /// A WebSocket through the proxy's pass-through (spliced).
     WsProxy,
+    /// A WebSocket through nginx as a plain reverse proxy: the peer the
+    /// pass-through is measured against.
+    WsNginx,
     Sse,
     Stream,
     Poll,
@@ -40,9 +43,10 @@ pub enum Transport {
 
 impl Transport {
     /// Direct first: every ratio is against it.
-    pub const ALL: [Transport; 5] = [
+    pub const ALL: [Transport; 6] = [
         Transport::WsDirect,
         Transport::WsProxy,
+        Transport::WsNginx,
         Transport::Sse,
         Transport::Stream,
         Transport::Poll,
@@ -52,14 +56,16 @@ impl Transport {
         match self {
             Transport::WsDirect => "ws-direct",
             Transport::WsProxy => "ws-proxy",
+            Transport::WsNginx => "ws-nginx",
             Transport::Sse => "sse",
             Transport::Stream => "stream",
             Transport::Poll => "poll",
         }
     }
 
+    /// Whether the run starts wsbridge (nginx's row starts nginx instead).
     pub fn uses_proxy(self) -> bool {
-        self != Transport::WsDirect
+        !matches!(self, Transport::WsDirect | Transport::WsNginx)
     }
 }
 
@@ -71,7 +77,15 @@ pub struct Addrs {
     /// Bridged sessions: where their reader and sends go, when not where
     /// they were opened (the cluster scenario: another replica).
     pub read_via: Option<SocketAddr>,
+    /// Bridged sessions: how their reader's connection is used
+    /// (`--connections`); [`Conns::Reused`] also sends a pass-through GET
+    /// on the send connection now and then ([`Session::now_and_then`]).
+    pub conns: Conns,
 }
+
+/// With `--connections reuse`, a pass-through GET on the send connection
+/// before the first send and after every this many.
+pub const PASSTHROUGH_EVERY: u64 = 100;
 
 /// One frame as the backend stamped it.
 #[derive(Clone, Copy, Debug)]
@@ -214,12 +228,13 @@ impl JsonEvent<'_> {
     }
 }
 
-/// Which connection an SSE reader is held on.
+/// Which connection a bridged reader is held on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Conns {
     /// A connection of its own, whose only request is the reader.
     Own,
-    /// The open's connection (the other scenarios' way).
+    /// The open's connection (`--connections own`, the default: the
+    /// connection carries only the session's own requests).
     Shared,
     /// A connection that first carried a pass-through GET, the open and
     /// another bridge request, as a browser's or an ingress pool's would.
@@ -232,6 +247,10 @@ pub struct Session {
     /// For bridged sessions: where frames are POSTed (made on first use).
     up: Option<Sender>,
     send_link: Option<(SocketAddr, String)>,
+    /// How this session's connections are used.
+    conns: Conns,
+    /// Frames sent so far (for [`Session::now_and_then`]).
+    sends: u64,
 }
 
 enum Down {
@@ -270,70 +289,37 @@ impl Session {
             Transport::WsDirect => Down::Ws(Box::new(
                 ws::Socket::connect(&ws_url(addrs.backend), ws_read_buffer).await?,
             )),
-            Transport::WsProxy => Down::Ws(Box::new(
+            Transport::WsProxy | Transport::WsNginx => Down::Ws(Box::new(
                 ws::Socket::connect(&ws_url(proxy()?), ws_read_buffer).await?,
             )),
             bridged => {
                 let open = proxy()?;
                 let via = addrs.read_via.unwrap_or(open);
-                return Self::open_bridged(bridged, open, via, path).await;
+                return Self::open_bridged(bridged, open, via, path, addrs.conns).await;
             }
         };
         Ok(Session {
             down,
             up: None,
             send_link: None,
+            conns: addrs.conns,
+            sends: 0,
         })
     }
 
+    /// Opens a bridged session on `proxy` and attaches its reader through
+    /// `via`, the reader's connection used as `conns` says.
     async fn open_bridged(
         transport: Transport,
         proxy: SocketAddr,
         via: SocketAddr,
         path: &str,
+        conns: Conns,
     ) -> Result<Session> {
-        // The same connection opens the session and then carries its reader
-        // (unless it is read through another replica).
-        let mut conn = HttpConn::connect(proxy).await?;
-        let body = serde_json::json!({ "url": path }).to_string();
-        let resp = conn
-            .request(
-                Method::POST,
-                &format!("{PREFIX}/sessions"),
-                Some((body.into(), "application/json")),
-            )
-            .await?;
-        let (status, body) = collect(resp).await?;
-        if status != ::http::StatusCode::CREATED {
-            fail!("open: {status} {}", String::from_utf8_lossy(&body));
-        }
-        let opened: Opened = serde_json::from_slice(&body)?;
-        let links = opened.links;
-        if via != proxy {
-            conn = HttpConn::connect(via).await?;
-        }
-        let down = match transport {
-            Transport::Sse => Down::Sse(sse::Reader::attach(conn, &links.sse).await?),
-            Transport::Stream => Down::Stream(stream::Reader::attach(conn, &links.stream).await?),
-            _ => Down::Poll(poll::Reader::new(conn, links.poll)),
-        };
-        Ok(Session {
-            down,
-            up: None,
-            send_link: Some((via, links.send)),
-        })
-    }
-
-    /// Opens an SSE session whose reader's connection is used as `conns`
-    /// says: the `reuse` scenario's three ways a browser may hold it.
-    pub async fn open_sse(proxy: SocketAddr, path: &str, conns: Conns) -> Result<Session> {
         let mut conn = HttpConn::connect(proxy).await?;
         if conns == Conns::Reused {
             // A page's pass-through request first, on the same connection.
-            let (status, body) = collect(conn.request(Method::GET, "/plain", None).await?).await?;
-            if status != ::http::StatusCode::OK {
-                fail!("pass-through: {status} {}", String::from_utf8_lossy(&body));
-            }
+            pass_through(&mut conn).await?;
         }
         let body = serde_json::json!({ "url": path }).to_string();
         let resp = conn
@@ -356,14 +342,29 @@ impl Session {
         }
         let reader = match conns {
             // The open's connection closes; the reader gets one of its own.
-            Conns::Own => HttpConn::connect(proxy).await?,
+            Conns::Own => HttpConn::connect(via).await?,
+            // Read through another replica: a connection to it.
+            _ if via != proxy => HttpConn::connect(via).await?,
             Conns::Shared | Conns::Reused => conn,
         };
+        let down = match transport {
+            Transport::Sse => Down::Sse(sse::Reader::attach(reader, &links.sse).await?),
+            Transport::Stream => Down::Stream(stream::Reader::attach(reader, &links.stream).await?),
+            _ => Down::Poll(poll::Reader::new(reader, links.poll)),
+        };
         Ok(Session {
-            down: Down::Sse(sse::Reader::attach(reader, &links.sse).await?),
+            down,
             up: None,
-            send_link: Some((proxy, links.send)),
+            send_link: Some((via, links.send)),
+            conns,
+            sends: 0,
         })
+    }
+
+    /// Opens an SSE session whose reader's connection is used as `conns`
+    /// says: the `reuse` scenario's three ways a browser may hold it.
+    pub async fn open_sse(proxy: SocketAddr, path: &str, conns: Conns) -> Result<Session> {
+        Self::open_bridged(Transport::Sse, proxy, proxy, path, conns).await
     }
 
     /// The next frame, or `None` once the session closed cleanly (1000).
@@ -381,13 +382,41 @@ impl Session {
         }
         if self.up.is_none() {
             let (proxy, link) = self.send_link.clone().ok_or("no send link")?;
-            self.up = Some(Sender::connect(proxy, link).await?);
+            let mut up = Sender::connect(proxy, link).await?;
+            if self.conns == Conns::Reused {
+                pass_through(up.conn()).await?;
+            }
+            self.up = Some(up);
         }
         let up = self.up.as_mut().ok_or("no sender")?;
         let (sent, got) = tokio::join!(up.send(text), self.down.next());
         sent?;
+        self.sends += 1;
         got
     }
+
+    /// Between round trips (not timed): with reused connections, every
+    /// [`PASSTHROUGH_EVERY`] sends, a pass-through GET on the send
+    /// connection, as a browser's pool sends a page's requests on whichever
+    /// keep-alive connection is free.
+    pub async fn now_and_then(&mut self) -> Result<()> {
+        if self.conns != Conns::Reused || !self.sends.is_multiple_of(PASSTHROUGH_EVERY) {
+            return Ok(());
+        }
+        match self.up.as_mut() {
+            Some(up) => pass_through(up.conn()).await,
+            None => Ok(()),
+        }
+    }
+}
+
+/// A GET through the pass-through (the backend's plain `/plain`) on `conn`.
+async fn pass_through(conn: &mut HttpConn) -> Result<()> {
+    let (status, body) = collect(conn.request(Method::GET, "/plain", None).await?).await?;
+    if status != ::http::StatusCode::OK {
+        fail!("pass-through: {status} {}", String::from_utf8_lossy(&body));
+    }
+    Ok(())
 }
 
 impl Down {

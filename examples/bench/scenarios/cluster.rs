@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use super::{BENCH_PROXY, Ctx, WS_READ_BUFFER, attached, failures, open_timeout, quantile_us};
 use crate::clients::http::HttpConn;
-use crate::clients::{Addrs, PREFIX, Session, Transport, payload, unix_nanos};
+use crate::clients::{Addrs, Conns, PREFIX, Session, Transport, payload, unix_nanos};
 use crate::fleet::{Fleet, Load, histogram};
 use crate::procs::{Backend, Findings, Proxy, free_port};
 use crate::report::{Row, Table};
@@ -114,6 +114,7 @@ async fn measure(
             backend: backend.addr,
             proxy: Some(owner.addr),
             read_via: Some(if forwarded { other.addr } else { owner.addr }),
+            conns: Conns::Shared,
         };
         let load = Load {
             sessions,

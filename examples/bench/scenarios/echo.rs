@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use super::{Ctx, Measured, Rig, each_transport, measuring, quantile_us, ratio};
+use super::{Ctx, Measured, Rig, conns_note, each_transport, measuring, quantile_us, ratio};
 use crate::clients::{Session, Transport, payload, unix_nanos};
 use crate::fleet::histogram;
 use crate::report::{Row, Table};
@@ -22,7 +22,8 @@ pub async fn run(ctx: &Ctx) -> Table {
     let mut table = Table::new(
         "echo",
         format!(
-            "1 session, {n} sequential round trips of {SIZE} B after {WARMUP} warm-up; microseconds"
+            "1 session, {n} sequential round trips of {SIZE} B after {WARMUP} warm-up; microseconds{}",
+            conns_note(ctx)
         ),
     );
     each_transport(ctx, &mut table, measuring("p50_us"), async |rig, t| {
@@ -42,6 +43,8 @@ pub async fn run(ctx: &Ctx) -> Table {
     .await;
     ratio(&mut table, "p50_us", "ws-direct", "ratio_vs_direct");
     ratio(&mut table, "p50_us", "ws-proxy", "ratio_vs_ws_proxy");
+    ratio(&mut table, "p99_us", "ws-proxy", "p99_ratio_vs_ws_proxy");
+    ratio(&mut table, "p50_us", "ws-nginx", "ratio_vs_ws_nginx");
     table
 }
 
@@ -72,6 +75,7 @@ pub async fn round_trips(
         if i > warmup as u64 {
             h.saturating_record(took.as_nanos() as u64);
         }
+        session.now_and_then().await?;
     }
     Ok(h)
 }

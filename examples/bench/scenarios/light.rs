@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use super::{
-    Ctx, Measured, WS_READ_BUFFER, attached, each_transport, failures, measuring, open_timeout,
-    quantile_us, ratio,
+    Ctx, Measured, WS_READ_BUFFER, attached, conns_note, each_transport, failures, measuring,
+    open_timeout, quantile_us, ratio,
 };
 use crate::fleet::{Fleet, Load};
 use crate::probe::CpuMeter;
@@ -31,8 +31,9 @@ pub async fn run(ctx: &Ctx) -> Table {
     let mut table = Table::new(
         "light",
         format!(
-            "{} sessions x {RATE} msg/s x {SIZE} B for {secs}s; latency from the backend's send to the client, in microseconds",
-            load.sessions
+            "{} sessions x {RATE} msg/s x {SIZE} B for {secs}s; latency from the backend's send to the client, in microseconds{}",
+            load.sessions,
+            conns_note(ctx)
         ),
     );
     each_transport(ctx, &mut table, measuring("p99_us"), async |rig, t| {
@@ -41,7 +42,7 @@ pub async fn run(ctx: &Ctx) -> Table {
             open_timeout(load.sessions),
         )
         .await?;
-        let cpu = rig.proxy_pid().map(CpuMeter::start);
+        let cpu = rig.proxy_pids().map(CpuMeter::start_all);
         rig.backend.go().await?;
         let outcome = fleet
             .finish(load.publish_time() + Duration::from_secs(30))

@@ -54,9 +54,13 @@ pub async fn run(ctx: &Ctx) -> Table {
         &mut table,
         measuring("rss_kib_per_session"),
         async |rig, t| {
-            let pid = rig.proxy_pid();
+            let pids = rig.proxy_pids();
+            let rss = || {
+                pids.as_deref()
+                    .and_then(|p| probe::status_kib_all(p, "VmRSS"))
+            };
             sleep(Duration::from_millis(500)).await;
-            let rss0 = pid.and_then(probe::rss_kib);
+            let rss0 = rss();
             let tcp0 = kernel_mem().await;
             let opening = Instant::now();
             let fleet = attached(
@@ -66,21 +70,23 @@ pub async fn run(ctx: &Ctx) -> Table {
             .await?;
             let open_s = opening.elapsed().as_secs_f64();
             sleep(SETTLE).await;
-            let rss_idle = pid.and_then(probe::rss_kib);
+            let rss_idle = rss();
             let tcp_idle = kernel_mem().await;
-            let idle = pid.map(CpuMeter::start);
+            let idle = pids.clone().map(CpuMeter::start_all);
             sleep(IDLE_WINDOW).await;
             let idle = idle.map(|m| m.read());
             rig.backend.go().await?;
-            let busy = pid.map(CpuMeter::start);
+            let busy = pids.clone().map(CpuMeter::start_all);
             sleep(ACTIVE_AT).await;
-            let rss_active = pid.and_then(probe::rss_kib);
+            let rss_active = rss();
             let tcp_active = kernel_mem().await;
             let outcome = fleet
                 .finish(load.publish_time() + Duration::from_secs(60))
                 .await;
             let busy = busy.map(|m| m.read());
-            let peak = pid.and_then(|p| probe::status_kib(p, "VmHWM"));
+            let peak = pids
+                .as_deref()
+                .and_then(|p| probe::status_kib_all(p, "VmHWM"));
 
             let n = load.sessions as f64;
             let per_session =

@@ -15,8 +15,9 @@ pub mod time_to_open;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::clients::{Addrs, Transport};
+use crate::clients::{Addrs, Conns, Transport};
 use crate::fleet::{Fleet, Outcome};
+use crate::nginx::{self, Nginx, Role};
 use crate::procs::{Backend, Findings, Proxy, ProxySettings};
 use crate::report::{Out, Row, Table};
 use crate::{Result, fail};
@@ -29,6 +30,8 @@ pub struct Ctx {
     pub duration: Option<Duration>,
     pub sessions: Option<usize>,
     pub round_trips: usize,
+    /// How bridged clients use their connections (`--connections`).
+    pub conns: Conns,
     /// Runs per transport; the median is reported (see [`Runs`]).
     pub repeat: usize,
     /// The open-file limit of every process (the bench raised it).
@@ -47,6 +50,16 @@ pub fn measuring(figure: &'static str) -> Runs {
     Runs {
         settings: BENCH_PROXY,
         median_of: Some(figure),
+        nginx: true,
+    }
+}
+
+/// How a table's title names `--connections reuse` (and says nothing of
+/// the default).
+pub fn conns_note(ctx: &Ctx) -> &'static str {
+    match ctx.conns {
+        Conns::Reused => "; connections reused (pass-through requests on the bridged ones)",
+        _ => "",
     }
 }
 
@@ -59,6 +72,10 @@ pub struct Rig {
     pub backend: Backend,
     /// None for the direct WebSocket: the proxy stays out of it entirely.
     pub proxy: Option<Proxy>,
+    /// The `ws-nginx` row's proxy, in wsbridge's place.
+    pub nginx: Option<Nginx>,
+    /// How the clients of this run use their connections.
+    pub conns: Conns,
 }
 
 impl Rig {
@@ -69,24 +86,59 @@ impl Rig {
         } else {
             None
         };
-        Ok(Rig { backend, proxy })
+        let nginx = if transport == Transport::WsNginx {
+            let bin = nginx::nginx_bin().ok_or("no nginx")?;
+            let upstream = backend.addr;
+            let started = tokio::task::spawn_blocking(move || {
+                Nginx::start(
+                    &bin,
+                    &std::env::temp_dir(),
+                    upstream,
+                    Role::WebsocketPassthrough,
+                )
+            })
+            .await?;
+            Some(started?)
+        } else {
+            None
+        };
+        Ok(Rig {
+            backend,
+            proxy,
+            nginx,
+            conns: ctx.conns,
+        })
     }
 
     pub fn addrs(&self) -> Addrs {
         Addrs {
             backend: self.backend.addr,
-            proxy: self.proxy.as_ref().map(|p| p.addr),
+            proxy: (self.proxy.as_ref().map(|p| p.addr)).or(self.nginx.as_ref().map(|n| n.addr)),
             read_via: None,
+            conns: self.conns,
         }
     }
 
+    /// wsbridge's process (not nginx's).
     pub fn proxy_pid(&self) -> Option<u32> {
         self.proxy.as_ref().and_then(Proxy::pid)
+    }
+
+    /// The processes of whichever proxy runs: wsbridge, or nginx's master
+    /// and workers.
+    pub fn proxy_pids(&self) -> Option<Vec<u32>> {
+        match &self.nginx {
+            Some(n) => Some(n.pids()),
+            None => self.proxy_pid().map(|p| vec![p]),
+        }
     }
 
     async fn stop(self, findings: &mut Findings) {
         if let Some(proxy) = self.proxy {
             proxy.stop(findings).await;
+        }
+        if let Some(nginx) = self.nginx {
+            let _ = tokio::task::spawn_blocking(move || drop(nginx)).await;
         }
         self.backend.stop().await;
     }
@@ -106,6 +158,9 @@ pub struct Runs {
     /// others so a change in the machine's load hits all alike, and the run
     /// with the median of this figure is reported. `None`: always once.
     pub median_of: Option<&'static str>,
+    /// Whether the `ws-nginx` row runs (when nginx is installed; when not,
+    /// the table says so in a note).
+    pub nginx: bool,
 }
 
 /// Runs `measure` for each transport on a fresh rig and files its row,
@@ -131,6 +186,18 @@ pub async fn each_variant<V: Copy>(
     mut measure: impl AsyncFnMut(&mut Rig, V) -> Result<Measured>,
 ) {
     let rounds = runs.median_of.map_or(1, |_| ctx.repeat.max(1));
+    let nginx_here = nginx::nginx_bin().is_some();
+    let variants: Vec<_> = variants
+        .iter()
+        .copied()
+        .filter(|&(_, t, _)| t != Transport::WsNginx || (runs.nginx && nginx_here))
+        .collect();
+    if runs.nginx && !nginx_here && ctx.transports.contains(&Transport::WsNginx) {
+        table.notes.push(format!(
+            "ws-nginx skipped: no nginx at {} (apt-get install nginx-light)",
+            nginx::NGINX_BIN
+        ));
+    }
     let mut rows: Vec<Vec<Row>> = vec![Vec::new(); variants.len()];
     for round in 1..=rounds {
         for (k, &(name, t, v)) in variants.iter().enumerate() {

@@ -6,8 +6,8 @@
 use std::time::{Duration, Instant};
 
 use super::{
-    Ctx, Measured, WS_READ_BUFFER, attached, each_transport, failures, measuring, open_timeout,
-    ratio,
+    Ctx, Measured, WS_READ_BUFFER, attached, conns_note, each_transport, failures, measuring,
+    open_timeout, ratio,
 };
 use crate::fleet::{Fleet, Load};
 use crate::probe::CpuMeter;
@@ -31,10 +31,11 @@ pub async fn run(ctx: &Ctx) -> Table {
     let mut table = Table::new(
         "throughput",
         format!(
-            "{} sessions, {SIZE} B frames as fast as possible, {}s window after {}s warm-up",
+            "{} sessions, {SIZE} B frames as fast as possible, {}s window after {}s warm-up{}",
             load.sessions,
             window.as_secs_f64(),
-            WARMUP.as_secs()
+            WARMUP.as_secs(),
+            conns_note(ctx)
         ),
     );
     each_transport(ctx, &mut table, measuring("msgs_per_s"), async |rig, t| {
@@ -45,7 +46,7 @@ pub async fn run(ctx: &Ctx) -> Table {
         .await?;
         rig.backend.go().await?;
         tokio::time::sleep(WARMUP).await;
-        let proxy = rig.proxy_pid().map(CpuMeter::start);
+        let proxy = rig.proxy_pids().map(CpuMeter::start_all);
         let backend = rig.backend.pid().map(CpuMeter::start);
         let loadgen = CpuMeter::start(std::process::id());
         let (d0, t0) = (fleet.delivered(), Instant::now());
@@ -83,6 +84,7 @@ pub async fn run(ctx: &Ctx) -> Table {
     })
     .await;
     ratio(&mut table, "msgs_per_s", "ws-direct", "ratio_vs_direct");
+    ratio(&mut table, "msgs_per_s", "ws-nginx", "ratio_vs_nginx");
     table
 }
 

@@ -16,7 +16,7 @@ use serde_json::Value;
 use tokio::time::timeout;
 
 use super::{BENCH_PROXY, Ctx};
-use crate::nginx::{self, BufferingNginx};
+use crate::nginx::{self, Nginx, Role};
 use crate::procs::{Backend, Findings, Proxy};
 use crate::report::{Row, Table};
 use crate::{Result, fail};
@@ -63,7 +63,7 @@ async fn measure(ctx: &Ctx, runs: usize, table: &mut Table) -> Result<()> {
     let backend = Backend::start(&ctx.bench_exe).await?;
     let proxy = Proxy::start(&ctx.proxy_bin, backend.addr, BENCH_PROXY).await?;
     let scratch = tempfile::tempdir()?;
-    let front = BufferingNginx::start(&bin, scratch.path(), proxy.addr)?;
+    let front = Nginx::start(&bin, scratch.path(), proxy.addr, Role::BufferingFirewall)?;
     let output = timeout(
         NODE_TIMEOUT,
         tokio::process::Command::new("node")

@@ -59,6 +59,22 @@ impl FrameTracker {
                 }
                 continue;
             }
+            // Between frames with a whole header in `buf` (nearly always):
+            // read it in place rather than byte by byte into `header`.
+            if self.header_len == 0 {
+                let rest = &buf[i..];
+                if let Some(&b1) = rest.get(1) {
+                    let need = header_len(&[rest[0], b1]);
+                    if rest.len() >= need {
+                        self.start_payload(&rest[..need]);
+                        i += need;
+                        if self.payload_left == 0 && self.end_frame(&mut out) && stop_at_boundary {
+                            break;
+                        }
+                        continue;
+                    }
+                }
+            }
             // Header bytes: take what the header still needs.
             let need = header_len(&self.header[..self.header_len]);
             let take = (need - self.header_len).min(buf.len() - i);
@@ -67,7 +83,8 @@ impl FrameTracker {
             i += take;
             // The first two bytes may have told that it is longer.
             if self.header_len == header_len(&self.header[..self.header_len]) {
-                self.start_payload();
+                let header = self.header;
+                self.start_payload(&header[..self.header_len]);
                 if self.payload_left == 0 && self.end_frame(&mut out) && stop_at_boundary {
                     break;
                 }
@@ -77,9 +94,8 @@ impl FrameTracker {
         out
     }
 
-    /// The header is complete: note the frame's opcode and length.
-    fn start_payload(&mut self) {
-        let h = &self.header[..self.header_len];
+    /// The header `h` is complete: note the frame's opcode and length.
+    fn start_payload(&mut self, h: &[u8]) {
         self.opcode = h[0] & 0x0f;
         self.payload_left = match h[1] & 0x7f {
             126 => u64::from(u16::from_be_bytes([h[2], h[3]])),
