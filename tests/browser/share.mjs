@@ -491,6 +491,46 @@ check("four_tabs_behind_a_flaky_network", 60000, async (browser) => {
   }
 });
 
+// A tab too busy to take its events (a long task) must not stall another
+// tab on the same channel: backpressure is per session. Tab 1 blocks its
+// event loop while tab 0 sends more messages than the hub keeps for a tab
+// (so tab 1's session is detached from the channel and its events wait in
+// the proxy); tab 0 gets all of them back while tab 1 is still blocked,
+// and tab 1 gets every one, in order, once, when it is free again.
+check("a_busy_tab_does_not_stall_the_others", 60000, async (browser) => {
+  const me = await profile(browser);
+  try {
+    const room = tag("busy");
+    const deadline = Date.now() + OPEN_WITHIN_MS;
+    const tabs = await openTabs(me, SETUP.tabs.url, 2, [room], deadline);
+    const states = await until(tabs, "2 sockets open", (st) => st.flat().every((s) => s.opened), deadline);
+    const mode = assertShared(tabs, states, ["worker"]);
+    const [free, busy] = tabs;
+    const count = 1500; // above the hub's 1024 events kept for a tab
+    const blockMs = 10000;
+    let busyUntil = 0;
+    const blocked = busy.page
+      .evaluate((ms) => {
+        const t = Date.now();
+        while (Date.now() - t < ms);
+      }, blockMs)
+      .then(() => (busyUntil = Date.now()));
+    await sleep(200); // the busy tab is in its long task
+    await sendAll([free], 0, count);
+    await until([free], `${count} messages back in the free tab`, (st) => st[0][0].received >= count, Date.now() + blockMs);
+    const freeDone = Date.now();
+    if (busyUntil) throw new Error("the busy tab was free again before the other tab had its messages: nothing shows it did not stall them");
+    await blocked;
+    await until(tabs, `${count} messages in both tabs`, (st) => st.flat().every((s) => s.received >= count), Date.now() + DELIVER_WITHIN_MS);
+    await sleep(SETTLE_MS);
+    await checkAll(tabs, () => ({ [String(free.i)]: count }));
+    if (me.errors.length) throw new Error("page errors: " + me.errors.join("; "));
+    return { mode, free_tab_done_ms_before_busy_tab_free: busyUntil - freeDone };
+  } finally {
+    await me.close();
+  }
+});
+
 // The demo chat as 12 people in 12 tabs of one browser would use it: every
 // tab connects over plain HTTP/1.1, says where it is and that it shares one
 // connection, and everyone sees everyone's message. Saves a screenshot.

@@ -1440,6 +1440,8 @@ class BridgeSocket extends EventTarget {
         return { t: "join", key, session: this.#session.id, cursor: this.#cursor, order, links, frames, channel };
       },
       receive: (m) => (this.#joinWaiter ? this.#joinWaiter(m) : this.#sharedMessage(m)),
+      // What closes the session when the page goes away (see HubClient).
+      goingAwayUrl: () => (this.#session && this.#session.links.close ? withQuery(this.#session.links.close, { code: 1001 }) : null),
     };
   }
 
@@ -1734,6 +1736,9 @@ const BATCH_MAX_BYTES = 1 << 20;
 // Before the next channel poll, how long to wait for tabs to acknowledge
 // what the last one brought (an unacknowledged cursor would fetch it again).
 const POLL_ACK_WAIT_MS = 200;
+// Leader-tab mode: at most this many close URLs of gone tabs' sessions are
+// kept per tab (see HubClient#tellGoingAway).
+const GRAVEYARD_MAX = 256;
 
 function bytesToBase64(bytes) {
   let binary = "";
@@ -2741,7 +2746,10 @@ class HubClient {
     const locks = globalThis.navigator && globalThis.navigator.locks;
     this.#locks = locks && typeof locks.request === "function" ? locks : null;
     if (typeof globalThis.addEventListener === "function") {
-      globalThis.addEventListener("pagehide", () => this.#post({ t: "bye" }));
+      globalThis.addEventListener("pagehide", () => {
+        this.#post({ t: "bye" });
+        this.#tellGoingAway();
+      });
     }
     const mode = options.shareMode;
     this.#shareMode = mode;
@@ -2773,6 +2781,38 @@ class HubClient {
 
   #locks;
   #shareMode;
+  #bc = null; // leader-tab mode's BroadcastChannel
+  // Leader-tab mode: the close URLs of sessions whose tabs went away, kept
+  // by every tab until it leads (see #tellGoingAway).
+  #graveyard = new Set();
+
+  // Leader-tab mode. A tab going away closes its sessions by keepalive
+  // DELETE; it also tells the other tabs, so that the leader (or, when the
+  // leaving tab led, the next one) closes them again should that request
+  // be lost with the page. A second DELETE of a closed session is a
+  // harmless 404.
+  #tellGoingAway() {
+    if (!this.#bc) return;
+    const urls = [];
+    for (const handle of this.#sockets.values()) {
+      const url = handle.goingAwayUrl();
+      if (url) urls.push(url);
+    }
+    if (urls.length) this.#bc.postMessage({ t: "gone", to: "*", urls });
+  }
+
+  #buryOrClose(urls) {
+    for (const url of urls) {
+      if (typeof url !== "string" || !url.startsWith(this.#config.origin + "/")) continue;
+      if (this.#local) this.#closeQuietly(url);
+      else if (this.#graveyard.size < GRAVEYARD_MAX) this.#graveyard.add(url);
+    }
+  }
+
+  #closeQuietly(url) {
+    const credentials = this.#config.withCredentials ? "include" : "same-origin";
+    fetch(url, { method: "DELETE", keepalive: true, credentials }).catch(() => null);
+  }
 
   #tabLock() {
     return `${this.#name}:tab:${this.#tab}`;
@@ -2844,10 +2884,15 @@ class HubClient {
   #startTabs() {
     this.#mode = "tabs";
     const bc = new BroadcastChannel(this.#name);
+    this.#bc = bc;
     const watched = new Set();
     bc.onmessage = (e) => {
       const m = e.data;
       if (!m || typeof m !== "object") return;
+      if (m.t === "gone" && m.to === "*") {
+        if (Array.isArray(m.urls)) this.#buryOrClose(m.urls);
+        return;
+      }
       if (m.to === "hub") {
         const hub = this.#local;
         if (!hub) return;
@@ -2876,6 +2921,8 @@ class HubClient {
         const hub = new ChannelHub(this.#config, "tabs");
         this.#local = hub;
         hub.connect(this.#tab, (m) => queueMicrotask(() => this.#receive(m)));
+        for (const url of this.#graveyard) this.#closeQuietly(url);
+        this.#graveyard.clear();
         // Every other tab: a new hub, report your sessions again.
         bc.postMessage({ t: "hub", hub: hub.id, mode: "tabs", to: "*" });
         return new Promise(() => {});
