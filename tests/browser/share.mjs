@@ -531,6 +531,35 @@ check("a_busy_tab_does_not_stall_the_others", 60000, async (browser) => {
   }
 });
 
+// A channel that ends under its sockets (it expired, the proxy restarted:
+// here a DELETE) is replaced: every socket goes on from its cursor on a new
+// channel, losing and doubling nothing.
+check("an_ended_channel_is_replaced", 45000, async (browser) => {
+  const me = await profile(browser);
+  try {
+    const rooms = [tag("renew-a"), tag("renew-b")];
+    const deadline = Date.now() + OPEN_WITHIN_MS;
+    const tabs = await openTabs(me, SETUP.tabs.url, 2, rooms, deadline);
+    const states = await until(tabs, "4 sockets open", (st) => st.flat().every((s) => s.opened), deadline);
+    assertShared(tabs, states, ["worker"]);
+    const before = states[0][0].shared.channel;
+    await sendAll(tabs, 0, 20);
+    await until(tabs, "the first 40 messages on each socket", (st) => st.flat().every((s) => s.received >= 40), Date.now() + DELIVER_WITHIN_MS);
+    const status = await tabs[0].page.evaluate(async (id) => (await fetch(`/_bridge/channels/${id}`, { method: "DELETE" })).status, before);
+    if (status !== 204) throw new Error(`DELETE of the channel answered ${status}, not 204`);
+    await sendAll(tabs, 20, 40);
+    const after = await until(tabs, "all 80 messages on each socket", (st) => st.flat().every((s) => s.received >= 80), Date.now() + DELIVER_WITHIN_MS);
+    await sleep(SETTLE_MS);
+    await checkAll(tabs, () => Object.fromEntries(tabs.map((x) => [String(x.i), 40])));
+    const channel = assertShared(tabs, after, ["worker"]) && after[0][0].shared.channel;
+    if (channel === before) throw new Error("the sockets still name the ended channel");
+    if (me.errors.length) throw new Error("page errors: " + me.errors.join("; "));
+    return { before, after: channel };
+  } finally {
+    await me.close();
+  }
+});
+
 // The demo chat as 12 people in 12 tabs of one browser would use it: every
 // tab connects over plain HTTP/1.1, says where it is and that it shares one
 // connection, and everyone sees everyone's message. Saves a screenshot.
