@@ -4,6 +4,7 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
+use futures_util::StreamExt as _;
 use http::header::{self, HeaderMap};
 use http::{Request, Response, StatusCode};
 use serde::Deserialize;
@@ -149,7 +150,7 @@ pub(super) async fn open_session(
     };
     tokio::spawn(upstream::run(
         Arc::clone(&session),
-        connected.socket,
+        connected.socket.split(),
         handle,
         timers,
         state.upstreams.token(),
