@@ -5,46 +5,21 @@
 //! backend's close after the last.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use tokio::sync::{Semaphore, watch};
 use tokio::task::{JoinHandle, JoinSet};
-use tokio::time::timeout;
-use tokio_util::sync::CancellationToken;
 
 use crate::Result;
 use crate::clients::channel::{Channel, Form};
 use crate::clients::http::HttpConn;
-use crate::fleet::{Load, Outcome};
+use crate::fleet::{Load, Outcome, Shared};
 
 /// Connections each channel opens its sessions over, at once (a browser
 /// has at most six per host; the reader takes one).
 const OPENERS: usize = 4;
 /// Failures listed in full per run; the rest are counted.
 const LISTED_FAILURES: usize = 5;
-
-/// A counter alone on its cache line.
-#[repr(align(64))]
-#[derive(Default)]
-struct Counter(AtomicU64);
-
-#[derive(Default)]
-struct Progress {
-    /// Sessions whose channel's reader is attached.
-    attached: usize,
-    failed_to_open: usize,
-    ended: usize,
-}
-
-struct Shared {
-    /// Frames delivered, per channel.
-    counters: Vec<Counter>,
-    progress: watch::Sender<Progress>,
-    stop: CancellationToken,
-    /// Bounds the session opens in flight over all channels.
-    opening: Semaphore,
-}
 
 /// How one channel ended.
 struct End {
@@ -67,12 +42,7 @@ impl ChannelFleet {
     /// divide), each channel read as `form`.
     pub fn spawn(form: Form, proxy: std::net::SocketAddr, load: Load, channels: usize) -> Self {
         let channels = channels.clamp(1, load.sessions.max(1));
-        let shared = Arc::new(Shared {
-            counters: (0..channels).map(|_| Counter::default()).collect(),
-            progress: watch::Sender::new(Progress::default()),
-            stop: CancellationToken::new(),
-            opening: Semaphore::new(load.open_concurrency.max(1)),
-        });
+        let shared = Shared::new(channels, load.open_concurrency);
         let path: Arc<str> = load.path().into();
         let tasks = (0..channels)
             .map(|k| {
@@ -96,39 +66,20 @@ impl ChannelFleet {
 
     /// Waits until every channel's sessions are open and its reader attached.
     pub async fn attached(&self, within: Duration) -> Result<(), String> {
-        let n = self.load.sessions;
-        let mut rx = self.shared.progress.subscribe();
-        let waited = timeout(within, rx.wait_for(|p| p.attached + p.failed_to_open >= n)).await;
-        let p = self.shared.progress.borrow();
-        match waited {
-            Ok(_) if p.failed_to_open == 0 => Ok(()),
-            Ok(_) => Err(format!(
-                "{} of {n} channel sessions failed to open",
-                p.failed_to_open
-            )),
-            Err(_) => Err(format!(
-                "only {} of {n} channel sessions attached after {}s",
-                p.attached,
-                within.as_secs()
-            )),
-        }
+        self.shared
+            .attached(self.load.sessions, within, "channel sessions")
+            .await
     }
 
     /// Frames delivered so far, all channels.
     pub fn delivered(&self) -> u64 {
-        self.shared
-            .counters
-            .iter()
-            .map(|c| c.0.load(Ordering::Relaxed))
-            .sum()
+        self.shared.delivered()
     }
 
     /// Waits for every session to close (bounded loads); channels still
     /// reading after `within` are stopped and their open sessions stalled.
     pub async fn finish(mut self, within: Duration) -> Outcome {
-        let n = self.load.sessions;
-        let mut rx = self.shared.progress.subscribe();
-        let _ = timeout(within, rx.wait_for(|p| p.ended >= n)).await;
+        self.shared.ended(self.load.sessions, within).await;
         self.collect(Some(within)).await
     }
 

@@ -62,22 +62,68 @@ pub fn histogram() -> Histogram<u64> {
 /// A counter alone on its cache line.
 #[repr(align(64))]
 #[derive(Default)]
-struct Counter(AtomicU64);
+pub struct Counter(pub AtomicU64);
 
 #[derive(Default)]
-struct Progress {
-    attached: usize,
-    failed_to_open: usize,
-    ended: usize,
+pub struct Progress {
+    /// Sessions whose reader is attached.
+    pub attached: usize,
+    pub failed_to_open: usize,
+    pub ended: usize,
 }
 
-struct Shared {
-    counters: Vec<Counter>,
-    progress: watch::Sender<Progress>,
-    stop: CancellationToken,
+/// What a fleet's tasks share with the bench: their frame counters, their
+/// progress, the stop signal, and the bound on opens in flight. Also used
+/// by `channel_fleet`, with a counter per channel.
+pub struct Shared {
+    pub counters: Vec<Counter>,
+    pub progress: watch::Sender<Progress>,
+    pub stop: CancellationToken,
     /// Bounds the opens in flight, so thousands of sessions do not all hit
     /// the accept queue at once.
-    opening: Semaphore,
+    pub opening: Semaphore,
+}
+
+impl Shared {
+    pub fn new(counters: usize, open_concurrency: usize) -> Arc<Shared> {
+        Arc::new(Shared {
+            counters: (0..counters).map(|_| Counter::default()).collect(),
+            progress: watch::Sender::new(Progress::default()),
+            stop: CancellationToken::new(),
+            opening: Semaphore::new(open_concurrency.max(1)),
+        })
+    }
+
+    /// Waits until all `n` sessions are open and attached; `what` names
+    /// them in the error.
+    pub async fn attached(&self, n: usize, within: Duration, what: &str) -> Result<(), String> {
+        let mut rx = self.progress.subscribe();
+        let waited = timeout(within, rx.wait_for(|p| p.attached + p.failed_to_open >= n)).await;
+        let p = self.progress.borrow();
+        match waited {
+            Ok(_) if p.failed_to_open == 0 => Ok(()),
+            Ok(_) => Err(format!("{} of {n} {what} failed to open", p.failed_to_open)),
+            Err(_) => Err(format!(
+                "only {} of {n} {what} attached after {}s",
+                p.attached,
+                within.as_secs()
+            )),
+        }
+    }
+
+    /// Frames delivered so far.
+    pub fn delivered(&self) -> u64 {
+        self.counters
+            .iter()
+            .map(|c| c.0.load(Ordering::Relaxed))
+            .sum()
+    }
+
+    /// Waits (at most `within`) until all `n` sessions have ended.
+    pub async fn ended(&self, n: usize, within: Duration) {
+        let mut rx = self.progress.subscribe();
+        let _ = timeout(within, rx.wait_for(|p| p.ended >= n)).await;
+    }
 }
 
 /// How one session ended.
@@ -107,12 +153,7 @@ pub struct Outcome {
 
 impl Fleet {
     pub fn spawn(transport: Transport, addrs: Addrs, load: Load) -> Fleet {
-        let shared = Arc::new(Shared {
-            counters: (0..load.sessions).map(|_| Counter::default()).collect(),
-            progress: watch::Sender::new(Progress::default()),
-            stop: CancellationToken::new(),
-            opening: Semaphore::new(load.open_concurrency.max(1)),
-        });
+        let shared = Shared::new(load.sessions, load.open_concurrency);
         let path: Arc<str> = load.path().into();
         let tasks = (0..load.sessions)
             .map(|i| {
@@ -135,40 +176,21 @@ impl Fleet {
 
     /// Waits until every session is open and attached.
     pub async fn attached(&self, within: Duration) -> Result<(), String> {
-        let n = self.load.sessions;
-        let mut rx = self.shared.progress.subscribe();
-        let waited = timeout(within, rx.wait_for(|p| p.attached + p.failed_to_open >= n)).await;
-        let p = self.shared.progress.borrow();
-        match waited {
-            Ok(_) if p.failed_to_open == 0 => Ok(()),
-            Ok(_) => Err(format!(
-                "{} of {n} sessions failed to open",
-                p.failed_to_open
-            )),
-            Err(_) => Err(format!(
-                "only {} of {n} sessions open after {}s",
-                p.attached,
-                within.as_secs()
-            )),
-        }
+        self.shared
+            .attached(self.load.sessions, within, "sessions")
+            .await
     }
 
     /// Frames delivered so far, all sessions.
     pub fn delivered(&self) -> u64 {
-        self.shared
-            .counters
-            .iter()
-            .map(|c| c.0.load(Ordering::Relaxed))
-            .sum()
+        self.shared.delivered()
     }
 
     /// Waits for every session to end (bounded loads end with the backend's
     /// close); those still running after `within` are stopped and count as
     /// stalled.
     pub async fn finish(mut self, within: Duration) -> Outcome {
-        let n = self.load.sessions;
-        let mut rx = self.shared.progress.subscribe();
-        let _ = timeout(within, rx.wait_for(|p| p.ended >= n)).await;
+        self.shared.ended(self.load.sessions, within).await;
         self.collect(Some(within)).await
     }
 
