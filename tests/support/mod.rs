@@ -956,6 +956,33 @@ pub const WSBRIDGE_ENV: [&str; 7] = [
     "WSBRIDGE_CLUSTER_DNS_SERVER",
 ];
 
+/// Serves HTTP/1.1 (with upgrades) on `listener` for the rest of the test,
+/// a task per connection, every request to `handle`: the loopback backends
+/// of the Chromium tests.
+pub fn serve_http1<F, Fut, B>(listener: TcpListener, handle: F)
+where
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<Response<B>, Infallible>> + Send + 'static,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let handle = handle.clone();
+            tokio::spawn(async move {
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service_fn(handle))
+                    .with_upgrades()
+                    .await;
+            });
+        }
+    });
+}
+
 /// A loopback port that was free a moment ago (the caller retries if it is
 /// taken before use).
 pub fn free_port() -> u16 {
