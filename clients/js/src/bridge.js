@@ -1426,7 +1426,7 @@ class BridgeSocket extends EventTarget {
     const key = this.#shareKey;
     const links = {};
     for (const t of WSBRIDGE_BRIDGED) links[t] = Boolean(this.#session.links[t]);
-    return {
+    const handle = {
       key,
       joinMessage: (takeover) => {
         if (takeover && this.#shared && this.#readyState === BridgeSocket.OPEN && !this.#reconnecting) {
@@ -1437,12 +1437,13 @@ class BridgeSocket extends EventTarget {
         // After a takeover, `channel` names the dead hub's channel, which
         // the new hub ends once this session is off it.
         const channel = takeover && this.#shared ? this.#shared.channel : null;
-        return { t: "join", key, session: this.#session.id, cursor: this.#cursor, order, links, frames, channel };
+        return { t: "join", key, session: this.#session.id, cursor: this.#cursor, order, links, frames, channel, close: handle.goingAwayUrl() };
       },
       receive: (m) => (this.#joinWaiter ? this.#joinWaiter(m) : this.#sharedMessage(m)),
       // What closes the session when the page goes away (see HubClient).
       goingAwayUrl: () => (this.#session && this.#session.links.close ? withQuery(this.#session.links.close, { code: 1001 }) : null),
     };
+    return handle;
   }
 
   #sharedMessage(m) {
@@ -1736,9 +1737,20 @@ const BATCH_MAX_BYTES = 1 << 20;
 // Before the next channel poll, how long to wait for tabs to acknowledge
 // what the last one brought (an unacknowledged cursor would fetch it again).
 const POLL_ACK_WAIT_MS = 200;
-// Leader-tab mode: at most this many close URLs of gone tabs' sessions are
-// kept per tab (see HubClient#tellGoingAway).
-const GRAVEYARD_MAX = 256;
+// Leader-tab mode: at most this many sessions of another tab are kept for
+// closing should it go (see HubClient#peers).
+const PEER_SESSIONS_MAX = 256;
+
+// `url` when it is a string on `origin`, else null: what another tab or a
+// tab's message names is never fetched elsewhere.
+function sameOriginUrl(url, origin) {
+  return typeof url === "string" && url.startsWith(origin + "/") ? url : null;
+}
+
+// A session's DELETE that outlives the page (keepalive), errors ignored.
+function closeQuietly(url, withCredentials) {
+  fetch(url, { method: "DELETE", keepalive: true, credentials: withCredentials ? "include" : "same-origin" }).catch(() => null);
+}
 
 function bytesToBase64(bytes) {
   let binary = "";
@@ -1878,12 +1890,16 @@ class ChannelHub {
     this.#post(tab, { t: "hub", hub: this.#id, mode: this.#mode });
   }
 
-  // A tab went away: its sessions leave the channel (the tab closed them
-  // itself, by a keepalive DELETE, when it could).
-  disconnect(tab) {
+  // A tab went away: its sessions leave the channel. After a bye the tab
+  // closed them itself, by a keepalive DELETE; when its lifetime lock says
+  // it is `gone` without one (a crash, a page closed without pagehide),
+  // the hub closes them, so they do not wait for the idle timeout.
+  disconnect(tab, gone = false) {
     this.#clients.delete(tab);
     for (const s of Array.from(this.#sessions.values())) {
-      if (s.tab === tab) this.#forget(s, true);
+      if (s.tab !== tab) continue;
+      this.#forget(s, !gone);
+      if (gone && s.close) closeQuietly(s.close, this.#config.withCredentials);
     }
   }
 
@@ -2022,6 +2038,7 @@ class ChannelHub {
       queuedSeq: old ? old.queuedSeq : 0,
       retryAt: 0,
       order: Array.from(m.order || WSBRIDGE_BRIDGED), // the socket's transports: the reader never moves off them
+      close: sameOriginUrl(m.close, this.#config.origin), // its DELETE, should its tab go without one
     };
     this.#sessions.set(s.id, s);
     this.#queueFrames(s, m.frames || []);
@@ -2699,7 +2716,7 @@ function startWorkerHub() {
         // The tab holds this lock for its life: granted to us, it is gone
         // (a closed or crashed tab sends no bye).
         const locks = globalThis.navigator && globalThis.navigator.locks;
-        if (locks && m.lock) locks.request(m.lock, () => hub.disconnect(tab)).catch(() => null);
+        if (locks && m.lock) locks.request(m.lock, () => hub.disconnect(tab, true)).catch(() => null);
         return;
       }
       if (hub) hub.receive(tab, m);
@@ -2746,10 +2763,7 @@ class HubClient {
     const locks = globalThis.navigator && globalThis.navigator.locks;
     this.#locks = locks && typeof locks.request === "function" ? locks : null;
     if (typeof globalThis.addEventListener === "function") {
-      globalThis.addEventListener("pagehide", () => {
-        this.#post({ t: "bye" });
-        this.#tellGoingAway();
-      });
+      globalThis.addEventListener("pagehide", () => this.#post({ t: "bye" }));
     }
     const mode = options.shareMode;
     this.#shareMode = mode;
@@ -2782,36 +2796,44 @@ class HubClient {
   #locks;
   #shareMode;
   #bc = null; // leader-tab mode's BroadcastChannel
-  // Leader-tab mode: the close URLs of sessions whose tabs went away, kept
-  // by every tab until it leads (see #tellGoingAway).
-  #graveyard = new Set();
+  // Leader-tab mode: every other tab's lifetime lock and the close URLs of
+  // its sessions, as it announced them. A leader's hub closes the sessions
+  // of a tab it learns is gone from that tab's lock; when the leader itself
+  // goes, its hub goes with it, so the next leader closes the old leader's
+  // sessions from here.
+  #peers = new Map(); // tab id -> { lock, urls }
+  #watchedPeers = new Set();
 
-  // Leader-tab mode. A tab going away closes its sessions by keepalive
-  // DELETE; it also tells the other tabs, so that the leader (or, when the
-  // leaving tab led, the next one) closes them again should that request
-  // be lost with the page. A second DELETE of a closed session is a
-  // harmless 404.
-  #tellGoingAway() {
+  #announceSessions() {
     if (!this.#bc) return;
     const urls = [];
     for (const handle of this.#sockets.values()) {
       const url = handle.goingAwayUrl();
       if (url) urls.push(url);
     }
-    if (urls.length) this.#bc.postMessage({ t: "gone", to: "*", urls });
+    this.#bc.postMessage({ t: "tab-sessions", to: "*", tab: this.#tab, lock: this.#tabLock(), urls });
   }
 
-  #buryOrClose(urls) {
-    for (const url of urls) {
-      if (typeof url !== "string" || !url.startsWith(this.#config.origin + "/")) continue;
-      if (this.#local) this.#closeQuietly(url);
-      else if (this.#graveyard.size < GRAVEYARD_MAX) this.#graveyard.add(url);
-    }
+  #peerSessions(m) {
+    if (typeof m.tab !== "string" || typeof m.lock !== "string" || !Array.isArray(m.urls)) return;
+    const urls = m.urls.map((url) => sameOriginUrl(url, this.#config.origin)).filter(Boolean).slice(0, PEER_SESSIONS_MAX);
+    this.#peers.set(m.tab, { lock: m.lock, urls });
+    if (this.#local) this.#watchPeer(m.tab);
   }
 
-  #closeQuietly(url) {
-    const credentials = this.#config.withCredentials ? "include" : "same-origin";
-    fetch(url, { method: "DELETE", keepalive: true, credentials }).catch(() => null);
+  // Granted once the tab is gone: its sessions are closed.
+  #watchPeer(tab) {
+    const peer = this.#peers.get(tab);
+    if (!peer || this.#watchedPeers.has(tab) || !this.#locks) return;
+    this.#watchedPeers.add(tab);
+    this.#locks
+      .request(peer.lock, () => {
+        const gone = this.#peers.get(tab);
+        this.#peers.delete(tab);
+        this.#watchedPeers.delete(tab);
+        if (gone) for (const url of gone.urls) closeQuietly(url, this.#config.withCredentials);
+      })
+      .catch(() => null);
   }
 
   #tabLock() {
@@ -2885,12 +2907,18 @@ class HubClient {
     this.#mode = "tabs";
     const bc = new BroadcastChannel(this.#name);
     this.#bc = bc;
+    bc.postMessage({ t: "who", to: "*" });
     const watched = new Set();
     bc.onmessage = (e) => {
       const m = e.data;
       if (!m || typeof m !== "object") return;
-      if (m.t === "gone" && m.to === "*") {
-        if (Array.isArray(m.urls)) this.#buryOrClose(m.urls);
+      if (m.t === "tab-sessions" && m.to === "*") {
+        if (m.tab !== this.#tab) this.#peerSessions(m);
+        return;
+      }
+      // A tab that just started asks what the others hold.
+      if (m.t === "who" && m.to === "*") {
+        this.#announceSessions();
         return;
       }
       if (m.to === "hub") {
@@ -2901,7 +2929,7 @@ class HubClient {
           hub.connect(from, (out) => bc.postMessage({ ...out, to: from }), false);
           if (m.lock && !watched.has(from) && this.#locks) {
             watched.add(from);
-            this.#locks.request(String(m.lock), () => hub.disconnect(from)).catch(() => null);
+            this.#locks.request(String(m.lock), () => hub.disconnect(from, true)).catch(() => null);
           }
         }
         if (m.t === "hello") hub.hello(from);
@@ -2921,8 +2949,7 @@ class HubClient {
         const hub = new ChannelHub(this.#config, "tabs");
         this.#local = hub;
         hub.connect(this.#tab, (m) => queueMicrotask(() => this.#receive(m)));
-        for (const url of this.#graveyard) this.#closeQuietly(url);
-        this.#graveyard.clear();
+        for (const tab of this.#peers.keys()) this.#watchPeer(tab);
         // Every other tab: a new hub, report your sessions again.
         bc.postMessage({ t: "hub", hub: hub.id, mode: "tabs", to: "*" });
         return new Promise(() => {});
@@ -2942,6 +2969,7 @@ class HubClient {
       const takeover = this.#hub !== null;
       this.#hub = m.hub;
       for (const handle of this.#sockets.values()) this.#post(handle.joinMessage(takeover));
+      this.#announceSessions();
       return;
     }
     if (m.key) {
@@ -2956,11 +2984,13 @@ class HubClient {
   join(handle) {
     this.#sockets.set(handle.key, handle);
     if (this.#hub) this.#post(handle.joinMessage(false));
+    this.#announceSessions();
   }
 
   leave(key) {
     if (!this.#sockets.delete(key)) return;
     this.#post({ t: "leave", key });
+    this.#announceSessions();
   }
 
   post(m) {
