@@ -93,4 +93,5 @@ pub mod parsers {
     pub use crate::transport::{
         parse_cursor, resume_cursor, sse, write_event_json, write_json_str,
     };
+    pub use crate::upstream::FrameReader as UpstreamFrameReader;
 }

@@ -1,7 +1,8 @@
 //! Property tests over every parser of what a client (or an operator's
 //! config file) sends: the open body and its `url`, route matching, the
 //! cursor, `Last-Event-ID`, `Bridge-Seq`, `wait`, the SSE and JSON event
-//! encoders, the HTTP/1.1 front end's head parser, and the config loader. None may panic on any input, and each
+//! encoders, the HTTP/1.1 front end's head parser, the upstream's frames,
+//! and the config loader. None may panic on any input, and each
 //! keeps its contract (the upstream host never changes, no dot segment gets
 //! through, every text frame crosses SSE byte-exact, ...).
 //!
@@ -20,9 +21,9 @@ use proptest::test_runner::Config as ProptestConfig;
 use wsbridge::Config;
 use wsbridge::parsers::{Event, EventData};
 use wsbridge::parsers::{H1Parsed, h1_parse_head};
+use wsbridge::parsers::{UpstreamFrameReader, parse_cursor, parse_wait, resume_cursor, sse};
 use wsbridge::parsers::{page_path, resolve};
 use wsbridge::parsers::{parse_batch_line, parse_cursors, parse_open, parse_seq};
-use wsbridge::parsers::{parse_cursor, parse_wait, resume_cursor, sse};
 use wsbridge::session::Frame;
 
 /// `n` cases per property: enough to run in a few seconds in `cargo test`.
@@ -1308,4 +1309,95 @@ proptest! {
 
 fn json_str(s: &str) -> String {
     serde_json::Value::from(s).to_string()
+}
+
+/// Reads every message the upstream's `bytes` hold, handed over `cut` bytes
+/// at a time, up to the first error; a reader over in-memory pieces never
+/// waits, so `now_or_never` drives it.
+fn upstream_messages(
+    bytes: &[u8],
+    cut: usize,
+    max: usize,
+) -> Vec<Result<tokio_tungstenite::tungstenite::Message, String>> {
+    use futures_util::{FutureExt, StreamExt};
+    let pieces: Vec<std::io::Result<Bytes>> = bytes
+        .chunks(cut.max(1))
+        .map(|c| Ok(Bytes::copy_from_slice(c)))
+        .collect();
+    let io = tokio_util::io::StreamReader::new(futures_util::stream::iter(pieces));
+    let mut reader = UpstreamFrameReader::new(io, bytes::BytesMut::new(), max);
+    let mut got = Vec::new();
+    while let Some(Some(next)) = reader.next().now_or_never() {
+        let failed = next.is_err();
+        got.push(next.map_err(|e| e.to_string()));
+        if failed {
+            break;
+        }
+    }
+    got
+}
+
+/// A server's frame (unmasked) as the wire has it.
+fn server_frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
+    let mut out = vec![(u8::from(fin) << 7) | opcode];
+    match payload.len() {
+        n @ 0..=125 => out.push(n as u8),
+        n @ 126..=0xffff => {
+            out.push(126);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            out.push(127);
+            out.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    out.extend_from_slice(payload);
+    out
+}
+
+proptest! {
+    #![proptest_config(cases(500))]
+
+    #[test]
+    fn upstream_frames_never_panic_and_stay_bounded(
+        bytes in proptest::collection::vec(any::<u8>(), 0..2048),
+        cut in 1usize..300,
+        max in 0usize..512,
+    ) {
+        for message in upstream_messages(&bytes, cut, max).into_iter().flatten() {
+            prop_assert!(message.len() <= max.max(125));
+        }
+    }
+
+    /// Messages cut into fragments, with pings between them, read back whole
+    /// and in order however the bytes arrive.
+    #[test]
+    fn upstream_messages_read_back_whatever_the_cuts(
+        messages in proptest::collection::vec(
+            (any::<bool>(), ".{0,80}", proptest::collection::vec(any::<u8>(), 0..300), 1usize..4),
+            1..12,
+        ),
+        cut in 1usize..700,
+    ) {
+        use tokio_tungstenite::tungstenite::Message;
+        let mut wire = Vec::new();
+        let mut want = Vec::new();
+        for (text, s, b, parts) in &messages {
+            let (opcode, payload) = if *text { (1, s.as_bytes()) } else { (2, &b[..]) };
+            let step = payload.len().div_ceil(*parts).max(1);
+            let chunks: Vec<&[u8]> = if payload.is_empty() { vec![&[][..]] } else { payload.chunks(step).collect() };
+            for (i, chunk) in chunks.iter().enumerate() {
+                let op = if i == 0 { opcode } else { 0 };
+                wire.extend(server_frame(i + 1 == chunks.len(), op, chunk));
+                // A control frame may come between fragments.
+                if i == 0 && chunks.len() > 1 {
+                    wire.extend(server_frame(true, 9, b"ping"));
+                    want.push(Message::Ping(Bytes::from_static(b"ping")));
+                }
+            }
+            want.push(if *text { Message::Text(s.as_str().into()) } else { Message::Binary(b.clone().into()) });
+        }
+        let got: Vec<Message> = upstream_messages(&wire, cut, 1 << 20).into_iter().map(Result::unwrap).collect();
+        prop_assert_eq!(got, want);
+    }
 }

@@ -4,7 +4,6 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use futures_util::StreamExt as _;
 use http::header::{self, HeaderMap};
 use http::{Request, Response, StatusCode};
 use serde::Deserialize;
@@ -112,7 +111,7 @@ pub(super) async fn open_session(
         &target.upstream,
         headers,
         &open.protocols,
-        upstream::socket_config(config.limits.max_upstream_frame_bytes),
+        config.limits.max_upstream_frame_bytes,
         Some(Arc::clone(&state.upstream_tls)),
         config.upstream.connect_timeout,
     )
@@ -150,7 +149,7 @@ pub(super) async fn open_session(
     };
     tokio::spawn(upstream::run(
         Arc::clone(&session),
-        connected.socket.split(),
+        connected.halves,
         handle,
         timers,
         state.upstreams.token(),

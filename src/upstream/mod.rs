@@ -1,5 +1,6 @@
-//! The upstream side of a session: the handshake, and the task that owns
-//! the upstream WebSocket for the session's whole life.
+//! The upstream side of a session: the task that owns the upstream
+//! WebSocket for the session's whole life. Opening it is in `connect`, its
+//! frames in `codec`.
 //!
 //! The task runs the reader loop, which moves upstream frames into the
 //! replay queue and pauses when undelivered events reach
@@ -26,19 +27,15 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
-use http::{HeaderMap, HeaderValue, StatusCode, Uri};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::sync::Notify;
 use tokio::time::{Instant, sleep_until, timeout, timeout_at};
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{self, Message};
-use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::task_tracker::TaskTrackerToken;
 
-use crate::error::UpstreamError;
 use crate::metrics::{CloseReason, Metrics};
 use crate::session::registry::Registry;
 use crate::session::replay::EventData;
@@ -46,22 +43,15 @@ use crate::session::{
     ClaimedWriter, DirectWriter, Frame, Outbound, Pushed, Session, UpstreamHandle, WakeLater,
 };
 
-pub type UpstreamSocket = WebSocketStream<MaybeTlsStream<TcpStream>>;
-/// The halves [`run`] takes: `UpstreamSocket::split`.
-pub type UpstreamSink = futures_util::stream::SplitSink<UpstreamSocket, Message>;
-pub type UpstreamStream = futures_util::stream::SplitStream<UpstreamSocket>;
+mod codec;
+mod connect;
 
-/// Read buffer of an upstream socket. tungstenite allocates it eagerly and
-/// defaults to 128 KiB; an idle session needs far less, and 4 KiB still
-/// takes 32 frames of 128 bytes per read under load.
-const READ_BUFFER: usize = 4 * 1024;
+pub use codec::FrameReader;
+pub use connect::{UpstreamSink, UpstreamStream, connect, failure_status, tls_client_config};
+
 /// How long each step of a close may take: the upstream's answer to our
 /// close frame, and its FIN after that. Past it the connection is shut.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
-/// Idle time before the kernel probes an upstream connection (SO_KEEPALIVE):
-/// a backend host that vanished without FIN or RST is found even while the
-/// WebSocket pings are paused by backpressure.
-const KEEPALIVE_IDLE: Duration = Duration::from_secs(60);
 /// Read buffer for discarding what arrives after a close.
 const DISCARD_BUFFER: usize = 16 * 1024;
 /// A write to the upstream that takes longer than this means a dead upstream.
@@ -75,121 +65,6 @@ pub struct Timers {
     pub linger: Duration,
 }
 
-/// The WebSocket settings for upstream sockets.
-pub fn socket_config(max_frame: usize) -> WebSocketConfig {
-    WebSocketConfig::default()
-        .read_buffer_size(READ_BUFFER)
-        // Write each frame at once: the writer flushes after every frame
-        // anyway, and a large write buffer would only hold memory.
-        .write_buffer_size(0)
-        .max_message_size(Some(max_frame))
-        .max_frame_size(Some(max_frame))
-}
-
-/// A finished upstream handshake.
-pub struct Connected {
-    pub socket: UpstreamSocket,
-    /// The negotiated subprotocol, or empty.
-    pub protocol: String,
-}
-
-/// Opens the upstream WebSocket for a session: `headers` are those to pass on
-/// (already chosen by the caller, `Host` included), `protocols` the page's
-/// subprotocols. `connect_timeout` bounds the whole of it: TCP connect, TLS
-/// and the WebSocket handshake.
-pub async fn connect(
-    url: &Uri,
-    headers: HeaderMap,
-    protocols: &[String],
-    config: WebSocketConfig,
-    tls: Option<Arc<rustls::ClientConfig>>,
-    connect_timeout: Duration,
-) -> Result<Connected, UpstreamError> {
-    let mut request = url
-        .to_string()
-        .into_client_request()
-        .map_err(|e| UpstreamError::Protocol(e.to_string()))?;
-    // `extend` with a map replaces: a `Host` given here wins over the one
-    // tungstenite derived from the URL (it writes only the first of several).
-    request.headers_mut().extend(headers);
-    if !protocols.is_empty() {
-        let list = HeaderValue::from_str(&protocols.join(", ")).map_err(|_| {
-            UpstreamError::Protocol("subprotocol is not a valid header value".into())
-        })?;
-        request
-            .headers_mut()
-            .insert(http::header::SEC_WEBSOCKET_PROTOCOL, list);
-    }
-    let connector = match (url.scheme_str(), tls) {
-        (Some("wss"), Some(tls)) => Some(Connector::Rustls(tls)),
-        _ => Some(Connector::Plain),
-    };
-    let handshake = async {
-        let tcp = connect_tcp(url).await?;
-        tokio_tungstenite::client_async_tls_with_config(request, tcp, Some(config), connector)
-            .await
-            .map_err(handshake_error)
-    };
-    let (socket, response) = match timeout(connect_timeout, handshake).await {
-        Err(_) => return Err(UpstreamError::Timeout),
-        Ok(result) => result?,
-    };
-    let protocol = response
-        .headers()
-        .get(http::header::SEC_WEBSOCKET_PROTOCOL)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_owned();
-    Ok(Connected { socket, protocol })
-}
-
-/// Connects the TCP socket of an upstream WebSocket, with TCP keepalive on.
-async fn connect_tcp(url: &Uri) -> Result<TcpStream, UpstreamError> {
-    let host = url
-        .host()
-        .ok_or_else(|| UpstreamError::Protocol("the upstream url has no host".into()))?;
-    // An IPv6 literal comes bracketed, as URLs write it.
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    let port = url
-        .port_u16()
-        .unwrap_or(if url.scheme_str() == Some("wss") {
-            443
-        } else {
-            80
-        });
-    let tcp = TcpStream::connect((host, port))
-        .await
-        .map_err(|e| UpstreamError::Unreachable(e.to_string()))?;
-    // Each frame is written whole and flushed: Nagle would only delay it.
-    if let Err(e) = tcp.set_nodelay(true) {
-        tracing::debug!(error = %e, "could not set TCP_NODELAY on an upstream socket");
-    }
-    let keepalive = socket2::TcpKeepalive::new().with_time(KEEPALIVE_IDLE);
-    if let Err(e) = socket2::SockRef::from(&tcp).set_tcp_keepalive(&keepalive) {
-        tracing::debug!(error = %e, "could not set SO_KEEPALIVE on an upstream socket");
-    }
-    Ok(tcp)
-}
-
-fn handshake_error(e: tungstenite::Error) -> UpstreamError {
-    match e {
-        tungstenite::Error::Http(resp) => UpstreamError::Rejected(resp.status()),
-        tungstenite::Error::Io(e) => UpstreamError::Unreachable(e.to_string()),
-        tungstenite::Error::Tls(e) => UpstreamError::Unreachable(format!("tls: {e}")),
-        tungstenite::Error::Url(e) => UpstreamError::Unreachable(e.to_string()),
-        e => UpstreamError::Protocol(e.to_string()),
-    }
-}
-
-/// The HTTP status a failed handshake counts as in the metrics.
-pub fn failure_status(e: &UpstreamError) -> StatusCode {
-    match e {
-        UpstreamError::Rejected(s) => *s,
-        UpstreamError::Timeout => StatusCode::GATEWAY_TIMEOUT,
-        _ => StatusCode::BAD_GATEWAY,
-    }
-}
-
 /// What the reader and the writer of one upstream socket share.
 #[derive(Default)]
 struct Link {
@@ -199,6 +74,32 @@ struct Link {
     /// then, so the writer must not take silence for death.
     paused: AtomicBool,
     pong_seen: AtomicBool,
+    /// What the reader read that the writer must answer: the reader never
+    /// writes, so it leaves the answer here and signals `answer`.
+    owed: std::sync::Mutex<Owed>,
+    answer: Notify,
+}
+
+/// Answers owed to the upstream.
+#[derive(Default)]
+struct Owed {
+    /// The payload of the last ping not yet answered (RFC 6455 5.5.3 lets
+    /// one pong answer several pings).
+    pong: Option<Bytes>,
+    /// The upstream began the close handshake: echo its close.
+    close: Option<Option<CloseFrame>>,
+}
+
+impl Link {
+    fn owe(&self, update: impl FnOnce(&mut Owed)) {
+        // Plain data: a panic elsewhere cannot leave it half written.
+        update(&mut self.owed.lock().unwrap_or_else(|p| p.into_inner()));
+        self.answer.notify_one();
+    }
+
+    fn take_owed(&self) -> Owed {
+        std::mem::take(&mut *self.owed.lock().unwrap_or_else(|p| p.into_inner()))
+    }
 }
 
 /// How the reader ended, which decides how the connection is shut.
@@ -221,8 +122,8 @@ enum ReadEnd {
 ///
 /// This future lives as long as the session, so its size is memory per
 /// session: it takes the socket already split (two pointers, where the
-/// socket itself is about 1.4 KiB that an `async fn` argument would keep for
-/// good) and boxes the close path, which only runs once.
+/// halves inline would be kept by an `async fn` argument for good) and boxes
+/// the close path, which only runs once.
 pub async fn run(
     session: Arc<Session>,
     (sink, stream): (UpstreamSink, UpstreamStream),
@@ -233,10 +134,8 @@ pub async fn run(
     metrics: Arc<Metrics>,
 ) {
     let (stream, sink, end) = pump(&session, stream, sink, handle, timers, &metrics).await;
-    if let Some(sink) = sink
-        && let Ok(socket) = stream.reunite(sink)
-    {
-        Box::pin(shut_down(socket.into_inner(), end)).await;
+    if let Some(sink) = sink {
+        Box::pin(shut_down(stream.into_inner(), sink.into_inner(), end)).await;
     }
     // The socket is closed: the drain need not wait for this session any
     // longer, and it lingers.
@@ -378,20 +277,21 @@ async fn linger(session: &Session, linger: Duration, registry: &Registry) {
 /// [`CLOSE_GRACE`]. After an orderly end the FIN goes first (a peer waiting
 /// for it may go at once), then what still arrives is read up to the
 /// upstream's own FIN. After a cut (the rest of an oversized frame may be
-/// on its way, and tungstenite is out of step with the frames) everything
+/// on its way, and the reader is out of step with the frames) everything
 /// is read and discarded until the upstream, which has our close frame,
 /// hangs up; only then the FIN. Either way no unread byte is left behind.
-async fn shut_down<T>(mut io: T, end: ReadEnd)
+async fn shut_down<R, W>(mut read: R, mut write: W, end: ReadEnd)
 where
-    T: AsyncRead + AsyncWrite + Unpin,
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
 {
     let deadline = Instant::now() + CLOSE_GRACE;
     if end == ReadEnd::Closed {
-        let _ = timeout_at(deadline, io.shutdown()).await;
-        discard_until_eof(&mut io, deadline).await;
+        let _ = timeout_at(deadline, write.shutdown()).await;
+        discard_until_eof(&mut read, deadline).await;
     } else {
-        discard_until_eof(&mut io, deadline).await;
-        let _ = timeout(CLOSE_GRACE, io.shutdown()).await;
+        discard_until_eof(&mut read, deadline).await;
+        let _ = timeout(CLOSE_GRACE, write.shutdown()).await;
     }
 }
 
@@ -416,6 +316,7 @@ where
         ended,
         paused,
         pong_seen,
+        ..
     } = link;
     let _stop_writer = ended.clone().drop_guard();
     // One future for the whole loop: making one per frame costs a
@@ -473,16 +374,20 @@ where
                 pong_seen.store(true, Ordering::Release);
                 continue;
             }
-            // tungstenite answers pings itself.
-            Some(Ok(Message::Ping(_) | Message::Frame(_))) => continue,
+            Some(Ok(Message::Ping(payload))) => {
+                link.owe(|owed| owed.pong = Some(payload));
+                continue;
+            }
+            Some(Ok(Message::Frame(_))) => continue,
             Some(Ok(Message::Close(frame))) => {
-                let (code, reason) = match frame {
+                let (code, reason) = match &frame {
                     Some(f) => (u16::from(f.code), f.reason.to_string()),
                     None => (1005, String::new()),
                 };
                 session.finish(code, &reason, CloseReason::Upstream);
-                // Keep reading until the stream ends so tungstenite can flush
-                // its close reply (or, if we closed first, has the answer).
+                // The writer echoes it (unless this answers our own close),
+                // and the reader reads on until the upstream hangs up.
+                link.owe(|owed| owed.close = Some(frame));
                 continue;
             }
             Some(Err(tungstenite::Error::Capacity(e))) => {
@@ -582,6 +487,7 @@ async fn write_loop<K>(
         ended,
         paused,
         pong_seen,
+        ..
     } = &*link;
     let _stop_reader = ended.clone().drop_guard();
     let mut ping = tokio::time::interval_at(Instant::now() + timers.ping, timers.ping);
@@ -598,7 +504,7 @@ async fn write_loop<K>(
             request = session.close_requested() => {
                 {
                     locked!(sink);
-                    send_close(sink, request.code, &request.reason).await;
+                    send_close(sink, close_frame(request.code, &request.reason)).await;
                 }
                 // The reader reads on until the upstream answers the close
                 // (the stream then ends), for at most the grace.
@@ -607,6 +513,23 @@ async fn write_loop<K>(
             }
             // The reader saw the upstream end: nothing left to write to.
             _ = ended.cancelled() => return,
+            // The reader read a ping or the upstream's close.
+            () = link.answer.notified() => {
+                let owed = link.take_owed();
+                locked!(sink);
+                if let Some(frame) = owed.close {
+                    send_close(sink, frame.map(echo)).await;
+                    // The upstream hangs up now; the reader sees it.
+                    let _ = timeout(CLOSE_GRACE, ended.cancelled()).await;
+                    return;
+                }
+                if let Some(payload) = owed.pong
+                    && !matches!(timeout(WRITE_TIMEOUT, sink.send(Message::Pong(payload))).await, Ok(Ok(())))
+                {
+                    session.finish(1006, "", CloseReason::Dead);
+                    return;
+                }
+            }
             Some(out) = handle.outbound.recv() => {
                 locked!(sink);
                 if !write(session, sink, out, metrics).await {
@@ -633,7 +556,7 @@ async fn write_loop<K>(
                     session.finish(1006, "", CloseReason::Dead);
                     // It may only be slow: tell it, as a handshake like any
                     // other close (1006 itself never goes on the wire).
-                    send_close(sink, 1001, "no pong").await;
+                    send_close(sink, close_frame(1001, "no pong")).await;
                     let _ = timeout(CLOSE_GRACE, ended.cancelled()).await;
                     return;
                 }
@@ -654,15 +577,32 @@ async fn write_loop<K>(
 }
 
 /// Sends a close frame, giving up after the grace (a stuck upstream).
-async fn send_close<K>(sink: &mut K, code: u16, reason: &str)
+async fn send_close<K>(sink: &mut K, frame: Option<CloseFrame>)
 where
     K: Sink<Message> + Unpin,
 {
-    let frame = CloseFrame {
+    let _ = timeout(CLOSE_GRACE, sink.send(Message::Close(frame))).await;
+}
+
+fn close_frame(code: u16, reason: &str) -> Option<CloseFrame> {
+    Some(CloseFrame {
         code: CloseCode::from(code),
         reason: reason.to_owned().into(),
+    })
+}
+
+/// The answer to the upstream's close: its code back (RFC 6455 5.5.1), or
+/// 1002 for a code no endpoint may send.
+fn echo(frame: CloseFrame) -> CloseFrame {
+    let code = if frame.code.is_allowed() {
+        frame.code
+    } else {
+        CloseCode::Protocol
     };
-    let _ = timeout(CLOSE_GRACE, sink.send(Message::Close(Some(frame)))).await;
+    CloseFrame {
+        code,
+        reason: "".into(),
+    }
 }
 
 /// Writes one browser frame and acknowledges it; false when the upstream is
@@ -697,37 +637,6 @@ where
         }
         Err(_) => false,
     }
-}
-
-/// The TLS client settings for `wss://` (and `https://`) upstreams: the
-/// webpki roots, plus the operator's CA file if any. Verification has no off
-/// switch.
-pub fn tls_client_config(
-    ca_file: Option<&std::path::Path>,
-) -> std::io::Result<Arc<rustls::ClientConfig>> {
-    use rustls::pki_types::CertificateDer;
-    use rustls::pki_types::pem::PemObject;
-    let mut roots = rustls::RootCertStore::empty();
-    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-    if let Some(path) = ca_file {
-        let certs = CertificateDer::pem_file_iter(path)
-            .map_err(|e| std::io::Error::other(format!("{}: {e}", path.display())))?;
-        for cert in certs {
-            let cert =
-                cert.map_err(|e| std::io::Error::other(format!("{}: {e}", path.display())))?;
-            roots
-                .add(cert)
-                .map_err(|e| std::io::Error::other(format!("{}: {e}", path.display())))?;
-        }
-    }
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::aws_lc_rs::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(std::io::Error::other)?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    Ok(Arc::new(config))
 }
 
 /// The loops driven through channels on tokio's paused clock: what the
@@ -806,17 +715,6 @@ mod tests {
             code: CloseCode::from(code),
             reason: "".into(),
         })))
-    }
-
-    #[tokio::test]
-    async fn upstream_sockets_are_connected_with_keepalive_and_nodelay() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url: Uri = format!("ws://{}/ws", listener.local_addr().unwrap())
-            .parse()
-            .unwrap();
-        let tcp = connect_tcp(&url).await.unwrap();
-        assert!(socket2::SockRef::from(&tcp).keepalive().unwrap());
-        assert!(tcp.nodelay().unwrap());
     }
 
     #[tokio::test(start_paused = true)]
@@ -955,6 +853,36 @@ mod tests {
         // The stream is out of step with the frames: the socket is cut, and
         // shut_down discards what still arrives.
         assert_eq!(run.pump.await.unwrap(), ReadEnd::Cut);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_upstreams_ping_is_answered_with_its_payload() {
+        let mut run = start(timers(HOUR, HOUR, HOUR));
+        let payload = Bytes::from_static(b"are you there");
+        run.peer
+            .send
+            .send(Ok(Message::Ping(payload.clone())))
+            .await
+            .unwrap();
+        assert_eq!(run.peer.got.recv().await.unwrap(), Message::Pong(payload));
+        assert!(run.session.closed().is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_upstreams_close_is_echoed_and_ends_the_session() {
+        let mut run = start(timers(HOUR, HOUR, HOUR));
+        run.peer.send.send(close(4001)).await.unwrap();
+        let message = run.peer.got.recv().await.unwrap();
+        assert_eq!(close_code(&message), Some(4001), "{message:?}");
+        assert_eq!(run.session.closed().unwrap().code, 4001);
+        // A code no endpoint may send is answered with a protocol error.
+        let mut run = start(timers(HOUR, HOUR, HOUR));
+        run.peer.send.send(close(1006)).await.unwrap();
+        let message = run.peer.got.recv().await.unwrap();
+        assert_eq!(close_code(&message), Some(1002), "{message:?}");
+        // The upstream hangs up: the stream ends in order.
+        drop(run.peer.send);
+        assert_eq!(run.pump.await.unwrap(), ReadEnd::Closed);
     }
 
     #[tokio::test(start_paused = true)]
