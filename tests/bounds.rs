@@ -134,6 +134,29 @@ async fn a_slow_honest_body_is_not_cut() {
     assert_eq!(body, LEN.to_string().as_bytes());
 }
 
+/// A connection to `addr` that sends `head`, then `chunk` every 300 ms from a
+/// task of its own until the write fails, so the returned read half can
+/// wait for the answer while the body still trickles.
+async fn trickle(
+    addr: std::net::SocketAddr,
+    head: &[u8],
+    chunk: &'static [u8],
+) -> (TcpStream, tokio::task::JoinHandle<()>) {
+    let std = TcpStream::connect(addr).await.unwrap().into_std().unwrap();
+    let mut write_half = TcpStream::from_std(std.try_clone().unwrap()).unwrap();
+    let reader = TcpStream::from_std(std).unwrap();
+    write_half.write_all(head).await.unwrap();
+    let trickler = tokio::spawn(async move {
+        loop {
+            if write_half.write_all(chunk).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    });
+    (reader, trickler)
+}
+
 /// A chunked body trickling at about 3 B/s: cut at its deadline, 408, and
 /// the upstream request is abandoned rather than held open.
 #[tokio::test]
@@ -144,25 +167,12 @@ async fn a_trickling_passthrough_body_gets_408_and_the_upstream_request_ends() {
         &backend.config("[server]\nbody_timeout = \"1s\"\nmin_recv_rate = \"1KiB\"\n"),
     )
     .await;
-    let std = TcpStream::connect(proxy.addr)
-        .await
-        .unwrap()
-        .into_std()
-        .unwrap();
-    let mut write_half = TcpStream::from_std(std.try_clone().unwrap()).unwrap();
-    let mut reader = TcpStream::from_std(std).unwrap();
-    write_half
-        .write_all(b"POST /upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
-        .await
-        .unwrap();
-    let trickler = tokio::spawn(async move {
-        loop {
-            if write_half.write_all(b"1\r\na\r\n").await.is_err() {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(300)).await;
-        }
-    });
+    let (mut reader, trickler) = trickle(
+        proxy.addr,
+        b"POST /upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n",
+        b"1\r\na\r\n",
+    )
+    .await;
     let (status, body) = timeout(CAP, read_response(&mut reader))
         .await
         .expect("a 1 B/s body was held past its deadline");
@@ -181,28 +191,13 @@ async fn a_trickling_passthrough_body_gets_408_and_the_upstream_request_ends() {
 async fn a_trickling_open_body_gets_408() {
     let backend = Backend::start().await;
     let proxy = Proxy::start(&backend, "[server]\nbody_timeout = \"1s\"\n").await;
-    let std = TcpStream::connect(proxy.addr)
-        .await
-        .unwrap()
-        .into_std()
-        .unwrap();
-    let mut write_half = TcpStream::from_std(std.try_clone().unwrap()).unwrap();
-    let mut reader = TcpStream::from_std(std).unwrap();
-    write_half
-        .write_all(
-            b"POST /_bridge/sessions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
-              Transfer-Encoding: chunked\r\n\r\n1\r\n{\r\n",
-        )
-        .await
-        .unwrap();
-    let trickler = tokio::spawn(async move {
-        loop {
-            if write_half.write_all(b"1\r\n \r\n").await.is_err() {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(300)).await;
-        }
-    });
+    let (mut reader, trickler) = trickle(
+        proxy.addr,
+        b"POST /_bridge/sessions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+          Transfer-Encoding: chunked\r\n\r\n1\r\n{\r\n",
+        b"1\r\n \r\n",
+    )
+    .await;
     let (status, body) = timeout(CAP, read_response(&mut reader))
         .await
         .expect("a trickling open body was held past its deadline");

@@ -180,21 +180,7 @@ async fn javascript_client_in_chromium() {
             r.process.wait_exit(deadline).await;
         }
     }
-    stop_chat.cancel();
-    tokio::time::timeout(Duration::from_secs(15), chat)
-        .await
-        .expect("the chat app did not stop")
-        .expect("the chat app panicked")
-        .expect("the chat app failed");
-
-    let failed: Vec<&Value> = reports.iter().filter(|r| r["ok"] != json!(true)).collect();
-    for f in &failed {
-        eprintln!(
-            "FAILED {}: {}",
-            f["check"],
-            f["error"].as_str().unwrap_or("")
-        );
-    }
+    let failed = support::stop_chat_and_list_failed(&stop_chat, chat, &reports).await;
     assert!(!reports.is_empty(), "run.mjs reported no checks");
     if reports.iter().any(|r| r["check"] == "demo_chat") {
         assert!(

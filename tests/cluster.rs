@@ -589,12 +589,8 @@ async fn channel_events(
     got
 }
 
-#[tokio::test]
-async fn a_channel_lives_on_its_owner_and_works_through_any_replica() {
-    let backend = Backend::start().await;
-    let Some(c) = Cluster::start(&backend, 3, "").await else {
-        return;
-    };
+/// A channel opened through the load balancer; its id.
+async fn open_channel(c: &Cluster) -> String {
     let r = c
         .http
         .post(c.lb_url("/_bridge/channels"))
@@ -603,7 +599,16 @@ async fn a_channel_lives_on_its_owner_and_works_through_any_replica() {
         .unwrap();
     assert_eq!(r.status(), StatusCode::CREATED);
     let chan: Value = r.json().await.unwrap();
-    let cid = chan["channel"].as_str().unwrap().to_owned();
+    chan["channel"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn a_channel_lives_on_its_owner_and_works_through_any_replica() {
+    let backend = Backend::start().await;
+    let Some(c) = Cluster::start(&backend, 3, "").await else {
+        return;
+    };
+    let cid = open_channel(&c).await;
     assert_eq!(cid.len(), 40, "a cluster channel id: {cid}");
     let owner = c.owner_of(&cid);
     let url = |suffix: &str| c.lb_url(&format!("/_bridge/channels/{cid}{suffix}"));
@@ -795,17 +800,7 @@ async fn forged_channel_ids_get_the_unknown_channel_answer() {
     let Some(c) = Cluster::start(&backend, 3, "").await else {
         return;
     };
-    let r = c
-        .http
-        .post(c.lb_url("/_bridge/channels"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::CREATED);
-    let cid = r.json::<Value>().await.unwrap()["channel"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let cid = open_channel(&c).await;
     let s = c.open("/echo").await;
     let mut forged = vec!["AbCdEfGhIjKlMnOpQrStUv".to_owned(), "A".repeat(40)];
     for i in 0..cid.len() {
@@ -865,17 +860,7 @@ async fn kill_9_of_a_channels_owner_ends_its_reader_and_the_channel() {
     let Some(mut c) = Cluster::start(&backend, 3, "[sessions]\nheartbeat = \"1s\"\n").await else {
         return;
     };
-    let r = c
-        .http
-        .post(c.lb_url("/_bridge/channels"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::CREATED);
-    let cid = r.json::<Value>().await.unwrap()["channel"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let cid = open_channel(&c).await;
     let base = c.lb_url(&format!("/_bridge/channels/{cid}"));
     let url = |suffix: &str| format!("{base}{suffix}");
     let r = c

@@ -48,7 +48,7 @@ use http::{Request, Response, StatusCode, header};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use serde_json::{Value, json};
+use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::sync::broadcast;
 use tokio_tungstenite::WebSocketStream;
@@ -128,21 +128,7 @@ async fn tabs_of_one_profile_share_one_channel_in_chromium() {
             .await
             .expect("a proxy did not shut down");
     }
-    stop_chat.cancel();
-    tokio::time::timeout(Duration::from_secs(15), chat)
-        .await
-        .expect("the chat app did not stop")
-        .expect("the chat app panicked")
-        .expect("the chat app failed");
-
-    let failed: Vec<&Value> = reports.iter().filter(|r| r["ok"] != json!(true)).collect();
-    for f in &failed {
-        eprintln!(
-            "FAILED {}: {}",
-            f["check"],
-            f["error"].as_str().unwrap_or("")
-        );
-    }
+    let failed = support::stop_chat_and_list_failed(&stop_chat, chat, &reports).await;
     let only = std::env::var("WSB_ONLY").unwrap_or_default();
     for check in CHECKS.iter().filter(|c| c.contains(&only)) {
         assert!(

@@ -25,7 +25,8 @@
 // tests/browser`): `cargo test --test browser -- --nocapture`.
 
 import net from "node:net";
-import { chromium } from "playwright-core";
+
+import { check, runChecks } from "./checks.mjs";
 
 const PROXY = required("WSB_PROXY");
 const RELAY = required("WSB_RELAY");
@@ -36,7 +37,6 @@ const DEMO = required("WSB_DEMO");
 // Optional: the demo through three [cluster] replicas behind HAProxy.
 const DEMO_CLUSTER = process.env.WSB_DEMO_CLUSTER || "";
 const SCREENSHOT = required("WSB_SCREENSHOT");
-const ONLY = process.env.WSB_ONLY || "";
 const NGINX = process.env.WSB_NGINX || "";
 const BRIDGED = ["sse", "stream", "poll"];
 const FLAKY_MESSAGES = 2000;
@@ -154,11 +154,6 @@ function allBytes() {
 }
 
 // ------------------------------------------------------------------ checks
-
-const checks = [];
-function check(name, timeoutMs, run) {
-  checks.push({ name, timeoutMs, run });
-}
 
 function tag(name) {
   return `${name}-${Date.now()}-${Math.random().toString(36).slice(2, 8)}`;
@@ -1056,46 +1051,4 @@ function relayCommand(command) {
 
 // -------------------------------------------------------------------- main
 
-function withTimeout(promise, ms, name) {
-  let timer;
-  return Promise.race([
-    promise.finally(() => clearTimeout(timer)),
-    new Promise((_, reject) => {
-      timer = setTimeout(() => reject(new Error(`${name} did not finish within ${ms}ms`)), ms);
-    }),
-  ]);
-}
-
-const browser = await chromium.launch({
-  executablePath: process.env.WSB_CHROMIUM || "/usr/bin/chromium",
-  args: [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-  ],
-});
-let failed = 0;
-let passed = 0;
-try {
-  for (const { name, timeoutMs, run } of checks) {
-    if (ONLY && !name.includes(ONLY)) continue;
-    const started = Date.now();
-    try {
-      const info = await withTimeout(run(browser), timeoutMs, name);
-      passed++;
-      console.log(JSON.stringify({ check: name, ok: true, ms: Date.now() - started, ...(info ? { info } : {}) }));
-    } catch (err) {
-      failed++;
-      console.log(JSON.stringify({ check: name, ok: false, ms: Date.now() - started, error: String(err && err.stack ? err.stack : err) }));
-    }
-  }
-} finally {
-  await browser.close();
-}
-console.log(`browser checks: ok=${passed} failed=${failed}`);
-process.exit(failed ? 1 : 0);
+await runChecks("browser");

@@ -27,14 +27,14 @@
 // and exits non-zero when any check failed.
 
 import net from "node:net";
-import { chromium } from "playwright-core";
+
+import { check, runChecks } from "./checks.mjs";
 
 const SETUP = JSON.parse(process.env.WSB_SHARE_SETUP || "null");
 if (!SETUP) {
   console.error("share.mjs: WSB_SHARE_SETUP is not set (run through cargo test --test share)");
   process.exit(2);
 }
-const ONLY = process.env.WSB_ONLY || "";
 const SHARE_OFF = process.env.WSB_SHARE === "off";
 // Optional: every page's console on stderr.
 const DEBUG = Boolean(process.env.WSB_DEBUG);
@@ -324,11 +324,6 @@ function assertEqual(actual, expected, what) {
 }
 
 // ------------------------------------------------------------------ checks
-
-const checks = [];
-function check(name, timeoutMs, run) {
-  checks.push({ name, timeoutMs, run });
-}
 
 // The 12-tab run of the first check, also the control's: 12 tabs x 2
 // sockets, each sending `count` per socket; every socket must get each
@@ -668,37 +663,4 @@ function relayChaos(on) {
 
 // -------------------------------------------------------------------- main
 
-function withTimeout(promise, ms, name) {
-  let timer;
-  return Promise.race([
-    promise.finally(() => clearTimeout(timer)),
-    new Promise((_, reject) => {
-      timer = setTimeout(() => reject(new Error(`${name} did not finish within ${ms}ms`)), ms);
-    }),
-  ]);
-}
-
-const browser = await chromium.launch({
-  executablePath: process.env.WSB_CHROMIUM || "/usr/bin/chromium",
-  args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"],
-});
-let failed = 0;
-let passed = 0;
-try {
-  for (const { name, timeoutMs, run } of checks) {
-    if (ONLY && !name.includes(ONLY)) continue;
-    const started = Date.now();
-    try {
-      const info = await withTimeout(run(browser), timeoutMs, name);
-      passed++;
-      console.log(JSON.stringify({ check: name, ok: true, ms: Date.now() - started, ...(info ? { info } : {}) }));
-    } catch (err) {
-      failed++;
-      console.log(JSON.stringify({ check: name, ok: false, ms: Date.now() - started, error: String(err && err.stack ? err.stack : err) }));
-    }
-  }
-} finally {
-  await browser.close();
-}
-console.log(`sharing checks: ok=${passed} failed=${failed}`);
-process.exit(failed ? 1 : 0);
+await runChecks("sharing");

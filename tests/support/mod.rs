@@ -1300,6 +1300,33 @@ pub async fn run_node_checks(
     (status, reports)
 }
 
+/// Stops the chat app (examples/chat) that a browser run drove, then prints
+/// the failed checks among `reports` and returns them. The caller asserts
+/// there are none only after its own checks, so a missing report or artifact
+/// is still the first thing a failing run names.
+pub async fn stop_chat_and_list_failed<'r>(
+    stop_chat: &tokio_util::sync::CancellationToken,
+    chat: tokio::task::JoinHandle<std::io::Result<()>>,
+    reports: &'r [Value],
+) -> Vec<&'r Value> {
+    stop_chat.cancel();
+    tokio::time::timeout(Duration::from_secs(15), chat)
+        .await
+        .expect("the chat app did not stop")
+        .expect("the chat app panicked")
+        .expect("the chat app failed");
+
+    let failed: Vec<&Value> = reports.iter().filter(|r| r["ok"] != json!(true)).collect();
+    for f in &failed {
+        eprintln!(
+            "FAILED {}: {}",
+            f["check"],
+            f["error"].as_str().unwrap_or("")
+        );
+    }
+    failed
+}
+
 /// The Chromium the browser tests drive (`WSB_CHROMIUM`, else Debian's
 /// `/usr/bin/chromium`), once it, node and `tests/browser/node_modules`
 /// are all there. `None` when one is missing: the caller skips, after a

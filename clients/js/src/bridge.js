@@ -153,6 +153,26 @@ function parseJson(bytes) {
   }
 }
 
+// The NDJSON stream's lines, from decoded text in the chunks it arrived in; a
+// line torn across chunks waits in the tail for the rest. Each line is parsed
+// only when the reader asks for it, so every line before a torn or invalid
+// one has been handled when its JSON.parse throws.
+class NdjsonLines {
+  #tail = "";
+
+  *push(text) {
+    const buffer = this.#tail + text;
+    let start = 0;
+    let end;
+    while ((end = buffer.indexOf("\n", start)) >= 0) {
+      const line = buffer.slice(start, end);
+      start = end + 1;
+      if (line.trim()) yield JSON.parse(line);
+    }
+    this.#tail = buffer.slice(start);
+  }
+}
+
 // An AbortSignal that fires when `parent` does or after `ms`; call done()
 // once the request settled. (AbortSignal.any is too recent to rely on.)
 function deadline(parent, ms) {
@@ -1163,23 +1183,17 @@ class BridgeSocket extends EventTarget {
       this.#connected(generation);
       const reader = response.body.getReader();
       const decoder = new TextDecoder("utf-8", { ignoreBOM: true });
-      let buffer = "";
+      const lines = new NdjsonLines();
       try {
         for (;;) {
           const { done, value } = await reader.read();
           if (done || generation !== this.#generation) break;
-          buffer += decoder.decode(value, { stream: true });
-          let start = 0;
-          let end;
-          while ((end = buffer.indexOf("\n", start)) >= 0) {
-            const line = buffer.slice(start, end);
-            start = end + 1;
-            if (line.trim() && !this.#streamLine(generation, JSON.parse(line))) {
+          for (const object of lines.push(decoder.decode(value, { stream: true }))) {
+            if (!this.#streamLine(generation, object)) {
               controller.abort();
               return;
             }
           }
-          buffer = buffer.slice(start);
         }
       } catch {
         // dropped connection or a torn line: resume from the cursor
@@ -2462,20 +2476,13 @@ class ChannelHub {
       this.#connected(generation);
       const reader = response.body.getReader();
       const decoder = new TextDecoder("utf-8", { ignoreBOM: true });
-      let buffer = "";
+      const lines = new NdjsonLines();
       try {
         for (;;) {
           const { done, value } = await reader.read();
           if (done || generation !== this.#generation) break;
-          buffer += decoder.decode(value, { stream: true });
           const items = [];
-          let start = 0;
-          let end;
-          while ((end = buffer.indexOf("\n", start)) >= 0) {
-            const line = buffer.slice(start, end);
-            start = end + 1;
-            if (!line.trim()) continue;
-            const object = JSON.parse(line);
+          for (const object of lines.push(decoder.decode(value, { stream: true }))) {
             if (object.type === "superseded") {
               if (items.length) this.#items(generation, items);
               this.#superseded(generation);
@@ -2484,7 +2491,6 @@ class ChannelHub {
             if (object.type === "heartbeat" || object.type === "prelude") this.#proven(generation);
             else items.push(object);
           }
-          buffer = buffer.slice(start);
           if (items.length && !this.#items(generation, items)) return;
         }
       } catch {
