@@ -353,34 +353,38 @@ pub async fn channel_round_trips(
     n: usize,
 ) -> Result<hdrhistogram::Histogram<u64>> {
     let proxy = rig.addrs().proxy.ok_or("no proxy")?;
-    let channel = Channel::create(proxy).await?;
-    let mut conn = crate::clients::http::HttpConn::connect(proxy).await?;
-    let id = channel.open(&mut conn, "/echo").await?;
-    let ids = [id];
-    let mut reader = channel.reader(Form::Sse, &ids).await?;
-    let mut sender = channel.sender().await?;
-    let mut h = histogram();
-    for i in 1..=(warmup + n) as u64 {
-        let text = payload(i, unix_nanos(), ECHO_SIZE);
-        let batch = [(ids[0].as_str(), text.as_str())];
-        let start = Instant::now();
-        let (sent, got) = tokio::time::timeout(REPLY_TIMEOUT, async {
-            tokio::join!(sender.send(&batch), reader.next())
-        })
-        .await
-        .map_err(|_| format!("round trip {i}: no reply within {REPLY_TIMEOUT:?}"))?;
-        let took = start.elapsed();
-        sent?;
-        match got? {
-            (_, Some(m)) if m.seq == i => {}
-            (_, Some(m)) => fail!("round trip {i}: the reply was frame {}", m.seq),
-            (_, None) => fail!("round trip {i}: the session closed"),
+    // On a worker, like `echo::round_trips`.
+    tokio::spawn(async move {
+        let channel = Channel::create(proxy).await?;
+        let mut conn = crate::clients::http::HttpConn::connect(proxy).await?;
+        let id = channel.open(&mut conn, "/echo").await?;
+        let ids = [id];
+        let mut reader = channel.reader(Form::Sse, &ids).await?;
+        let mut sender = channel.sender().await?;
+        let mut h = histogram();
+        for i in 1..=(warmup + n) as u64 {
+            let text = payload(i, unix_nanos(), ECHO_SIZE);
+            let batch = [(ids[0].as_str(), text.as_str())];
+            let start = Instant::now();
+            let (sent, got) = tokio::time::timeout(REPLY_TIMEOUT, async {
+                tokio::join!(sender.send(&batch), reader.next())
+            })
+            .await
+            .map_err(|_| format!("round trip {i}: no reply within {REPLY_TIMEOUT:?}"))?;
+            let took = start.elapsed();
+            sent?;
+            match got? {
+                (_, Some(m)) if m.seq == i => {}
+                (_, Some(m)) => fail!("round trip {i}: the reply was frame {}", m.seq),
+                (_, None) => fail!("round trip {i}: the session closed"),
+            }
+            if i > warmup as u64 {
+                h.saturating_record(took.as_nanos() as u64);
+            }
         }
-        if i > warmup as u64 {
-            h.saturating_record(took.as_nanos() as u64);
-        }
-    }
-    Ok(h)
+        Ok(h)
+    })
+    .await?
 }
 
 /// Readers the proxy serves for `sessions` sessions read as `readers`.

@@ -56,26 +56,34 @@ pub async fn round_trips(
     warmup: usize,
     n: usize,
 ) -> Result<hdrhistogram::Histogram<u64>> {
-    let mut session = Session::open(t, rig.addrs(), "/echo", super::WS_READ_BUFFER).await?;
-    let mut h = histogram();
-    for i in 1..=(warmup + n) as u64 {
-        let start = Instant::now();
-        let reply = tokio::time::timeout(
-            REPLY_TIMEOUT,
-            session.round_trip(payload(i, unix_nanos(), SIZE)),
-        )
-        .await
-        .map_err(|_| format!("round trip {i}: no reply within {REPLY_TIMEOUT:?}"))??;
-        let took = start.elapsed();
-        match reply {
-            Some(m) if m.seq == i => {}
-            Some(m) => fail!("round trip {i}: the reply was frame {}", m.seq),
-            None => fail!("round trip {i}: the session closed"),
+    let addrs = rig.addrs();
+    // On a worker, as a client's tasks run: the scenario's own future runs
+    // on `block_on`'s thread, which is no worker, so every wake-up between it
+    // and a connection's task would cross threads (HTTP clients have one
+    // such task per connection, a WebSocket client none).
+    tokio::spawn(async move {
+        let mut session = Session::open(t, addrs, "/echo", super::WS_READ_BUFFER).await?;
+        let mut h = histogram();
+        for i in 1..=(warmup + n) as u64 {
+            let start = Instant::now();
+            let reply = tokio::time::timeout(
+                REPLY_TIMEOUT,
+                session.round_trip(payload(i, unix_nanos(), SIZE)),
+            )
+            .await
+            .map_err(|_| format!("round trip {i}: no reply within {REPLY_TIMEOUT:?}"))??;
+            let took = start.elapsed();
+            match reply {
+                Some(m) if m.seq == i => {}
+                Some(m) => fail!("round trip {i}: the reply was frame {}", m.seq),
+                None => fail!("round trip {i}: the session closed"),
+            }
+            if i > warmup as u64 {
+                h.saturating_record(took.as_nanos() as u64);
+            }
+            session.now_and_then().await?;
         }
-        if i > warmup as u64 {
-            h.saturating_record(took.as_nanos() as u64);
-        }
-        session.now_and_then().await?;
-    }
-    Ok(h)
+        Ok(h)
+    })
+    .await?
 }
