@@ -5,11 +5,14 @@
 //! thousands of mostly idle sessions that buffer was the largest thing a
 //! session held. [`FrameReader`] has a buffer only while the socket has bytes
 //! for it: it asks for [`READ_CHUNK`] when the socket is readable and lets it
-//! go as soon as the socket has nothing more and no frame is half read.
-//! Small payloads are copied out of it, so an event kept in the replay queue
-//! holds its own bytes, not a read chunk; large ones are split off without a
-//! copy. [`FrameWriter`] likewise holds a frame's bytes only until they are
-//! written.
+//! go as soon as the socket has nothing more and no frame is half read (to
+//! a spare slot per thread, so the next readable socket on that thread takes
+//! it without an allocation). Small payloads are copied out of it, together,
+//! into one allocation the size of what that read brought, so an event kept
+//! in the replay queue holds the payloads of its own read, never a whole
+//! chunk, and a burst costs two allocations, not one per frame. Large
+//! payloads are split off without a copy. [`FrameWriter`] likewise holds a
+//! frame's bytes only until they are written.
 //!
 //! The reader checks what RFC 6455 asks of a client: no mask, no reserved
 //! bits, no unknown opcodes, control frames whole and short, fragments in
@@ -34,10 +37,18 @@ use tokio_tungstenite::tungstenite::{Error, Message, Utf8Bytes};
 /// lives only while the socket has bytes, so its size costs an idle session
 /// nothing.
 const READ_CHUNK: usize = 16 * 1024;
-/// Payloads below this are copied out of the read buffer, so a kept event
-/// does not hold a whole chunk; larger ones are split off (a chunk holds few
-/// of them).
+/// Payloads below this are copied out of the read buffer (into
+/// `FrameReader::small`), so a kept event does not hold a whole chunk;
+/// larger ones are split off (a chunk holds few of them).
 const COPY_BELOW: usize = READ_CHUNK / 4;
+
+thread_local! {
+    /// A read buffer no socket on this thread is using: a reader gives its
+    /// buffer back here when its socket has nothing more, and the next one
+    /// that has bytes takes it, so a busy thread does not allocate a chunk
+    /// per wake-up and an idle session holds none.
+    static SPARE: std::cell::Cell<Option<BytesMut>> = const { std::cell::Cell::new(None) };
+}
 /// The most bytes a control frame's payload may have (RFC 6455 5.5).
 const MAX_CONTROL: u64 = 125;
 
@@ -104,6 +115,10 @@ pub struct FrameReader<R> {
     /// allocated, whenever the socket has nothing more for it: an idle
     /// session holds no read buffer.
     buf: BytesMut,
+    /// Where small payloads are copied to: the rest of an allocation sized
+    /// by the bytes buffered when it was made, shared by the payloads copied
+    /// into it. Let go with `buf`.
+    small: BytesMut,
     /// The message being put together from fragments, if one is.
     fragments: Option<Fragments>,
     /// The largest message (and so frame) taken; a larger one is an error
@@ -121,6 +136,7 @@ impl<R> FrameReader<R> {
         FrameReader {
             io,
             buf: read,
+            small: BytesMut::new(),
             fragments: None,
             max_message,
             closed: false,
@@ -225,9 +241,13 @@ impl<R> FrameReader<R> {
     /// Takes a payload of `len` bytes off the front of `buf`.
     fn take(&mut self, len: usize) -> Bytes {
         if len < COPY_BELOW {
-            let payload = Bytes::copy_from_slice(&self.buf[..len]);
+            if self.small.capacity() - self.small.len() < len {
+                // Room for every payload still buffered, at most.
+                self.small = BytesMut::with_capacity(self.buf.len().max(len));
+            }
+            self.small.extend_from_slice(&self.buf[..len]);
             self.buf.advance(len);
-            payload
+            self.small.split().freeze()
         } else {
             self.buf.split_to(len).freeze()
         }
@@ -269,7 +289,7 @@ impl<R: AsyncRead + Unpin> Stream for FrameReader<R> {
         loop {
             if this.closed {
                 // Nothing after a close is a frame; keep no byte of it.
-                this.buf = BytesMut::new();
+                this.buf.clear();
             } else {
                 match this.next_message() {
                     Ok(Some(message)) => return Poll::Ready(Some(Ok(message))),
@@ -277,14 +297,25 @@ impl<R: AsyncRead + Unpin> Stream for FrameReader<R> {
                     Err(e) => return Poll::Ready(Some(Err(e))),
                 }
             }
+            if this.buf.capacity() == 0 {
+                this.buf = SPARE
+                    .take()
+                    .unwrap_or_else(|| BytesMut::with_capacity(READ_CHUNK));
+            }
             if this.buf.capacity() == this.buf.len() {
                 this.buf.reserve(READ_CHUNK);
             }
             match tokio_util::io::poll_read_buf(Pin::new(&mut this.io), cx, &mut this.buf) {
                 Poll::Pending => {
                     if this.buf.is_empty() {
-                        // Idle between frames: give the buffer back.
-                        this.buf = BytesMut::new();
+                        // Idle between frames: hold nothing.
+                        this.small = BytesMut::new();
+                        let buf = std::mem::take(&mut this.buf);
+                        // Not one grown for a large frame: a thread keeps
+                        // at most a few chunks.
+                        if (READ_CHUNK..=4 * READ_CHUNK).contains(&buf.capacity()) {
+                            SPARE.set(Some(buf));
+                        }
                     }
                     return Poll::Pending;
                 }
@@ -553,7 +584,7 @@ mod tests {
         let waker = futures_util::task::noop_waker();
         let mut cx = Context::from_waker(&waker);
         assert!(reader.poll_next_unpin(&mut cx).is_pending());
-        assert_eq!(reader.buf.capacity(), 0);
+        assert_eq!((reader.buf.capacity(), reader.small.capacity()), (0, 0));
         // Half a frame is kept, and only that.
         tx.write_all(&frame(true, OP_TEXT, b"two")[..3])
             .await
