@@ -130,7 +130,13 @@ pub struct Flow {
 
 impl Flow {
     pub fn count(&self, bytes: usize) {
-        self.events.inc();
+        self.count_many(1, bytes);
+    }
+
+    /// Counts `events` at once: the counters are shared by every session,
+    /// so a burst touches them once, not once per frame.
+    pub fn count_many(&self, events: usize, bytes: usize) {
+        self.events.inc_by(events as u64);
         self.bytes.inc_by(bytes as u64);
     }
 }

@@ -21,6 +21,7 @@ pub mod channel;
 pub mod registry;
 pub mod replay;
 
+use std::collections::VecDeque;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -420,8 +421,58 @@ impl Session {
         let pause = st.queue.must_pause();
         let waker = st.reader_waker.take();
         drop(st);
-        wake.owe(waker, len);
+        wake.owe(waker, 1, len);
         Pushed::Queued { pause }
+    }
+
+    /// [`Session::push_deferred`] for frames the upstream reader read
+    /// together, `bytes` of data in all: one lock and, when the budget has
+    /// room for them all, one reservation, where frame by frame both are
+    /// contended with every other session's. Frames go in until the queue
+    /// reaches `max_pending_bytes`; the rest stay in `burst` (their
+    /// reservation given back) for the reader to push once it is drained,
+    /// as it would hold one frame. Without room for them all, frame by frame
+    /// as `push_deferred` would; a `NoRoom` then gives back the first frame
+    /// that found none, and the rest stay in `burst`.
+    pub fn push_burst(
+        &self,
+        burst: &mut VecDeque<EventData>,
+        bytes: usize,
+        wake: &mut WakeLater,
+    ) -> Pushed {
+        {
+            let mut st = self.state();
+            if st.closed.is_some() {
+                burst.clear();
+                return Pushed::Queued { pause: false };
+            }
+            if self.budget.try_reserve(bytes) {
+                let (mut frames, mut pushed) = (0, 0);
+                let mut pause = false;
+                while !pause && let Some(data) = burst.pop_front() {
+                    pushed += data.data_len();
+                    frames += 1;
+                    st.queue.push(data);
+                    pause = st.queue.must_pause();
+                }
+                self.budget.release(bytes - pushed);
+                st.starved = false;
+                st.charged += pushed;
+                st.events_down += frames as u64;
+                self.account(&mut st);
+                let waker = st.reader_waker.take();
+                drop(st);
+                wake.owe(waker, frames, pushed);
+                return Pushed::Queued { pause };
+            }
+        }
+        while let Some(data) = burst.pop_front() {
+            match self.push_deferred(data, wake) {
+                Pushed::Queued { pause: false } => {}
+                pushed => return pushed,
+            }
+        }
+        Pushed::Queued { pause: false }
     }
 
     /// The process-wide replay budget this session draws from.
@@ -821,7 +872,7 @@ impl WakeLater {
     pub const FRAMES: usize = 64;
     pub const BYTES: usize = 16 * 1024;
 
-    fn owe(&mut self, waker: Option<Waker>, len: usize) {
+    fn owe(&mut self, waker: Option<Waker>, frames: usize, bytes: usize) {
         if let Some(new) = waker {
             // The reader waited again since the last take: both wakers are
             // owed, though they are nearly always the same task's.
@@ -831,8 +882,8 @@ impl WakeLater {
                 old.wake();
             }
         }
-        self.frames += 1;
-        self.bytes += len;
+        self.frames += frames;
+        self.bytes += bytes;
     }
 
     /// True once enough was pushed that the reader should have it now.

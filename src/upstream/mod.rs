@@ -19,6 +19,7 @@
 //! down, with no unread byte left in the kernel's buffer (which would make
 //! it send RST, and the upstream see 1006 instead of our close).
 
+use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -100,6 +101,14 @@ impl Link {
     fn take_owed(&self) -> Owed {
         std::mem::take(&mut *self.owed.lock().unwrap_or_else(|p| p.into_inner()))
     }
+}
+
+/// What the reader's poll of the socket gave.
+enum Next {
+    /// Data frames, in `burst`.
+    Burst,
+    /// Anything else: a control frame, an error, the end.
+    Other(Option<Result<Message, tungstenite::Error>>),
 }
 
 /// How the reader ended, which decides how the connection is shut.
@@ -325,6 +334,12 @@ where
     tokio::pin!(cancelled);
     // What the last push said; checked again under the lock before waiting.
     let mut pause = false;
+    // Data frames the socket already had, pushed together (at most a
+    // wake-up's worth, `WakeLater::FRAMES` or `BYTES`): empty between bursts,
+    // and between reads unless a push found no room for all of them.
+    let mut burst = VecDeque::new();
+    // What ended a burst without being a data frame: handled after it.
+    let mut after = None;
     // The reader's wake-up, put off while frames already read are pushed;
     // woken before every wait below, and on return when dropped.
     let mut wake = WakeLater::default();
@@ -344,41 +359,86 @@ where
             }
             pause = false;
         }
-        let next = tokio::select! {
-            // Biased: the stream first, so a frame that is ready costs no
-            // poll of the cancellation (a stop is seen once the socket has
-            // nothing ready, at the latest when tokio's budget says so).
-            biased;
-            // `poll_next` is cancel-safe: a frame is either returned or stays
-            // buffered. Only when the socket has nothing more is the reader
-            // woken, once for every frame pushed since it last was.
-            next = std::future::poll_fn(|cx| {
-                let next = stream.poll_next_unpin(cx);
-                if next.is_pending() {
-                    wake.wake();
-                }
-                next
-            }) => next,
-            _ = &mut cancelled => return ReadEnd::Cut,
+        let next = if !burst.is_empty() {
+            // Left by a push that found no room.
+            Next::Burst
+        } else if let Some(next) = after.take() {
+            Next::Other(next)
+        } else {
+            let mut gathered = 0;
+            let next = tokio::select! {
+                // Biased: the stream first, so a frame that is ready costs no
+                // poll of the cancellation (a stop is seen once the socket
+                // has nothing ready, at the latest when tokio's budget says
+                // so).
+                biased;
+                // `poll_next` is cancel-safe: a frame is either returned or
+                // stays buffered. Data frames the socket already has are
+                // taken together; only when it has nothing more is the
+                // reader woken, once for every frame pushed since it last was.
+                next = std::future::poll_fn(|cx| loop {
+                    if burst.len() >= WakeLater::FRAMES || gathered >= WakeLater::BYTES {
+                        return Poll::Ready(Next::Burst);
+                    }
+                    let next = match stream.poll_next_unpin(cx) {
+                        Poll::Pending if burst.is_empty() => {
+                            wake.wake();
+                            return Poll::Pending;
+                        }
+                        Poll::Pending => return Poll::Ready(Next::Burst),
+                        Poll::Ready(next) => next,
+                    };
+                    let data = match next {
+                        Some(Ok(Message::Text(text))) => EventData::Text(Bytes::from(text)),
+                        Some(Ok(Message::Binary(data))) => EventData::Binary(data),
+                        other if burst.is_empty() => return Poll::Ready(Next::Other(other)),
+                        // Handled once the frames before it are in.
+                        other => {
+                            after = Some(other);
+                            return Poll::Ready(Next::Burst);
+                        }
+                    };
+                    gathered += data.data_len();
+                    burst.push_back(data);
+                }) => next,
+                _ = &mut cancelled => return ReadEnd::Cut,
+            };
+            if matches!(next, Next::Burst) {
+                metrics.down.count_many(burst.len(), gathered);
+            }
+            next
         };
-        let data = match next {
-            Some(Ok(Message::Text(text))) => {
-                metrics.down.count(text.len());
-                EventData::Text(Bytes::from(text))
+        let next = match next {
+            Next::Burst => {
+                let bytes = burst.iter().map(EventData::data_len).sum();
+                pause = match session.push_burst(&mut burst, bytes, &mut wake) {
+                    Pushed::Queued { pause } => {
+                        if wake.due() {
+                            wake.wake();
+                        }
+                        pause
+                    }
+                    Pushed::NoRoom(data) => {
+                        wake.wake();
+                        match push_when_room(session, data, link, metrics, &mut cancelled).await {
+                            Some(pause) => pause,
+                            None => return ReadEnd::Cut,
+                        }
+                    }
+                };
+                continue;
             }
-            Some(Ok(Message::Binary(data))) => {
-                metrics.down.count(data.len());
-                EventData::Binary(data)
-            }
+            Next::Other(next) => next,
+        };
+        match next {
+            // Data frames are taken in bursts, above.
+            Some(Ok(Message::Text(_) | Message::Binary(_) | Message::Frame(_))) => {}
             Some(Ok(Message::Pong(_))) => {
                 pong_seen.store(true, Ordering::Release);
-                continue;
             }
             Some(Ok(Message::Ping(payload))) => {
                 link.owe(|owed| owed.pong = Some(payload));
-                continue;
             }
-            Some(Ok(Message::Frame(_))) => continue,
             Some(Ok(Message::Close(frame))) => {
                 let (code, reason) = match &frame {
                     Some(f) => (u16::from(f.code), f.reason.to_string()),
@@ -388,7 +448,6 @@ where
                 // The writer echoes it (unless this answers our own close),
                 // and the reader reads on until the upstream hangs up.
                 link.owe(|owed| owed.close = Some(frame));
-                continue;
             }
             Some(Err(tungstenite::Error::Capacity(e))) => {
                 tracing::debug!(session = session.log_id(), error = %e, "upstream frame too large");
@@ -404,22 +463,7 @@ where
                 session.finish(1006, "", CloseReason::Dead);
                 return ReadEnd::Closed;
             }
-        };
-        pause = match session.push_deferred(data, &mut wake) {
-            Pushed::Queued { pause } => {
-                if wake.due() {
-                    wake.wake();
-                }
-                pause
-            }
-            Pushed::NoRoom(data) => {
-                wake.wake();
-                match push_when_room(session, data, link, metrics, &mut cancelled).await {
-                    Some(pause) => pause,
-                    None => return ReadEnd::Cut,
-                }
-            }
-        };
+        }
     }
 }
 
@@ -901,15 +945,25 @@ mod tests {
             timers(HOUR, HOUR, HOUR),
             limits(1 << 20, Overflow::Backpressure),
         );
-        let frames = [50, 10, 10, 10];
-        for (i, len) in frames.iter().enumerate() {
-            let text = format!("{i}{}", "x".repeat(len - 1));
-            run.peer.send.send(Ok(Message::text(text))).await.unwrap();
+        let frames = [50, 10, 10, 10, 10, 10, 10];
+        let send = |i: usize| {
+            let text = format!("{i}{}", "x".repeat(frames[i] - 1));
+            run.peer.send.send(Ok(Message::text(text)))
+        };
+        // What the socket had at once is one burst, taken whole; the first
+        // frame has no room, so none is queued and the reader holds them.
+        for i in 0..4 {
+            send(i).await.unwrap();
         }
-        // The first frame has no room: it waits in the reader, and the rest
-        // wait in the socket (here, the channel).
         sleep(Duration::from_secs(5)).await;
         assert_eq!(run.session.replay_depth(), (0, 0));
+        assert_eq!(run.peer.send.capacity(), 16);
+        // Meanwhile it reads nothing more: the rest wait in the socket
+        // (here, the channel), so backpressure reaches the upstream.
+        for i in 4..frames.len() {
+            send(i).await.unwrap();
+        }
+        sleep(Duration::from_secs(5)).await;
         assert_eq!(run.peer.send.capacity(), 16 - 3);
         assert!(
             run.metrics
@@ -934,7 +988,7 @@ mod tests {
             got.extend(events);
         }
         let ids: Vec<u64> = got.iter().map(|e| e.id).collect();
-        assert_eq!(ids, [1, 2, 3, 4]);
+        assert_eq!(ids, [1, 2, 3, 4, 5, 6, 7]);
         for (event, (i, len)) in got.iter().zip(frames.iter().enumerate()) {
             let EventData::Text(text) = &event.data else {
                 panic!("{event:?}")
