@@ -173,27 +173,26 @@ impl<R> FrameReader<R> {
                     });
                     continue;
                 }
-                OP_CONTINUE => {
-                    // `check` made sure a message is under way.
-                    let Some(fragments) = self.fragments.as_mut() else {
-                        return Err(Error::Protocol(ProtocolError::UnexpectedContinueFrame));
-                    };
-                    fragments.bytes.extend_from_slice(&payload);
-                    if !head.fin {
-                        continue;
+                // `check` made sure a message is under way.
+                OP_CONTINUE => match self.fragments.take() {
+                    None => return Err(Error::Protocol(ProtocolError::UnexpectedContinueFrame)),
+                    Some(mut fragments) => {
+                        fragments.bytes.extend_from_slice(&payload);
+                        if !head.fin {
+                            self.fragments = Some(fragments);
+                            continue;
+                        }
+                        whole(fragments.text, fragments.bytes.freeze())?
                     }
-                    let Some(Fragments { text, bytes }) = self.fragments.take() else {
-                        continue;
-                    };
-                    whole(text, bytes.freeze())?
-                }
+                },
                 OP_PING => Message::Ping(payload),
                 OP_PONG => Message::Pong(payload),
-                // `check` let no other opcode through.
-                _ => {
+                OP_CLOSE => {
                     self.closed = true;
                     Message::Close(close_frame(payload)?)
                 }
+                // `check` let no other opcode through.
+                op => return Err(Error::Protocol(ProtocolError::UnknownControlFrameType(op))),
             };
             return Ok(Some(message));
         }
@@ -242,8 +241,9 @@ impl<R> FrameReader<R> {
     fn take(&mut self, len: usize) -> Bytes {
         if len < COPY_BELOW {
             if self.small.capacity() - self.small.len() < len {
-                // Room for every payload still buffered, at most.
-                self.small = BytesMut::with_capacity(self.buf.len().max(len));
+                // Room for the small payloads still buffered, at most: a
+                // read's worth, whatever large frame is buffered behind them.
+                self.small = BytesMut::with_capacity(self.buf.len().min(READ_CHUNK).max(len));
             }
             self.small.extend_from_slice(&self.buf[..len]);
             self.buf.advance(len);

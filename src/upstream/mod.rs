@@ -360,7 +360,8 @@ where
             pause = false;
         }
         let next = if !burst.is_empty() {
-            // Left by a push that found no room.
+            // Left by a push that stopped at `max_pending_bytes` or found
+            // no budget room: pushed before anything more is read.
             Next::Burst
         } else if let Some(next) = after.take() {
             Next::Other(next)
