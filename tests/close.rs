@@ -9,7 +9,7 @@ mod support;
 use std::net::SocketAddr;
 
 use reqwest::StatusCode;
-use support::{Ev, PATIENCE, Proxy};
+use support::{Ev, PATIENCE, Proxy, server_frame};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
@@ -84,24 +84,6 @@ async fn read_head(tcp: &mut TcpStream) -> Option<(String, String)> {
     Some((target, key))
 }
 
-/// An unmasked server frame.
-fn frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
-    let mut out = vec![0x80 | opcode];
-    match payload.len() {
-        n if n < 126 => out.push(n as u8),
-        n if n <= 0xffff => {
-            out.push(126);
-            out.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        n => {
-            out.push(127);
-            out.extend_from_slice(&(n as u64).to_be_bytes());
-        }
-    }
-    out.extend_from_slice(payload);
-    out
-}
-
 /// Reads (masked) client frames until a close frame; returns its code and
 /// reason. Pings go unanswered: the proxy pings every 30 s, far beyond a test.
 async fn read_until_close<R: AsyncRead + Unpin>(rd: &mut R) -> Option<(u16, String)> {
@@ -146,7 +128,7 @@ async fn serve(tcp: TcpStream) -> Option<Outcome> {
         let size: usize = param("size")?.parse().ok()?;
         // The proxy stops reading this frame after its header; the rest
         // reaches it only as it discards, so it is written meanwhile.
-        let big = frame(0x1, &vec![b'x'; size]);
+        let big = server_frame(true, 0x1, &vec![b'x'; size]);
         let (mut rd, mut wr) = tcp.into_split();
         let writer = tokio::spawn(async move {
             let written = wr.write_all(&big).await;
@@ -168,7 +150,9 @@ async fn serve(tcp: TcpStream) -> Option<Outcome> {
         read_until_close(&mut tcp).await
     };
     if let Some((code, _)) = &close
-        && let Err(e) = tcp.write_all(&frame(0x8, &code.to_be_bytes())).await
+        && let Err(e) = tcp
+            .write_all(&server_frame(true, 0x8, &code.to_be_bytes()))
+            .await
     {
         return Some(Outcome {
             close,

@@ -18,6 +18,7 @@ use bytes::Bytes;
 use http::HeaderValue;
 use proptest::prelude::*;
 use proptest::test_runner::Config as ProptestConfig;
+use support::server_frame;
 use wsbridge::Config;
 use wsbridge::parsers::{Event, EventData};
 use wsbridge::parsers::{H1Parsed, h1_parse_head};
@@ -1335,24 +1336,6 @@ fn upstream_messages(
         }
     }
     got
-}
-
-/// A server's frame (unmasked) as the wire has it.
-fn server_frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
-    let mut out = vec![(u8::from(fin) << 7) | opcode];
-    match payload.len() {
-        n @ 0..=125 => out.push(n as u8),
-        n @ 126..=0xffff => {
-            out.push(126);
-            out.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        n => {
-            out.push(127);
-            out.extend_from_slice(&(n as u64).to_be_bytes());
-        }
-    }
-    out.extend_from_slice(payload);
-    out
 }
 
 proptest! {

@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use super::{BENCH_PROXY, Ctx, WS_READ_BUFFER, attached, failures, open_timeout, quantile_us};
 use crate::clients::http::HttpConn;
-use crate::clients::{Addrs, Conns, PREFIX, Session, Transport, payload, unix_nanos};
-use crate::fleet::{Fleet, Load, histogram};
+use crate::clients::{Addrs, Conns, PREFIX, Transport};
+use crate::fleet::{Fleet, Load};
 use crate::procs::{Backend, Findings, Proxy, free_port};
 use crate::report::{Row, Table};
 use crate::{Result, fail};
@@ -21,7 +21,6 @@ use crate::{Result, fail};
 const SIZE: usize = 128;
 const WARMUP: Duration = Duration::from_secs(2);
 const ECHO_WARMUP: usize = 100;
-const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub async fn run(ctx: &Ctx) -> Table {
     let window = ctx.duration.unwrap_or(Duration::from_secs(10));
@@ -139,26 +138,8 @@ async fn measure(
         findings.failures.extend(failures(&outcome));
         let per_s = (d1 - d0) as f64 / elapsed.as_secs_f64();
 
-        let mut session = Session::open(Transport::Sse, addrs, "/echo", WS_READ_BUFFER).await?;
-        let mut h = histogram();
-        for i in 1..=(ECHO_WARMUP + ctx.round_trips) as u64 {
-            let start = Instant::now();
-            let reply = tokio::time::timeout(
-                REPLY_TIMEOUT,
-                session.round_trip(payload(i, unix_nanos(), 64)),
-            )
-            .await
-            .map_err(|_| format!("round trip {i}: no reply within {REPLY_TIMEOUT:?}"))??;
-            let took = start.elapsed();
-            match reply {
-                Some(m) if m.seq == i => {}
-                Some(m) => fail!("round trip {i}: the reply was frame {}", m.seq),
-                None => fail!("round trip {i}: the session closed"),
-            }
-            if i > ECHO_WARMUP as u64 {
-                h.saturating_record(took.as_nanos() as u64);
-            }
-        }
+        let h = super::echo::round_trips_at(addrs, Transport::Sse, ECHO_WARMUP, ctx.round_trips)
+            .await?;
         let mut row = Row::new("");
         row.int("sessions", sessions as u64)
             .num("msgs_per_s", Some(per_s), 0)

@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use super::{Ctx, Measured, Rig, conns_note, each_transport, measuring, quantile_us, ratio};
-use crate::clients::{Session, Transport, payload, unix_nanos};
+use crate::clients::{Addrs, Session, Transport, payload, unix_nanos};
 use crate::fleet::histogram;
 use crate::report::{Row, Table};
 use crate::{Result, fail};
@@ -56,7 +56,17 @@ pub async fn round_trips(
     warmup: usize,
     n: usize,
 ) -> Result<hdrhistogram::Histogram<u64>> {
-    let addrs = rig.addrs();
+    round_trips_at(rig.addrs(), t, warmup, n).await
+}
+
+/// [`round_trips`] through `addrs`: the cluster's forwarded row reads and
+/// sends through the replica that does not own the session.
+pub async fn round_trips_at(
+    addrs: Addrs,
+    t: Transport,
+    warmup: usize,
+    n: usize,
+) -> Result<hdrhistogram::Histogram<u64>> {
     // On a worker, as a client's tasks run: the scenario's own future runs
     // on `block_on`'s thread, which is no worker, so every wake-up between it
     // and a connection's task would cross threads (HTTP clients have one
