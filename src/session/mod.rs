@@ -1082,6 +1082,36 @@ mod tests {
     }
 
     #[test]
+    fn a_burst_goes_in_up_to_max_pending_bytes_and_gives_back_the_rest_of_its_reservation() {
+        let registry = Registry::new(10, 0, 10_000);
+        let metrics = Arc::new(Metrics::new());
+        // 100 bytes of data and 64 of overhead each: the third reaches 400.
+        let (s, _h) = session(&registry, limits(400, Overflow::Backpressure), metrics);
+        let mut burst: VecDeque<EventData> = (0..10).map(|_| text(100)).collect();
+        let mut wake = WakeLater::default();
+        let pushed = s.push_burst(&mut burst, 1000, &mut wake);
+        assert!(
+            matches!(pushed, Pushed::Queued { pause: true }),
+            "{pushed:?}"
+        );
+        assert_eq!((burst.len(), s.replay_depth().0), (7, 3));
+        assert_eq!(registry.budget().used(), 300);
+        // Without room for the whole burst, frame by frame: a `NoRoom` gives
+        // back the frame that found none, and the rest stay.
+        let (t, _h) = session(
+            &registry,
+            limits(1 << 20, Overflow::Backpressure),
+            Arc::new(Metrics::new()),
+        );
+        let mut burst: VecDeque<EventData> = (0..100).map(|_| text(100)).collect();
+        let Pushed::NoRoom(_) = t.push_burst(&mut burst, 10_000, &mut wake) else {
+            panic!("over the budget");
+        };
+        assert_eq!(registry.budget().used(), 10_000);
+        assert_eq!((t.replay_depth().0, burst.len()), (97, 2));
+    }
+
+    #[test]
     fn sessions_share_the_budget_and_a_reader_frees_room() {
         let registry = Registry::new(10, 0, 100);
         let metrics = Arc::new(Metrics::new());
