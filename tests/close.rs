@@ -9,7 +9,7 @@ mod support;
 use std::net::SocketAddr;
 
 use reqwest::StatusCode;
-use support::{Ev, PATIENCE, Proxy, server_frame};
+use support::{Backend, Ev, PATIENCE, Proxy, Seen, server_frame};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
@@ -295,4 +295,29 @@ async fn a_dead_upstream_gets_close_1001_then_a_fin() {
     assert_eq!(outcome.end, Ok(()), "{outcome:?}");
     let events = s.poll_events(0, 1).await;
     assert!(matches!(events[..], [Ev::Close(1, 1006, _)]), "{events:?}");
+}
+
+/// The proxy is the upstream's WebSocket peer: it answers a ping with its
+/// payload and the upstream's close with its code, against a real
+/// tokio-tungstenite backend.
+#[tokio::test]
+async fn the_proxy_answers_the_upstreams_ping_and_close() {
+    let backend = Backend::start().await;
+    let proxy = Proxy::start(&backend, "").await;
+    let s = proxy.open("/ping").await;
+    assert_eq!(
+        s.poll_events(0, 1).await,
+        vec![Ev::Text(1, "pong: are you there".into())]
+    );
+    let s = proxy.open("/bye").await;
+    assert_eq!(
+        s.poll_events(0, 1).await,
+        vec![Ev::Close(1, 4000, "bye".into())]
+    );
+    backend
+        .wait_for(
+            "the proxy's answer to its close",
+            |seen| matches!(seen, Seen::Text(t) if t == "close answered with 4000"),
+        )
+        .await;
 }

@@ -69,7 +69,10 @@ struct Log {
 /// - `/exotic`: sends [`exotic_texts`] then [`all_bytes`], then echoes.
 /// - `/auth`: 401 unless `Authorization: Bearer good`, then echoes.
 /// - `/forbidden`: 403.
-/// - `/bye`: closes at once with 4000 "bye".
+/// - `/bye`: closes at once with 4000 "bye"; the proxy's answer is logged as
+///   text `close answered with CODE`.
+/// - `/ping`: pings the proxy, then sends `pong: PAYLOAD` for the pong that
+///   came back, or `no pong` after 5 s; then echoes.
 /// - `/proto`: picks the last offered subprotocol, then echoes.
 /// - `/headers`: sends one text frame, the handshake's uri and headers as JSON.
 /// - `/deaf`: completes the handshake, then never reads (no pongs).
@@ -312,8 +315,36 @@ async fn script(
                     reason: "bye".into(),
                 }))
                 .await;
-            while ws.next().await.is_some() {}
+            // The proxy's answer to this close, as the close handshake has it.
+            while let Some(Ok(msg)) = ws.next().await {
+                if let Message::Close(frame) = msg {
+                    let code = frame.map_or(1005, |f| u16::from(f.code));
+                    record(&log, Seen::Text(format!("close answered with {code}")));
+                }
+            }
             return;
+        }
+        "/ping" => {
+            // Pings the proxy and says what came back (text frames meanwhile
+            // are ignored).
+            let payload = Bytes::from_static(b"are you there");
+            if ws.send(Message::Ping(payload.clone())).await.is_err() {
+                return;
+            }
+            let answer = tokio::time::timeout(Duration::from_secs(5), async {
+                while let Some(Ok(msg)) = ws.next().await {
+                    if let Message::Pong(got) = msg {
+                        return Some(got);
+                    }
+                }
+                None
+            })
+            .await;
+            let text = match answer {
+                Ok(Some(got)) => format!("pong: {}", String::from_utf8_lossy(&got)),
+                _ => "no pong".to_owned(),
+            };
+            let _ = ws.send(Message::text(text)).await;
         }
         "/headers" => {
             let _ = ws
