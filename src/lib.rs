@@ -29,7 +29,8 @@
 //! - `session`: a session, its registry, its replay queue and the
 //!   process-wide replay budget; the multiplexed channel (many sessions,
 //!   one reader).
-//! - `upstream`: the task that owns one upstream WebSocket.
+//! - `upstream`: the task that owns one upstream WebSocket; its handshake
+//!   (`connect`) and its frames (`codec`), read and written by the proxy.
 //! - `metrics`: counters, gauges, histograms, process metrics and the
 //!   exposition in the format the scraper asks for.
 //! - `client`: the JavaScript client, embedded at build time.
