@@ -114,6 +114,11 @@ impl CpuUse {
     pub fn percent(&self) -> f64 {
         100.0 * self.cpu_seconds / self.wall.as_secs_f64()
     }
+
+    /// Microseconds of CPU per one of `frames` (per one, for none).
+    pub fn us_per(&self, frames: u64) -> f64 {
+        self.cpu_seconds * 1e6 / frames.max(1) as f64
+    }
 }
 
 impl CpuMeter {

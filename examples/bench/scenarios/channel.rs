@@ -23,7 +23,7 @@ use tokio::time::sleep;
 
 use super::{
     Ctx, Measured, Rig, WS_READ_BUFFER, attached, each_variant, echo, failures, measuring,
-    open_timeout, quantile_us,
+    open_timeout, quantile_us, rss_columns,
 };
 use crate::channel_fleet::ChannelFleet;
 use crate::clients::channel::{Channel, Form};
@@ -179,11 +179,7 @@ async fn throughput(ctx: &Ctx) -> Table {
             row.int("sessions", load.sessions as u64)
                 .int("readers", readers_of(readers, load.sessions) as u64)
                 .num("msgs_per_s", Some(per_s), 0)
-                .num(
-                    "proxy_cpu_us_per_msg",
-                    proxy.map(|c| c.cpu_seconds * 1e6 / frames.max(1) as f64),
-                    2,
-                )
+                .num("proxy_cpu_us_per_msg", proxy.map(|c| c.us_per(frames)), 2)
                 .num("proxy_cpu_pct", proxy.map(|c| c.percent()), 0)
                 .num("loadgen_cpu_pct", Some(loadgen.percent()), 0)
                 .int("failed", outcome.failed as u64);
@@ -264,24 +260,12 @@ async fn memory(ctx: &Ctx) -> Table {
             let outcome = fleet
                 .finish(load.publish_time() + Duration::from_secs(60))
                 .await;
-            let n = sessions as f64;
-            let per_session =
-                |kib: Option<u64>| rss0.zip(kib).map(|(a, b)| (b as f64 - a as f64) / n);
-            let (idle, active) = (per_session(rss_idle), per_session(rss_active));
             let mut row = Row::new("");
             row.int("sessions", sessions as u64)
                 .int("readers", readers_of(readers, sessions) as u64)
-                .num("open_s", Some(open_s), 1)
-                .num("rss_base_mib", rss0.map(|k| k as f64 / 1024.0), 1)
-                .num("rss_idle_kib_per_session", idle, 1)
-                .num("rss_active_kib_per_session", active, 1)
-                // The target's figure: the larger of the two, as in `many`.
-                .num(
-                    "rss_kib_per_session",
-                    idle.zip(active).map(|(a, b)| a.max(b)),
-                    1,
-                )
-                .int("frames", outcome.received)
+                .num("open_s", Some(open_s), 1);
+            rss_columns(&mut row, sessions, rss0, rss_idle, rss_active);
+            row.int("frames", outcome.received)
                 .int("failed", outcome.failed as u64);
             Ok(Measured {
                 row,

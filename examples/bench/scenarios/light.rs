@@ -60,7 +60,7 @@ pub async fn run(ctx: &Ctx) -> Table {
             .num("proxy_cpu_pct", cpu.map(|c| c.percent()), 1)
             .num(
                 "proxy_cpu_us_per_msg",
-                cpu.map(|c| c.cpu_seconds * 1e6 / outcome.received.max(1) as f64),
+                cpu.map(|c| c.us_per(outcome.received)),
                 2,
             )
             .int("failed", outcome.failed as u64);

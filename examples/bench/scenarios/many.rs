@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 
 use tokio::time::sleep;
 
-use super::{Ctx, Measured, attached, each_transport, failures, measuring, open_timeout};
+use super::{
+    Ctx, Measured, attached, each_transport, failures, measuring, open_timeout, rss_columns,
+};
 use crate::fleet::{Fleet, Load};
 use crate::probe::{self, CpuMeter};
 use crate::report::{Row, Table};
@@ -89,28 +91,16 @@ pub async fn run(ctx: &Ctx) -> Table {
                 .and_then(|p| probe::status_kib_all(p, "VmHWM"));
 
             let n = load.sessions as f64;
-            let per_session =
-                |kib: Option<u64>| rss0.zip(kib).map(|(a, b)| (b as f64 - a as f64) / n);
             let kib_per_session = |a: Option<u64>, b: Option<u64>| {
                 a.zip(b).map(|(a, b)| (b as f64 - a as f64) / 1024.0 / n)
             };
             let tcp_per_session = |b| kib_per_session(tcp0.0, b);
             let slab_per_session = |b| kib_per_session(tcp0.1, b);
-            let idle_per = per_session(rss_idle);
-            let active_per = per_session(rss_active);
             let mut row = Row::new(t.name());
             row.int("sessions", load.sessions as u64)
-                .num("open_s", Some(open_s), 1)
-                .num("rss_base_mib", rss0.map(|k| k as f64 / 1024.0), 1)
-                .num("rss_idle_kib_per_session", idle_per, 1)
-                .num("rss_active_kib_per_session", active_per, 1)
-                // The target's figure: the larger of the two.
-                .num(
-                    "rss_kib_per_session",
-                    idle_per.zip(active_per).map(|(a, b)| a.max(b)),
-                    1,
-                )
-                .num("peak_rss_mib", peak.map(|k| k as f64 / 1024.0), 1)
+                .num("open_s", Some(open_s), 1);
+            rss_columns(&mut row, load.sessions, rss0, rss_idle, rss_active);
+            row.num("peak_rss_mib", peak.map(|k| k as f64 / 1024.0), 1)
                 .num(
                     "tcp_buf_idle_kib_per_session",
                     tcp_per_session(tcp_idle.0),
@@ -126,7 +116,7 @@ pub async fn run(ctx: &Ctx) -> Table {
                 .num("trickle_cpu_pct", busy.map(|c| c.percent()), 1)
                 .num(
                     "cpu_us_per_msg",
-                    busy.map(|c| c.cpu_seconds * 1e6 / outcome.received.max(1) as f64),
+                    busy.map(|c| c.us_per(outcome.received)),
                     1,
                 )
                 .int("frames", outcome.received)

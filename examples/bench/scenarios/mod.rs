@@ -277,6 +277,32 @@ pub async fn attached(fleet: Fleet, within: Duration) -> Result<Fleet> {
 }
 
 /// How long opening `n` sessions may take on a busy 2-core machine.
+/// The held-session memory columns of `many` and `channel-memory`: the
+/// proxy's RSS before opening (`rss0`), then per session once `sessions`
+/// were held idle and after each had frames; the target's figure is the
+/// larger of the two.
+pub fn rss_columns(
+    row: &mut Row,
+    sessions: usize,
+    rss0: Option<u64>,
+    idle: Option<u64>,
+    active: Option<u64>,
+) {
+    let per_session = |kib: Option<u64>| {
+        rss0.zip(kib)
+            .map(|(a, b)| (b as f64 - a as f64) / sessions as f64)
+    };
+    let (idle, active) = (per_session(idle), per_session(active));
+    row.num("rss_base_mib", rss0.map(|k| k as f64 / 1024.0), 1)
+        .num("rss_idle_kib_per_session", idle, 1)
+        .num("rss_active_kib_per_session", active, 1)
+        .num(
+            "rss_kib_per_session",
+            idle.zip(active).map(|(a, b)| a.max(b)),
+            1,
+        );
+}
+
 pub fn open_timeout(n: usize) -> Duration {
     Duration::from_secs(30) + Duration::from_millis(20 * n as u64)
 }

@@ -68,11 +68,7 @@ pub async fn run(ctx: &Ctx) -> Table {
                 Some(per_s * SIZE as f64 / (1024.0 * 1024.0)),
                 1,
             )
-            .num(
-                "proxy_cpu_us_per_msg",
-                proxy.map(|c| c.cpu_seconds * 1e6 / frames.max(1) as f64),
-                2,
-            )
+            .num("proxy_cpu_us_per_msg", proxy.map(|c| c.us_per(frames)), 2)
             .num("proxy_cpu_pct", proxy.map(|c| c.percent()), 0)
             .num("backend_cpu_pct", backend.map(|c| c.percent()), 0)
             .num("loadgen_cpu_pct", Some(loadgen.percent()), 0)
