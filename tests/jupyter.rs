@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use serde_json::{Value, json};
+use serde_json::json;
 use support::{Proxy, free_port};
 
 /// The whole browser run (two labs) must end well within CI's budget.
@@ -99,14 +99,7 @@ async fn jupyterlab_in_chromium_with_upgrades_refused() {
     tls.shutdown().await;
     drop(lab);
 
-    let failed: Vec<&Value> = reports.iter().filter(|r| r["ok"] != json!(true)).collect();
-    for f in &failed {
-        eprintln!(
-            "FAILED {}: {}",
-            f["check"],
-            f["error"].as_str().unwrap_or("")
-        );
-    }
+    let failed = support::list_failed(&reports);
     assert_eq!(
         reports.len(),
         2,

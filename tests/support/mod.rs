@@ -1346,7 +1346,12 @@ pub async fn stop_chat_and_list_failed<'r>(
         .expect("the chat app did not stop")
         .expect("the chat app panicked")
         .expect("the chat app failed");
+    list_failed(reports)
+}
 
+/// Prints the failed checks among a browser run's `reports` and returns
+/// them, for the caller to assert on after its own checks.
+pub fn list_failed(reports: &[Value]) -> Vec<&Value> {
     let failed: Vec<&Value> = reports.iter().filter(|r| r["ok"] != json!(true)).collect();
     for f in &failed {
         eprintln!(
