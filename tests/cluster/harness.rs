@@ -64,26 +64,39 @@ impl Cluster {
         let haproxy_bin = haproxy()?;
         let secret: Vec<u8> = (0..48u8).map(|i| b'a' + i % 26).collect();
         let key = secret_file(&secret);
-        let internals: Vec<SocketAddr> = (0..n)
-            .map(|_| format!("127.0.0.1:{}", free_port()).parse().unwrap())
-            .collect();
-        let peers = internals
-            .iter()
-            .map(|a| format!("\"{a}\""))
-            .collect::<Vec<_>>()
-            .join(", ");
+        // The internal listeners' ports are in every replica's config (its
+        // own and its peers'): one taken before its replica binds it means
+        // picking them all again.
         let mut replicas = Vec::new();
-        for internal in &internals {
-            let toml = format!(
-                "{extra}\n[cluster]\nlisten = \"{internal}\"\nadvertise = \"{internal}\"\npeers = [{peers}]\nsecret_file = \"{}\"\n",
-                key.path().display()
-            );
-            let process = ProxyProcess::start_upstream(upstream, &toml, &[], &[]).await;
-            replicas.push(Some(Replica {
-                process,
-                internal: *internal,
-            }));
+        for _attempt in 0..5 {
+            let internals: Vec<SocketAddr> = (0..n)
+                .map(|_| format!("127.0.0.1:{}", free_port()).parse().unwrap())
+                .collect();
+            let peers = internals
+                .iter()
+                .map(|a| format!("\"{a}\""))
+                .collect::<Vec<_>>()
+                .join(", ");
+            replicas.clear();
+            for internal in &internals {
+                let toml = format!(
+                    "{extra}\n[cluster]\nlisten = \"{internal}\"\nadvertise = \"{internal}\"\npeers = [{peers}]\nsecret_file = \"{}\"\n",
+                    key.path().display()
+                );
+                let Ok(process) = ProxyProcess::try_start_upstream(upstream, &toml, &[], &[]).await
+                else {
+                    break;
+                };
+                replicas.push(Some(Replica {
+                    process,
+                    internal: *internal,
+                }));
+            }
+            if replicas.len() == n {
+                break;
+            }
         }
+        assert_eq!(replicas.len(), n, "no free internal ports after 5 attempts");
         let (lb, haproxy, cfg) = start_haproxy(
             haproxy_bin,
             replicas.iter().flatten().map(|r| r.process.addr),

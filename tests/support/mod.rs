@@ -1051,6 +1051,20 @@ impl ProxyProcess {
         args: &[&str],
         envs: &[(&str, &str)],
     ) -> ProxyProcess {
+        ProxyProcess::try_start_upstream(upstream, extra, args, envs)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Like [`ProxyProcess::start_upstream`], but a port that stays taken
+    /// through every attempt is an `Err`: it may be one `extra` names (a
+    /// cluster's internal listener), which only the caller can pick again.
+    pub async fn try_start_upstream(
+        upstream: SocketAddr,
+        extra: &str,
+        args: &[&str],
+        envs: &[(&str, &str)],
+    ) -> Result<ProxyProcess, String> {
         use std::io::{BufRead, Write};
         use std::process::{Command, Stdio};
         // A port picked here may be taken by someone else before the child
@@ -1105,7 +1119,7 @@ impl ProxyProcess {
                     .lines()
                     .any(|l| l.contains("listening") && l.contains(&addr.to_string()));
                 if ready {
-                    return proxy;
+                    return Ok(proxy);
                 }
                 if let Some(status) = proxy.child.try_wait().unwrap() {
                     proxy.join_reader();
@@ -1123,7 +1137,7 @@ impl ProxyProcess {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
         }
-        panic!("no free ports for wsbridge after 5 attempts");
+        Err("no free ports for wsbridge after 5 attempts".into())
     }
 
     pub fn url(&self, path: &str) -> String {
